@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent setup on a fresh Debian machine: Python venv in .venv, tocha with its dev extras
+# (torch/torchvision pinned by constraints.txt), and the Fashion-MNIST Debian package when we can
+# install it. Safe to run again: skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then PY=$candidate; break; fi
+  done
+fi
+[ -n "$PY" ] || { echo "setup: no python3 found; install Python 3.11" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $("$PY" --version)"
+  "$PY" -m venv .venv
+fi
+
+stamp=.venv/.tocha-installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing tocha and its dependencies into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package (no download at run time).
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing the Debian package dataset-fashion-mnist"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+      || echo "setup: could not install dataset-fashion-mnist; tocha will fall back to the digits dataset"
+  else
+    echo "setup: not root, cannot apt-get install dataset-fashion-mnist; tocha will fall back to the digits dataset"
+  fi
+fi

@@ -1,0 +1,27 @@
+"""tocha: from a dataset and a model to a trained, measured, deployable artifact.
+
+Public API (imported lazily so that `import tocha` and `tocha --help` stay fast)::
+
+    result = tocha.fit(model, (x, y), epochs=3, lr=0.1)      # -> FitResult
+    report = tocha.evaluate(result.model, (x_test, y_test))    # -> EvalResult
+    run = tocha.load_run("runs/cnn")                           # model + metadata of a finished run
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["fit", "evaluate", "load_run", "UserError", "__version__"]
+
+from tocha.errors import UserError
+
+
+def __getattr__(name: str):
+    if name in ("fit", "evaluate"):
+        from tocha import api
+
+        return getattr(api, name)
+    if name == "load_run":
+        from tocha.recipes.runs import load_run
+
+        return load_run
+    raise AttributeError(f"module 'tocha' has no attribute {name!r}")

@@ -1,0 +1,104 @@
+"""The Python API behind the CLI: `fit` and `evaluate`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tocha.errors import UserError
+
+
+def _ensure_console_logging() -> None:
+    logger = logging.getLogger("tocha")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _as_splits(train_data: Any, val_data: Any, test_data: Any, *, val_fraction: float, seed: int, classes):
+    """A DataSplits from (x, y) tensors or Datasets; None when `train_data` is a registered name."""
+    from tocha.data.tensors import splits_from_dataset, splits_from_tensors
+
+    if isinstance(train_data, str):
+        if val_data is not None or test_data is not None:
+            raise UserError("val_data/test_data cannot be combined with a registered dataset name",
+                            where="tocha.fit", fix="pass tensors or Datasets for all splits, or only the name")
+        return None
+    if isinstance(train_data, (tuple, list)) and len(train_data) == 2:
+        return splits_from_tensors(*train_data, val=val_data, test=test_data, val_fraction=val_fraction,
+                                   seed=seed, classes=classes)
+    import torch
+
+    if isinstance(train_data, torch.utils.data.Dataset):
+        return splits_from_dataset(train_data, val_data, test_data, val_fraction=val_fraction, seed=seed,
+                                   classes=classes)
+    raise UserError(f"train_data of type {type(train_data).__name__} is not supported", where="tocha.fit",
+                    allowed="an (x, y) tensor pair, a torch.utils.data.Dataset, or a dataset name "
+                    "(fashion-mnist, digits, imagefolder)")
+
+
+def fit(model: Any = None, train_data: Any = "fashion-mnist", val_data: Any = None, *, test_data: Any = None,
+        classes: list[str] | None = None, config: str | Path | None = None, **options: Any):
+    """Train `model` (an nn.Module, a registered model name, or None for `model.name` from the options).
+
+    `train_data`: an ``(x, y)`` pair of tensors, a ``torch.utils.data.Dataset`` or a registered
+    dataset name. Options are the `tocha train` config keys (``epochs=3``, ``lr=0.1``,
+    ``data={"val_fraction": 0.1}``) and are validated the same way. A run folder is written only
+    when ``out=...`` is given. Returns a :class:`tocha.recipes.classify.FitResult`.
+    """
+    from tocha import config as config_module
+
+    _ensure_console_logging()
+    values = dict(options)
+    if isinstance(model, str):
+        values["model"] = {**values.get("model", {}), "name": model} if isinstance(values.get("model"), dict) \
+            else model
+        model = None
+    if isinstance(train_data, str):
+        values["data"] = {**values.get("data", {}), "name": train_data} if isinstance(values.get("data"), dict) \
+            else train_data
+    cfg = config_module.load(config, values=values)
+    data = _as_splits(train_data, val_data, test_data, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
+                      classes=classes)
+    from tocha.recipes.classify import train
+
+    return train(cfg, model=model, data=data)
+
+
+def evaluate(model: Any, data: Any = None, *, split: str = "test", batch_size: int = 512, device: str = "auto",
+             classes: list[str] | None = None, top_k: int = 5):
+    """Evaluate a run folder (``evaluate("runs/cnn")``) or an nn.Module on ``(x, y)`` tensors / a Dataset.
+
+    Returns an :class:`tocha.recipes.runs.EvalResult` with the loss and the classification metrics.
+    """
+    if isinstance(model, (str, Path)):
+        from tocha.recipes.runs import evaluate_run
+
+        return evaluate_run(model, split=split, device=device, batch_size=batch_size)
+    import torch
+
+    from tocha.data.tensors import splits_from_dataset, splits_from_tensors
+    from tocha.engine.batches import DeviceTransform
+    from tocha.engine.distributed import DistInfo
+    from tocha.hardware import plan
+    from tocha.recipes.classify import evaluate_split, make_batches
+    from tocha.recipes.runs import EvalResult
+
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        splits = splits_from_tensors(*data, val_fraction=0.0, classes=classes)
+    elif isinstance(data, torch.utils.data.Dataset):
+        splits = splits_from_dataset(data, val_fraction=0.0, classes=classes)
+    else:
+        raise UserError("evaluate needs data with a model", where="tocha.evaluate",
+                        allowed="an (x, y) tensor pair or a torch.utils.data.Dataset")
+    hw = plan(device, "auto", "auto", "auto", file_data=splits.train.inputs is None)
+    dev = torch.device(hw.device)
+    batches = make_batches(splits.train, batch_size, device=dev, transform=DeviceTransform(None, None, device=dev),
+                           train=False, hw=hw, seed=0, dist=DistInfo())
+    loss, metrics = evaluate_split(model.to(dev), batches, classes=splits.classes, device=dev,
+                                   precision="fp32", top_k=top_k)
+    return EvalResult(split, loss, metrics, "given model", None)

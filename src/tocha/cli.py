@@ -1,0 +1,205 @@
+"""`tocha` command line: a thin layer over the Python API.
+
+User errors (:class:`tocha.errors.UserError`) are caught once, here: one message, exit code 2,
+no traceback unless --debug. Nothing heavy is imported before a command runs, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tocha.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+TRAIN_EPILOG = """\
+examples:
+  tocha train                                     # seed CNN on Fashion-MNIST, run folder under runs/
+  tocha train data=fashion-mnist model=mlp epochs=2 batch_size=100 optimizer=sgd lr=0.5 out=runs/mlp
+  tocha train configs/fashion_mnist_cnn.yaml epochs=5 precision=bf16 out=runs/cnn
+  tocha train data=digits model=mlp epochs=30 out=runs/digits
+  tocha train data=imagefolder data.root=PATH model=resnet18 image_size=64 out=runs/folders
+  tocha train runs/cnn/config.yaml out=runs/cnn-again   # a run's resolved config, fed back
+
+`data=NAME` and `model=NAME` are short for data.name=NAME and model.name=NAME.
+Config keys (key=value; YAML files use the same names, nested by section):"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tocha import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tocha", description="Train, evaluate and use PyTorch classifiers with the right defaults.",
+        epilog="Run 'tocha COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"tocha {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model and write a run folder with a report",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Train a model. Arguments are an optional YAML config file followed by "
+                                       "key=value overrides.",
+                           epilog=TRAIN_EPILOG + _config_help())
+    train.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value",
+                       help="a YAML config file and/or key=value overrides")
+    train.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+
+    ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
+    ev.add_argument("run", help="run folder written by 'tocha train'")
+    ev.add_argument("--split", choices=("test", "val", "train"), default="test", help="split to evaluate (default test)")
+    ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    ev.add_argument("--batch-size", type=int, default=512, help="evaluation batch size (default 512)")
+    ev.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+
+    pr = sub.add_parser("predict", help="top-k classes with probabilities for image files")
+    pr.add_argument("run", help="run folder written by 'tocha train'")
+    pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    pr.add_argument("--top-k", type=int, default=3, help="how many classes to show (default 3)")
+    pr.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pr.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+
+    env = sub.add_parser("env", help="versions, devices, threads, and what tocha would choose and why")
+    env.add_argument("--json", action="store_true", help="print JSON")
+    env.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    return parser
+
+
+def _config_help() -> str:
+    from tocha.config import help_text
+
+    return help_text()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    _setup_logging()
+    try:
+        return COMMANDS[args.command](args, argv)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"tocha {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"tocha {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("tocha")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from tocha import config
+
+    path, overrides = None, []
+    for i, item in enumerate(args.args):
+        if "=" in item:
+            overrides.append(item)
+        elif i == 0:
+            path = item
+        else:
+            raise UserError(f"unexpected argument '{item}'", where="tocha train",
+                            fix="give at most one config file, first, then key=value overrides")
+    cfg = config.load(path, overrides)
+    from tocha.recipes.classify import train
+
+    result = train(cfg, argv=["tocha", *argv])
+    _print_train_result(result)
+    return 0
+
+
+def _print_train_result(result) -> None:
+    s = result.summary
+    if result.best:
+        b = result.best
+        print(f"best {b['metric']} = {b['value']:.4f} at epoch {b['epoch']:g}")
+    if result.test is not None:
+        print(f"test accuracy {result.test.accuracy:.4f}  (macro F1 {result.test.macro.f1:.4f}, "
+              f"{result.test.n_samples} samples)")
+    print(f"{s['train_samples_per_second']:,.0f} samples/s, {s['wall_seconds']:.1f} s wall, "
+          f"peak memory {s['peak_memory_mb']:.0f} MB ({s['peak_memory_kind']})")
+    if result.run_dir is not None:
+        print(f"report: {result.run_dir / 'report.html'}")
+
+
+def _cmd_eval(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}", where="tocha eval")
+    from tocha.recipes.runs import evaluate_run
+
+    result = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, device=args.device,
+                          batch_size=args.batch_size)
+    m = result.metrics
+    print(m.report_text())
+    extra = "".join(f"  top-{k} accuracy {v:.4f}" for k, v in m.top_k_accuracy.items())
+    print(f"{result.split} ({result.checkpoint} checkpoint): accuracy {m.accuracy:.4f}  loss {result.loss:.4f}{extra}")
+    if result.json_path:
+        print(f"written: {result.json_path}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}", where="tocha predict")
+    from tocha.recipes.runs import predict_files
+
+    predictions = predict_files(args.run, args.images, top_k=args.top_k, device=args.device,
+                                checkpoint=args.checkpoint)
+    if args.json:
+        import json
+
+        print(json.dumps([{"file": p.file, "top": [{"class": c, "probability": round(q, 6)} for c, q in p.top]}
+                          for p in predictions], indent=2))
+        return 0
+    width = max(len(p.file) for p in predictions)
+    for p in predictions:
+        print(f"{p.file:<{width}}  " + "  ".join(f"{c} {q:.3f}" for c, q in p.top))
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
+    from tocha.hardware import describe_environment, plan
+
+    info = describe_environment()
+    hw_memory, hw_files = plan(file_data=False), plan(file_data=True)
+    if args.json:
+        import json
+
+        print(json.dumps({**info, "choices": {"in_memory_data": hw_memory.__dict__, "file_data": hw_files.__dict__}},
+                         indent=2, default=str))
+        return 0
+    for key, value in info.items():
+        print(f"{key:<17} {value if value is not None else 'not installed'}")
+    print("\nwhat tocha would choose (auto), for in-memory data:")
+    for line in hw_memory.lines():
+        print(f"  {line}")
+    print("for file datasets (image folders), differing choices:")
+    for old, new in zip(hw_memory.lines(), hw_files.lines()):
+        if old != new:
+            print(f"  {new}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "env": _cmd_env}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,411 @@
+"""Typed training configuration: YAML file + ``key=value`` overrides, strict validation.
+
+Config stops here (STYLE habit 3): the recipe reads a :class:`TrainConfig` and passes plain
+values down; the engine never sees this object. This module must stay import-light (no torch)
+because ``tocha train --help`` renders its schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tocha.data import DATASETS
+from tocha.errors import UserError, UserErrors, did_you_mean
+
+AUTO = "auto"
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+        max: float | None = None, min_open: bool = False, max_open: bool = False,
+        auto: bool = False) -> Any:
+    """A config field with its help text and limits; ``auto=True`` also accepts the string 'auto'."""
+    meta = dict(help=help, choices=choices, min=min, max=max, min_open=min_open,
+                max_open=max_open, auto=auto)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    name: str = opt("fashion-mnist", "dataset (registry name)", choices=tuple(DATASETS))
+    root: str | None = opt(None, "folder with the data files; none = the dataset's standard place")
+    download: bool = opt(False, "allow downloading the dataset (needs network); never done otherwise")
+    val_fraction: float = opt(0.2, "share of the training split held out for validation (stratified, seeded)",
+                              min=0.0, max=1.0, max_open=True)
+    augment: list[str] | str = opt(AUTO, "training augmentation, batched on the device; auto = the dataset's "
+                                   "usual choice for conv nets (fashion-mnist: flip; imagefolder: crop,flip), "
+                                   "none for digits and for mlp",
+                                   choices=("crop", "flip"), auto=True)
+    crop_padding: int = opt(2, "pixels of zero padding for the random crop", min=0)
+    channels: str = opt(AUTO, "image channels fed to the model", choices=(AUTO, "1", "3"))
+    on_bad_file: str = opt("error", "what to do with an unreadable image file", choices=("error", "skip"))
+    workers: int | str = opt(AUTO, "DataLoader worker processes (file datasets)", min=0, auto=True)
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("cnn", "model: cnn, mlp, resnet18, mobilenet_v3_small, vgg11_bn, any torchvision "
+                    "classifier name, or package.module:function")
+    hidden: list[int] = opt([32], "mlp hidden layer sizes", min=1)
+    width: int = opt(16, "cnn channels of the first conv layer (then 2x, 2x)", min=1)
+    dropout: float | str = opt(AUTO, "dropout before the classifier (auto: 0.25 for cnn, 0 for mlp)", min=0.0,
+                               max=1.0, max_open=True, auto=True)
+    weights: str | None = opt(None, "local weights file (.pt/.pth state dict or .safetensors) to start from")
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool | str = opt(AUTO, "write TensorBoard event files (auto = when tensorboard is installed)",
+                                  auto=True)
+    csv: bool = opt(True, "write metrics.csv beside metrics.jsonl")
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    image_size: int | str = opt(AUTO, "square input size in pixels (auto = the dataset's own)", min=1, auto=True)
+    epochs: int = opt(6, "passes over the training split", min=1)
+    batch_size: int = opt(128, "samples per optimizer step (before accumulation), per device", min=1)
+    grad_accum_steps: int = opt(1, "micro-batches accumulated per optimizer step", min=1)
+    optimizer: str = opt("adamw", "optimizer", choices=("adamw", "sgd"))
+    lr: float | str = opt(AUTO, "peak learning rate (auto: 3e-3 for adamw, 0.1 for sgd)", min=0.0, min_open=True,
+                          auto=True)
+    momentum: float = opt(0.0, "SGD momentum (0 = plain SGD, as in PyTorch)", min=0.0, max=1.0, max_open=True)
+    nesterov: bool = opt(False, "SGD Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = opt(5e-4, "weight decay (decoupled for adamw)", min=0.0)
+    scheduler: str = opt("onecycle", "learning-rate schedule, stepped every optimizer step",
+                         choices=("none", "cosine", "onecycle", "step"))
+    warmup_epochs: float = opt(0.0, "linear warm-up length for none/cosine/step schedules", min=0.0)
+    step_epochs: int = opt(2, "step schedule: epochs between lr drops", min=1)
+    step_gamma: float = opt(0.1, "step schedule: lr multiplier at each drop", min=0.0, min_open=True)
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing", min=0.0, max=1.0, max_open=True)
+    grad_clip: float | None = opt(None, "clip the gradient norm to this value (none = off)", min=0.0, min_open=True)
+    precision: str = opt(AUTO, "numeric precision (auto: bf16 on CUDA with bf16, else fp32)",
+                         choices=(AUTO, "fp32", "bf16", "fp16"))
+    device: str = opt(AUTO, "device: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    threads: int | str = opt(AUTO, "CPU threads for torch (auto = physical cores)", min=1, auto=True)
+    seed: int = opt(0, "random seed for splits, initialisation and data order", min=0)
+    deterministic: bool = opt(False, "use deterministic algorithms (slower on CUDA)")
+    monitor: str = opt("val.accuracy", "metric that picks the best checkpoint, e.g. val.accuracy, val.loss, val.f1_macro")
+    mode: str = opt(AUTO, "whether the monitored metric should go up or down (auto: min for losses)",
+                    choices=(AUTO, "max", "min"))
+    log_every: int = opt(50, "optimizer steps between reads of the running loss (one host sync each)", min=1)
+    eval_every_steps: int = opt(0, "also evaluate every N optimizer steps (0 = once per epoch)", min=0)
+    top_k: int = opt(5, "k for the top-k accuracy metric", min=1)
+    out: str | None = opt(None, "run folder (none = runs/<data>-<model>-<time>)")
+    overwrite: bool = opt(False, "allow writing into an existing run folder")
+
+
+DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1}
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "log": LogConfig}
+# `data=digits` and `model=mlp` name the section's main entry.
+SHORTHANDS = {"data": "data.name", "model": "model.name"}
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    key: str           # dotted, e.g. "data.val_fraction"
+    type_name: str     # "int", "float", "bool", "str", "list[int]", ... ("|auto", "|none" appended)
+    default: Any
+    help: str
+    choices: tuple | None
+    meta: dict
+
+
+def _fields(cls: type) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))
+
+
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def schema() -> list[KeySpec]:
+    """Every config key, in declaration order: the single source for help text and validation."""
+    specs: list[KeySpec] = []
+    for cls, prefix in [(TrainConfig, "")] + [(c, f"{n}.") for n, c in SECTIONS.items()]:
+        hints = _resolved_hints(cls)
+        for f in _fields(cls):
+            if f.name in SECTIONS and cls is TrainConfig:
+                continue
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            specs.append(KeySpec(prefix + f.name, _type_name(hints[f.name], f.metadata), default,
+                                 f.metadata["help"], f.metadata["choices"], dict(f.metadata)))
+    return specs
+
+
+def _type_name(hint: Any, meta: dict) -> str:
+    base, optional = _base_type(hint, meta)
+    name = {int: "int", float: "float", bool: "bool", str: "str"}.get(base, None)
+    if name is None:
+        name = f"list[{typing.get_args(base)[0].__name__}]"
+    if meta.get("auto") and base is not str:
+        name += "|auto"
+    if optional:
+        name += "|none"
+    return name
+
+
+def _base_type(hint: Any, meta: dict) -> tuple[Any, bool]:
+    """(the value type, whether None is allowed), ignoring the `str` that only stands for 'auto'."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        if meta.get("auto") and len(args) > 1:
+            args = [a for a in args if a is not str]
+        return args[0], optional
+    return hint, False
+
+
+# ---------------------------------------------------------------- parsing
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None,
+         values: dict[str, Any] | None = None) -> TrainConfig:
+    """Build a validated config from an optional YAML file, ``key=value`` strings and/or a dict.
+
+    Later sources win: file, then ``values`` (Python API options), then ``overrides`` (CLI).
+    All problems are collected and raised together as one :class:`UserErrors`.
+    """
+    raw: dict[str, tuple[Any, str]] = {}  # dotted key -> (value, where it came from)
+    errors: list[UserError] = []
+    if path is not None:
+        for key, value in _flatten(_read_yaml(Path(path))).items():
+            raw[key] = (value, f"in {path}")
+    for key, value in _flatten(values or {}).items():
+        raw[key] = (value, "option")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            errors.append(UserError(f"argument '{item}' is not key=value",
+                                    fix="write overrides as key=value, e.g. epochs=5 or data.root=/path"))
+            continue
+        raw[SHORTHANDS.get(key.strip(), key.strip())] = (value.strip(), "command line")
+    return _build(raw, errors)
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml  # only when a file is given
+
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist", fix="check the path, or pass key=value overrides only")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"YAML syntax error: {problem}", where=where,
+                        fix="fix the file (YAML uses 'key: value', two-space indentation)") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file '{path}' is not UTF-8 text", fix="pass a YAML file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of keys to values, not {type(data).__name__}",
+                        fix="write it as 'key: value' lines")
+    return data
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        key = str(key)
+        if not prefix and key in SHORTHANDS and not isinstance(value, dict):
+            flat[SHORTHANDS[key]] = value
+        elif isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _build(raw: dict[str, tuple[Any, str]], errors: list[UserError]) -> TrainConfig:
+    specs = {s.key: s for s in schema()}
+    sections = {name: {} for name in SECTIONS}
+    top: dict[str, Any] = {}
+    for key, (value, source) in raw.items():
+        spec = specs.get(key)
+        if spec is None:
+            hint = did_you_mean(key, specs) or "run 'tocha train --help' for the list of keys."
+            errors.append(UserError(f"unknown config key '{key}'", where=source, fix=hint))
+            continue
+        try:
+            parsed = _coerce(spec, value)
+            _check(spec, parsed)
+        except UserError as err:
+            errors.append(UserError(err.what, where=f"config key {key}, {source}", allowed=err.allowed,
+                                    fix=err.fix))
+            continue
+        head, _, tail = key.partition(".")
+        if tail:
+            sections[head][tail] = parsed
+        else:
+            top[key] = parsed
+    cfg = TrainConfig(**top, **{name: SECTIONS[name](**vals) for name, vals in sections.items()})
+    errors.extend(_cross_checks(cfg))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise UserErrors(errors)
+    return cfg
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(spec: KeySpec, value: Any) -> Any:
+    hint = _resolved_hints(TrainConfig if "." not in spec.key else SECTIONS[spec.key.split(".")[0]])
+    base, optional = _base_type(hint[spec.key.rsplit(".", 1)[-1]], spec.meta)
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None and text.lower() in {"none", "null", "~"} and optional:
+        return None
+    if value is None:
+        if optional:
+            return None
+        raise UserError("value must not be empty", allowed=spec.type_name)
+    if spec.meta.get("auto") and text is not None and text.lower() == AUTO:
+        return AUTO
+    bad = UserError(f"'{value}' is not a valid {spec.type_name}", allowed=_allowed(spec))
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise bad
+    if base is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(text) if text is not None else _raise(bad)
+        except ValueError:
+            raise bad from None
+    if base is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(text) if text is not None else _raise(bad)
+        except ValueError:
+            raise bad from None
+    if base is str:
+        if isinstance(value, (dict, list)):
+            raise bad
+        return str(value)
+    # list[...]: a YAML list, "[a, b]" or "a,b"; "none"/"[]"/"" is an empty list
+    item_type = typing.get_args(base)[0]
+    if isinstance(value, list):
+        items = value
+    elif text is not None:
+        text = text.strip("[]() ")
+        items = [] if text.lower() in {"", "none"} else [t.strip().strip("'\"") for t in text.split(",")]
+    else:
+        items = [value]
+    try:
+        return [item_type(i) if not isinstance(i, bool) else _raise(bad) for i in items]
+    except (TypeError, ValueError):
+        raise bad from None
+
+
+def _raise(err: Exception) -> Any:
+    raise err
+
+
+def _allowed(spec: KeySpec) -> str:
+    parts = []
+    if spec.choices:
+        parts.append(", ".join(map(str, spec.choices)))
+    m = spec.meta
+    if m["min"] is not None:
+        parts.append(f"{'>' if m['min_open'] else '>='} {m['min']}")
+    if m["max"] is not None:
+        parts.append(f"{'<' if m['max_open'] else '<='} {m['max']}")
+    if not parts:
+        parts.append(spec.type_name)
+    elif m.get("auto"):
+        parts.append("auto")
+    return "; ".join(parts) if not spec.choices else " ".join(parts)
+
+
+def _check(spec: KeySpec, value: Any) -> None:
+    if value is None or value == AUTO and spec.meta.get("auto"):
+        return
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if spec.choices and item not in spec.choices:
+            close = did_you_mean(str(item), map(str, spec.choices))
+            raise UserError(f"'{item}' is not allowed", allowed=", ".join(map(str, spec.choices)),
+                            fix=close or None)
+        m = spec.meta
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            low_bad = m["min"] is not None and (item <= m["min"] if m["min_open"] else item < m["min"])
+            high_bad = m["max"] is not None and (item >= m["max"] if m["max_open"] else item > m["max"])
+            if low_bad or high_bad:
+                raise UserError(f"{item} is out of range", allowed=_allowed(spec))
+
+
+def _cross_checks(cfg: TrainConfig) -> list[UserError]:
+    errors = []
+    prefix, _, metric = cfg.monitor.partition(".")
+    from tocha.metrics.names import METRIC_NAMES
+
+    if prefix not in ("val", "train") or metric not in METRIC_NAMES:
+        known = [f"val.{m}" for m in METRIC_NAMES]
+        errors.append(UserError(f"unknown metric '{cfg.monitor}'", where="config key monitor",
+                                allowed=", ".join(known), fix=did_you_mean(cfg.monitor, known) or None))
+    if prefix == "val" and cfg.data.val_fraction == 0 and cfg.data.name != "tensors":
+        errors.append(UserError("monitor is a validation metric but data.val_fraction=0 leaves no validation split",
+                                where="config keys monitor, data.val_fraction",
+                                fix="set data.val_fraction above 0, or monitor=train.loss"))
+    if cfg.data.name == "imagefolder" and not cfg.data.root:
+        errors.append(UserError("data=imagefolder needs a folder", where="config key data.root",
+                                fix="pass data.root=PATH/TO/FOLDERS (one sub-folder per class)"))
+    if cfg.nesterov and cfg.optimizer == "sgd" and cfg.momentum == 0:
+        errors.append(UserError("nesterov=true needs momentum > 0", where="config keys nesterov, momentum",
+                                fix="set momentum=0.9, or nesterov=false"))
+    return errors
+
+
+# ---------------------------------------------------------------- output
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def help_text() -> str:
+    """Every key with its type, default and allowed values, for `tocha train --help`."""
+    lines = []
+    section = None
+    for spec in schema():
+        head = spec.key.split(".")[0] if "." in spec.key else ""
+        if head != section:
+            section = head
+            lines.append(f"\n{head}.* keys:" if head else "\ntraining keys:")
+        default = "none" if spec.default is None else spec.default
+        if isinstance(default, list):
+            default = "[" + ",".join(map(str, default)) + "]"
+        allowed = _allowed(spec)
+        extra = f"  [{allowed}]" if allowed != spec.type_name else ""
+        lines.append(f"  {spec.key:<24} {spec.type_name:<14} default {default}{extra}")
+        lines.append(f"      {spec.help}")
+    return "\n".join(lines)

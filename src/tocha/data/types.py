@@ -1,0 +1,64 @@
+"""The values every data loader returns: a `Split` per role and `DataSplits` for the whole dataset.
+
+torch is imported only for type checking so that `import tocha.data` stays cheap (`tocha --help`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    import torch.utils.data
+
+
+@dataclass(frozen=True)
+class Split:
+    """One role's examples: in-memory tensors (`inputs`) or a file-backed `dataset`, never both.
+
+    In-memory images are uint8 [N,C,H,W] (0..255) or float [N,...], on the CPU. A dataset's item i
+    is (uint8 [C,H,W] already resized, int label). `labels` is int64 [N] on the CPU either way, so
+    splitting and class counts never have to touch the files.
+    """
+
+    labels: torch.Tensor
+    inputs: torch.Tensor | None = None
+    dataset: torch.utils.data.Dataset | None = None
+
+    def __post_init__(self) -> None:
+        if (self.inputs is None) == (self.dataset is None):
+            raise ValueError("a Split holds exactly one of inputs or dataset")
+        if self.inputs is not None and len(self.inputs) != len(self.labels):
+            raise ValueError(f"Split has {len(self.inputs)} inputs but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> Split:
+        """The examples at `indices` (int64 positions), in that order."""
+        if self.inputs is not None:
+            return Split(labels=self.labels[indices], inputs=self.inputs[indices])
+        from torch.utils.data import Subset
+
+        return Split(labels=self.labels[indices], dataset=Subset(self.dataset, indices.tolist()))
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """A dataset ready for training: train/val/test splits plus what a model and a report need."""
+
+    train: Split
+    val: Split | None
+    test: Split | None                  # the official test split, kept for `tocha eval`
+    classes: tuple[str, ...]
+    in_channels: int
+    image_size: int                     # square side in pixels; 0 for flat features
+    mean: tuple[float, ...] | None      # per channel, [0,1] units, train split only; None = don't normalise
+    std: tuple[float, ...] | None
+    source: str                         # where it was read from, for people
+    notes: tuple[str, ...] = ()         # one-line messages the CLI prints
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

@@ -1,0 +1,44 @@
+"""Optimizer and learning-rate schedule builders (plain arguments, no config object)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def build_optimizer(model: nn.Module, name: str, *, lr: float, momentum: float = 0.9, nesterov: bool = False,
+                    weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.Optimizer:
+    # Decay only weight matrices/kernels: decaying biases and norm scales hurts and helps nothing.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, *, total_steps: int, steps_per_epoch: int,
+                    warmup_steps: int = 0, step_epochs: int = 1, step_gamma: float = 0.1):
+    """A schedule stepped once per optimizer step."""
+    if name == "onecycle":
+        has_momentum = any(g.get("momentum", 0) > 0 for g in optimizer.param_groups) or "betas" in optimizer.defaults
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 2),
+            pct_start=0.25, cycle_momentum=has_momentum)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if name == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if name == "step":
+            return step_gamma ** (step // (step_epochs * steps_per_epoch))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

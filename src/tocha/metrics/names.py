@@ -1,0 +1,31 @@
+"""Metric names and their optimisation direction, importable without numpy or scikit-learn.
+
+Config validation (``monitor=val.<name>``) runs before any heavy import, so the names live here
+rather than next to the code that computes them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# Suffixes that ClassificationMetrics.flat() can emit with the default top_k=(5,), plus "loss",
+# which the engine adds itself. roc_auc / pr_auc only appear for two-class data.
+METRIC_NAMES: tuple[str, ...] = (
+    "loss",
+    "accuracy",
+    "top5_accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "roc_auc",
+    "pr_auc",
+)
+
+
+def default_mode(metric_name: str) -> Literal["max", "min"]:
+    """'min' for losses, 'max' for everything else; accepts 'loss' or a prefixed 'val.loss'."""
+    suffix = metric_name.rsplit(".", 1)[-1]
+    return "min" if suffix == "loss" else "max"

@@ -1,0 +1,247 @@
+"""The image-classification recipe: config in, trained model + run folder + report out.
+
+A plain function that calls small pieces (torchtune style). Config stops here: below this file,
+everything takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tocha import runfolder as rf
+from tocha.config import AUTO, DEFAULT_LR, TrainConfig, dump_yaml
+from tocha.data.types import DataSplits, Split
+from tocha.engine.batches import DeviceTransform, LoaderBatches, ResidentBatches
+from tocha.engine.checkpoint import load_weights, save_state, save_weights
+from tocha.engine.distributed import DistInfo, from_env
+from tocha.engine.loop import predict_batches, train_loop
+from tocha.engine.optim import build_optimizer, build_scheduler
+from tocha.engine.progress import Progress
+from tocha.hardware import HardwarePlan, describe_environment, plan
+from tocha.metrics.classification import ClassificationMetrics, classification_metrics, default_mode
+from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model
+
+log = logging.getLogger("tocha")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    model: nn.Module                       # with the best checkpoint's weights loaded
+    run_dir: Path | None
+    best: dict | None                      # {"metric", "value", "epoch", "step"}
+    history: tuple[dict, ...]
+    val: ClassificationMetrics | None      # of the best model
+    test: ClassificationMetrics | None
+    summary: dict
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+
+
+def make_batches(split: Split, batch_size: int, *, device: torch.device, transform: DeviceTransform, train: bool,
+                 hw: HardwarePlan, seed: int, dist: DistInfo):
+    if split.inputs is not None:
+        return ResidentBatches(split.inputs, split.labels, batch_size, device=device, transform=transform,
+                               train=train, seed=seed, rank=dist.rank if train else 0,
+                               world_size=dist.world_size if train else 1)
+    return LoaderBatches(split.dataset, batch_size, device=device, transform=transform, train=train,
+                         workers=hw.workers, pin_memory=hw.pin_memory, seed=seed)
+
+
+def evaluate_split(model: nn.Module, batches, *, classes, device, precision, top_k: int
+                   ) -> tuple[float, ClassificationMetrics]:
+    probs, labels, loss = predict_batches(model, batches, device=device, precision=precision,
+                                          loss_fn=nn.functional.cross_entropy)
+    return loss, classification_metrics(labels, probs, classes, top_k=(top_k,))
+
+
+def resolved_config(cfg: TrainConfig, hw: HardwarePlan, data: DataSplits, mode: str, out: str | None,
+                    augment: list[str], tensorboard: bool, spec: ModelSpec) -> TrainConfig:
+    """The config with every 'auto' replaced by what was chosen, so it can be fed back as it is."""
+    return dataclasses.replace(
+        cfg, device=hw.device, precision=hw.precision, threads=hw.threads, mode=mode, out=out,
+        lr=DEFAULT_LR[cfg.optimizer] if cfg.lr == AUTO else cfg.lr,
+        model=dataclasses.replace(cfg.model, dropout=spec.dropout),
+        log=dataclasses.replace(cfg.log, tensorboard=tensorboard),
+        image_size=data.image_size if data.image_size else AUTO,
+        data=dataclasses.replace(cfg.data, workers=hw.workers, augment=augment,
+                                 channels=str(data.in_channels) if data.image_size else cfg.data.channels))
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits | None = None,
+          argv: list[str] | None = None) -> FitResult:
+    dist = from_env()
+    seed_everything(cfg.seed, cfg.deterministic)
+    data_name_registered = data is None
+    if data is None:
+        from tocha.data import load_data
+
+        data = load_data(cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
+                         image_size=None if cfg.image_size == AUTO else cfg.image_size,
+                         channels=cfg.data.channels, download=cfg.data.download, on_bad_file=cfg.data.on_bad_file)
+    hw = plan(cfg.device, cfg.precision, cfg.data.workers, cfg.threads, file_data=data.train.inputs is None)
+    torch.set_num_threads(hw.threads)
+    device = torch.device(hw.device)
+
+    dropout = DEFAULT_DROPOUT.get(cfg.model.name, 0.0) if cfg.model.dropout == AUTO else cfg.model.dropout
+    spec = ModelSpec(cfg.model.name if model is None else type(model).__name__, data.in_channels,
+                     len(data.classes), data.image_size, tuple(cfg.model.hidden), cfg.model.width, dropout)
+    weight_notes: list[str] = []
+    if model is None:
+        model = build_model(spec)
+        if cfg.model.weights:
+            weight_notes = load_weights(model, Path(cfg.model.weights), strict=False)
+    model = model.to(device)
+    mode = default_mode(cfg.monitor.partition(".")[2]) if cfg.mode == AUTO else cfg.mode
+
+    run_dir: Path | None = None
+    out = cfg.out
+    if dist.is_main and (out is not None or argv is not None):
+        out = out or rf.default_run_name(cfg.data.name, cfg.model.name)
+        run_dir = rf.prepare_run_dir(out, overwrite=cfg.overwrite)
+    augment = cfg.data.augment
+    if augment == AUTO:
+        from tocha.data import DEFAULT_AUGMENT
+
+        # Augmentation helps models that can overfit; it only slows a small MLP down.
+        augment = list(DEFAULT_AUGMENT.get(cfg.data.name, ())) if data_name_registered and spec.name != "mlp" else []
+    tensorboard = cfg.log.tensorboard
+    if tensorboard == AUTO:
+        import importlib.util
+
+        tensorboard = importlib.util.find_spec("tensorboard") is not None
+    resolved = resolved_config(cfg, hw, data, mode, out, augment, tensorboard, spec)
+
+    if dist.is_main:
+        log.info("data       %s: %d train / %d val / %s test samples, %d classes, from %s", cfg.data.name,
+                 len(data.train), len(data.val) if data.val else 0, len(data.test) if data.test else "no",
+                 len(data.classes), data.source)
+        for note in data.notes:
+            log.info("note       %s", note)
+        for line in hw.lines():
+            log.info("%s", line)
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("model      %s: %s parameters", spec.name, f"{n_params:,}")
+        for note in weight_notes:
+            log.info("weights    %s", note)
+        if run_dir is not None:
+            log.info("run folder %s", run_dir)
+
+    meta = {"model": spec.to_dict(), "classes": list(data.classes), "mean": data.mean, "std": data.std,
+            "in_channels": data.in_channels, "image_size": data.image_size}
+    if run_dir is not None:
+        from tocha.engine.checkpoint import write_text_atomic
+
+        write_text_atomic(run_dir / rf.CONFIG, dump_yaml(resolved))
+        rf.write_json(run_dir / rf.META, meta)
+        rf.write_json(run_dir / rf.ENV, {**describe_environment(), "device": hw.device,
+                                         "command": argv if argv is not None else sys.argv, "git_sha": rf.git_sha(),
+                                         "hardware_reasons": hw.reasons})
+
+    transform = DeviceTransform(data.mean, data.std, augment=augment, crop_padding=cfg.data.crop_padding,
+                                device=device, seed=cfg.seed)
+    batches = {name: make_batches(split, cfg.batch_size, device=device, transform=transform, train=name == "train",
+                                  hw=hw, seed=cfg.seed, dist=dist)
+               for name, split in (("train", data.train), ("val", data.val), ("test", data.test)) if split is not None}
+
+    optimizer = build_optimizer(model, cfg.optimizer, lr=resolved.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(batches["train"]) / cfg.grad_accum_steps)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
+                                steps_per_epoch=steps_per_epoch,
+                                warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                                step_epochs=cfg.step_epochs, step_gamma=cfg.step_gamma)
+    classes = data.classes
+
+    def evaluate() -> dict:
+        loss, metrics = evaluate_split(model, batches["val"], classes=classes, device=device,
+                                       precision=hw.precision, top_k=cfg.top_k)
+        return {"val.loss": loss, **metrics.flat("val")}
+
+    metrics_log = rf.MetricsLog(run_dir, csv_enabled=cfg.log.csv, tensorboard=tensorboard) if run_dir else None
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def on_eval_end(record: dict, improved: bool) -> None:
+        nonlocal best_state
+        if metrics_log:
+            metrics_log.write(record)
+        if run_dir is not None:
+            save_weights(model, run_dir / rf.LAST_WEIGHTS)
+            save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "step": record["step"], "epoch": record["epoch"]}, run_dir / rf.LAST_STATE)
+            if improved:
+                save_weights(model, run_dir / rf.BEST_WEIGHTS)
+        elif improved:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    progress = Progress(epochs=cfg.epochs, steps_per_epoch=len(batches["train"]), enabled=dist.is_main)
+    try:
+        result = train_loop(
+            model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
+            loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), precision=hw.precision,
+            grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
+            eval_every_steps=cfg.eval_every_steps, evaluate=evaluate if "val" in batches else None,
+            monitor=cfg.monitor, mode=mode, on_log=metrics_log.write if metrics_log else None,
+            on_eval_end=on_eval_end, progress=progress, dist=dist)
+    finally:
+        if metrics_log:
+            metrics_log.close()
+
+    # Final numbers come from the best checkpoint, which is what `tocha eval` and `predict` use.
+    if run_dir is not None and (run_dir / rf.BEST_WEIGHTS).exists():
+        load_weights(model, run_dir / rf.BEST_WEIGHTS)
+    elif best_state is not None:
+        model.load_state_dict(best_state)
+    val_metrics = test_metrics = None
+    summary: dict = {"best": result.best, "epochs": cfg.epochs, "steps": result.steps, "device": hw.device,
+                     "precision": hw.precision}
+    if "val" in batches:
+        loss, val_metrics = evaluate_split(model, batches["val"], classes=classes, device=device,
+                                           precision=hw.precision, top_k=cfg.top_k)
+        summary["val"] = {"val.loss": loss, **val_metrics.flat("val")}
+    if "test" in batches:
+        loss, test_metrics = evaluate_split(model, batches["test"], classes=classes, device=device,
+                                            precision=hw.precision, top_k=cfg.top_k)
+        summary["test"] = {"test.loss": loss, **test_metrics.flat("test")}
+    memory, memory_kind = peak_memory_mb(device)
+    summary.update(wall_seconds=round(result.wall_seconds, 3), train_seconds=round(result.train_seconds, 3),
+                   train_samples_per_second=round(result.train_samples * dist.world_size / max(result.train_seconds,
+                                                                                                 1e-9), 1),
+                   peak_memory_mb=round(memory, 1), peak_memory_kind=memory_kind)
+
+    if run_dir is not None:
+        rf.write_json(run_dir / rf.SUMMARY, summary)
+        if test_metrics is not None:
+            rf.write_json(run_dir / "eval-test.json", {"split": "test", "checkpoint": "best",
+                                                       "loss": summary["test"]["test.loss"],
+                                                       **test_metrics.to_dict()})
+        from tocha.reports.html import write_report
+
+        write_report(run_dir, title=f"tocha run {run_dir.name}", summary=summary, config_text=dump_yaml(resolved),
+                     test_metrics=test_metrics, val_metrics=val_metrics, history=list(result.history))
+    return FitResult(model, run_dir, result.best, result.history, val_metrics, test_metrics, summary)

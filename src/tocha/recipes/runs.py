@@ -1,0 +1,139 @@
+"""Using a finished run: load its model, evaluate a split, predict image files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tocha import runfolder as rf
+from tocha.errors import UserError
+from tocha.metrics.classification import ClassificationMetrics
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    run_dir: Path
+    model: nn.Module
+    meta: dict
+    config_path: Path
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    split: str
+    loss: float
+    metrics: ClassificationMetrics
+    checkpoint: str
+    json_path: Path | None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    file: str
+    top: tuple[tuple[str, float], ...]   # (class name, probability), most likely first
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
+    from tocha.engine.checkpoint import load_weights
+    from tocha.models import ModelSpec, build_model
+
+    path = rf.check_run_dir(run_dir)
+    meta = rf.read_json(path / rf.META)
+    weights = path / (rf.BEST_WEIGHTS if checkpoint == "best" else rf.LAST_WEIGHTS)
+    if not weights.is_file():
+        raise UserError(f"run '{run_dir}' has no {checkpoint} checkpoint ({weights.name})",
+                        fix="the run may have stopped before its first evaluation; train it again")
+    model = build_model(ModelSpec.from_dict(meta["model"]))
+    load_weights(model, weights)
+    model.eval()
+    return LoadedRun(path, model.to(torch.device(device)), meta, path / rf.CONFIG)
+
+
+def evaluate_run(run_dir: str | Path, *, split: str = "test", checkpoint: str = "best", device: str = "auto",
+                 batch_size: int = 512, write: bool = True) -> EvalResult:
+    from tocha import config
+    from tocha.data import load_data
+    from tocha.engine.batches import DeviceTransform
+    from tocha.hardware import plan
+    from tocha.recipes.classify import evaluate_split, make_batches
+
+    path = rf.check_run_dir(run_dir)
+    cfg = config.load(path / rf.CONFIG)
+    meta = rf.read_json(path / rf.META)
+    data = load_data(cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
+                     image_size=meta["image_size"] or None, channels=str(meta["in_channels"]),
+                     download=False, on_bad_file=cfg.data.on_bad_file)
+    chosen = {"test": data.test, "val": data.val, "train": data.train}[split]
+    if chosen is None:
+        raise UserError(f"dataset '{cfg.data.name}' has no {split} split", where="--split",
+                        fix="use --split val" if split == "test" else "use --split test")
+    if tuple(data.classes) != tuple(meta["classes"]):
+        raise UserError(f"the data's classes {list(data.classes)[:5]}... differ from the run's {meta['classes'][:5]}...",
+                        where=f"data.root of {path / rf.CONFIG}", fix="evaluate on the data the run was trained on")
+    hw = plan(device, "auto", "auto", "auto", file_data=chosen.inputs is None)
+    # Evaluate in the precision the run trained with when on the same kind of device.
+    precision = cfg.precision if hw.device == cfg.device else hw.precision
+    loaded = load_run(path, checkpoint, hw.device)
+    dev = torch.device(hw.device)
+    transform = DeviceTransform(meta["mean"], meta["std"], device=dev)
+    batches = make_batches(chosen, batch_size, device=dev, transform=transform, train=False, hw=hw, seed=0,
+                           dist=_single())
+    loss, metrics = evaluate_split(loaded.model, batches, classes=tuple(meta["classes"]), device=dev,
+                                   precision=precision, top_k=cfg.top_k)
+    json_path = None
+    if write:
+        json_path = path / f"eval-{split}.json" if checkpoint == "best" else path / f"eval-{split}-{checkpoint}.json"
+        rf.write_json(json_path, {"split": split, "checkpoint": checkpoint, "loss": loss, **metrics.to_dict()})
+    return EvalResult(split, loss, metrics, checkpoint, json_path)
+
+
+def _single():
+    from tocha.engine.distributed import DistInfo
+
+    return DistInfo()
+
+
+def load_image(file: str | Path, in_channels: int, image_size: int) -> torch.Tensor:
+    """An image file as uint8 [C, H, W] resized to the run's input size."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(file)
+    if not path.is_file():
+        raise UserError(f"image '{file}' does not exist", fix="check the path")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if in_channels == 1 else "RGB")
+            if img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.BILINEAR)
+            import numpy as np
+
+            array = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"cannot read image '{file}': {exc}", fix="pass PNG/JPEG/BMP image files") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+
+def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, device: str = "auto",
+                  checkpoint: str = "best") -> list[Prediction]:
+    from tocha.engine.batches import DeviceTransform
+    from tocha.hardware import plan
+
+    hw = plan(device, "auto", "auto", "auto", file_data=False)
+    loaded = load_run(run_dir, checkpoint, hw.device)
+    meta = loaded.meta
+    if not meta["image_size"]:
+        raise UserError("this run was trained on feature vectors, not images", fix="use the Python API to predict")
+    x = torch.stack([load_image(f, meta["in_channels"], meta["image_size"]) for f in files])
+    dev = torch.device(hw.device)
+    transform = DeviceTransform(meta["mean"], meta["std"], device=dev)
+    with torch.inference_mode():
+        probs = loaded.model(transform(x.to(dev), train=False)).float().softmax(1).cpu()
+    classes = meta["classes"]
+    k = min(top_k, len(classes))
+    values, indices = probs.topk(k, dim=1)
+    return [Prediction(str(f), tuple((classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())))
+            for f, v, ix in zip(files, values, indices)]

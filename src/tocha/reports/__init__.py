@@ -1,0 +1,28 @@
+"""Run reports: PNG plots and a self-contained HTML page.
+
+Importing this package stays cheap (no matplotlib at import time): the names below resolve
+lazily, on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tocha.reports.html import write_report
+    from tocha.reports.plots import plot_confusion, plot_curves
+
+_LAZY = {
+    "plot_confusion": "tocha.reports.plots",
+    "plot_curves": "tocha.reports.plots",
+    "write_report": "tocha.reports.html",
+}
+
+__all__ = ["plot_confusion", "plot_curves", "write_report"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,201 @@
+"""A single self-contained HTML page summarising one run.
+
+Inline CSS, no JavaScript, no external URLs: the page opens from a copied run folder, offline.
+Images are PNG files written next to it and referenced by relative name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tocha.metrics.classification import ClassificationMetrics
+
+__all__ = ["write_report"]
+
+REPORT_NAME = "report.html"
+CURVES_NAME = "curves.png"
+CONFUSION_NAME = "confusion_matrix.png"
+_NOT_AVAILABLE = '<p class="na">not available</p>'
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+.cards { display: flex; flex-wrap: wrap; gap: 0.8em; margin: 1em 0; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em 1em; min-width: 9em; }
+.card .label { font-size: 0.8em; color: #666; }
+.card .value { font-size: 1.3em; font-weight: 600; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead th { background: #f4f4f4; }
+tr.avg td { background: #fafafa; font-weight: 600; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+img { max-width: 100%; }
+.na { color: #888; font-style: italic; }
+"""
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    """Text for one value: floats rounded, everything else via str; always escaped."""
+    if isinstance(value, bool) or value is None:
+        return escape(str(value))
+    if isinstance(value, float):
+        return escape(f"{value:.{digits}f}" if math.isfinite(value) else str(value))
+    return escape(str(value))
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        # Flat metrics are already prefixed ("test" -> "test.accuracy"); don't say it twice.
+        name = str(key) if str(key).startswith(prefix) else f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            items.extend(_flatten(value, f"{name}."))
+        else:
+            items.append((name, value))
+    return items
+
+
+def _headline(summary: Mapping[str, Any], test: ClassificationMetrics | None,
+              val: ClassificationMetrics | None) -> str:
+    cards: list[tuple[str, str]] = []
+    best = summary.get("best")
+    if isinstance(best, Mapping) and "value" in best:
+        label = f"best {best.get('metric', 'metric')}"
+        if best.get("epoch") is not None:
+            label += f" (epoch {best['epoch']})"
+        cards.append((label, _fmt(best["value"])))
+    for split, metrics in (("test", test), ("val", val)):
+        if metrics is not None:
+            cards.append((f"{split} accuracy", _fmt(metrics.accuracy)))
+        else:
+            flat = summary.get(split)
+            if isinstance(flat, Mapping):
+                value = flat.get(f"{split}.accuracy", flat.get("accuracy"))
+                if value is not None:
+                    cards.append((f"{split} accuracy", _fmt(value)))
+    units = (
+        ("epochs", "epochs", ""),
+        ("wall_seconds", "wall time", " s"),
+        ("train_samples_per_second", "train throughput", " samples/s"),
+        ("peak_memory_mb", "peak memory", " MB"),
+        ("device", "device", ""),
+    )
+    for key, label, unit in units:
+        if summary.get(key) is not None:
+            digits = 1 if isinstance(summary[key], float) else 0
+            cards.append((label, _fmt(summary[key], digits) + escape(unit)))
+    if not cards:
+        return _NOT_AVAILABLE
+    body = "".join(
+        f'<div class="card"><div class="label">{escape(label)}</div>'
+        f'<div class="value">{value}</div></div>'
+        for label, value in cards
+    )
+    return f'<div class="cards">{body}</div>'
+
+
+def _key_value_table(items: Iterable[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in items)
+    if not rows:
+        return _NOT_AVAILABLE
+    return f"<table><tbody>{rows}</tbody></table>"
+
+
+def _class_report_table(m: ClassificationMetrics, digits: int = 4) -> str:
+    head = ("<thead><tr><th>class</th><th>precision</th><th>recall</th><th>f1-score</th>"
+            "<th>support</th></tr></thead>")
+
+    def row(r: Any, css: str = "") -> str:
+        cls = f' class="{css}"' if css else ""
+        return (f"<tr{cls}><td>{escape(r.name)}</td><td>{_fmt(r.precision, digits)}</td>"
+                f"<td>{_fmt(r.recall, digits)}</td><td>{_fmt(r.f1, digits)}</td>"
+                f"<td>{r.support}</td></tr>")
+
+    body = "".join(row(r) for r in m.per_class)
+    body += (f'<tr class="avg"><td>accuracy</td><td></td><td></td>'
+             f"<td>{_fmt(m.accuracy, digits)}</td><td>{m.n_samples}</td></tr>")
+    body += row(m.macro, "avg") + row(m.weighted, "avg")
+    table = f"<table>{head}<tbody>{body}</tbody></table>"
+
+    extras = [(f"top-{k} accuracy", v) for k, v in sorted(m.top_k_accuracy.items())]
+    extras += [(name, v) for name, v in (("ROC AUC", m.roc_auc), ("PR AUC (average precision)",
+                                                                   m.pr_auc)) if v is not None]
+    if extras:
+        table += _key_value_table(extras)
+    return table
+
+
+def _image(name: str, alt: str) -> str:
+    return f'<img src="{escape(name)}" alt="{escape(alt)}">'
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    title: str,
+    summary: Mapping[str, Any],
+    config_text: str,
+    test_metrics: ClassificationMetrics | None,
+    val_metrics: ClassificationMetrics | None,
+    history: list[dict[str, Any]],
+    extra_sections: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """Write ``run_dir/report.html`` plus the PNGs it shows; return the HTML path.
+
+    ``extra_sections`` are (heading, HTML) pairs appended verbatim: the HTML must already be
+    escaped by the caller. Missing inputs render as "not available" rather than failing.
+    """
+    from tocha.reports.plots import plot_confusion, plot_curves
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sections: list[tuple[str, str]] = []
+
+    sections.append(("Summary", _headline(summary, test_metrics, val_metrics)))
+
+    if history:
+        plot_curves(history, run_dir / CURVES_NAME)
+        curves = _image(CURVES_NAME, "training curves: loss and accuracy versus epoch")
+    else:
+        curves = _NOT_AVAILABLE
+    sections.append(("Training curves", curves))
+
+    # Test numbers are the ones to trust; validation was used for model selection.
+    cm_source = test_metrics if test_metrics is not None else val_metrics
+    if cm_source is not None:
+        split = "test" if test_metrics is not None else "validation"
+        plot_confusion(cm_source.confusion, cm_source.classes, run_dir / CONFUSION_NAME)
+        cm_html = (f"<p>{escape(split)} set, rows are true classes, columns predicted; "
+                   f"colour is the row-normalised rate, numbers are counts.</p>"
+                   + _image(CONFUSION_NAME, f"{split} confusion matrix"))
+    else:
+        cm_html = _NOT_AVAILABLE
+    sections.append(("Confusion matrix", cm_html))
+
+    for split, metrics in (("Test", test_metrics), ("Validation", val_metrics)):
+        html_table = _class_report_table(metrics) if metrics is not None else _NOT_AVAILABLE
+        sections.append((f"{split} classification report", html_table))
+
+    sections.append(("All summary values", _key_value_table(_flatten(summary))))
+    config_html = f"<pre>{escape(config_text)}</pre>" if config_text.strip() else _NOT_AVAILABLE
+    sections.append(("Resolved configuration", config_html))
+
+    body = "".join(f"<h2>{escape(heading)}</h2>\n{content}\n" for heading, content in sections)
+    # Extra sections arrive as HTML already; only their headings are escaped here.
+    body += "".join(f"<h2>{escape(heading)}</h2>\n{content}\n" for heading, content in extra_sections)
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{escape(title)}</h1>\n{body}</body>\n</html>\n"
+    )
+    out = run_dir / REPORT_NAME
+    out.write_text(page, encoding="utf-8")
+    return out

@@ -1,0 +1,137 @@
+"""PNG plots for the run report: training curves and the confusion matrix.
+
+Uses matplotlib's object-oriented ``Figure`` API, which needs no GUI backend and keeps no global
+pyplot state, so plotting works headless and in threads and leaks no open figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+__all__ = ["plot_confusion", "plot_curves"]
+
+_DPI = 100  # small PNGs; the report shows them at roughly this size anyway
+_MAX_ANNOTATED_CLASSES = 20  # beyond this, per-cell numbers are unreadable
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(x, y) for records that carry a finite number under ``key``; x is epoch, else step."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for rec in records:
+        y = rec.get(key)
+        x = rec.get("epoch", rec.get("step"))
+        if not isinstance(y, (int, float)) or not isinstance(x, (int, float)):
+            continue
+        if not (math.isfinite(y) and math.isfinite(x)):
+            continue  # a NaN loss from a diverged step would blank the whole line
+        xs.append(float(x))
+        ys.append(float(y))
+    return xs, ys
+
+
+def _x_label(records: list[dict[str, Any]]) -> str:
+    return "epoch" if any("epoch" in r for r in records) else "step"
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
+    """Loss and accuracy versus epoch, train and val, from metrics.jsonl records."""
+    path = Path(path)
+    train_recs = [r for r in history if r.get("kind") == "train"]
+    eval_recs = [r for r in history if r.get("kind") == "eval"]
+
+    fig = Figure(figsize=(10, 4), dpi=_DPI, layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    panels = (
+        (ax_loss, "loss", "train.loss", "val.loss"),
+        (ax_acc, "accuracy", "train.accuracy", "val.accuracy"),
+    )
+    for ax, title, train_key, val_key in panels:
+        drawn = False
+        # Per-log-interval points are noisy, so they sit behind the epoch-level lines.
+        x, y = _series(train_recs, train_key)
+        if x:
+            ax.plot(x, y, color="tab:blue", alpha=0.35, linewidth=0.8,
+                    marker="o" if len(x) == 1 else None, label="train (per interval)")
+            drawn = True
+        for key, color, label in ((train_key, "tab:blue", "train"), (val_key, "tab:orange", "val")):
+            x, y = _series(eval_recs, key)
+            if x:
+                # Markers keep a single evaluation point visible; a line needs two.
+                ax.plot(x, y, color=color, linewidth=1.8, marker="o", markersize=4, label=label)
+                drawn = True
+        ax.set_title(title)
+        ax.set_xlabel(_x_label(eval_recs or train_recs))
+        ax.grid(True, alpha=0.3)
+        if drawn:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "not available", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI)
+    return path
+
+
+def plot_confusion(
+    confusion: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: str | Path,
+    normalize: bool = True,
+) -> Path:
+    """Heatmap of a confusion matrix (rows = true, cols = predicted), counts written in cells.
+
+    With ``normalize`` the colours show each true class's row as fractions, so rare classes are as
+    visible as common ones; the annotations stay raw counts either way.
+    """
+    import numpy as np
+
+    path = Path(path)
+    counts = np.asarray(confusion, dtype=np.int64)
+    n = len(classes)
+    if counts.shape != (n, n):
+        raise ValueError(
+            f"confusion matrix has shape {list(counts.shape)} but there are {n} classes; "
+            f"expected [{n}, {n}]"
+        )
+    if n == 0:
+        raise ValueError("cannot plot a confusion matrix with 0 classes")
+    if normalize:
+        row_sums = counts.sum(axis=1, keepdims=True)
+        # A class absent from the data has an all-zero row; leave it at 0 instead of NaN.
+        colours = counts / np.maximum(row_sums, 1)
+        vmax = 1.0
+    else:
+        colours = counts.astype(np.float64)
+        vmax = max(float(colours.max()), 1.0)
+
+    side = min(4.0 + 0.35 * n, 14.0)
+    fig = Figure(figsize=(side + 1.0, side), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(colours, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                 label="fraction of true class" if normalize else "count")
+
+    tick_size = 8 if n <= 30 else 5
+    ax.set_xticks(range(n), labels=[str(c) for c in classes], rotation=45, ha="right",
+                  rotation_mode="anchor", fontsize=tick_size)
+    ax.set_yticks(range(n), labels=[str(c) for c in classes], fontsize=tick_size)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("confusion matrix" + (" (row-normalised)" if normalize else ""))
+
+    if n <= _MAX_ANNOTATED_CLASSES:
+        font_size = 9 if n <= 10 else 6
+        for i in range(n):
+            for j in range(n):
+                dark = colours[i, j] > 0.6 * vmax
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
+                        fontsize=font_size, color="white" if dark else "black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI)
+    return path

@@ -1,0 +1,143 @@
+"""The run folder: the product's memory. Creation rules, JSON/metrics writers, reading a run back."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tocha.errors import UserError
+
+CONFIG, ENV, META, METRICS, METRICS_CSV, SUMMARY, REPORT = (
+    "config.yaml", "env.json", "meta.json", "metrics.jsonl", "metrics.csv", "summary.json", "report.html")
+BEST_WEIGHTS, LAST_WEIGHTS, LAST_STATE = "checkpoints/best.safetensors", "checkpoints/last.safetensors", \
+    "checkpoints/last.state.pt"
+
+
+def default_run_name(data: str, model: str) -> str:
+    safe_model = model.replace(":", "-").replace(".", "-").replace("/", "-")
+    return f"runs/{data}-{safe_model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(out: str, *, overwrite: bool) -> Path:
+    """Create the run folder; refuse an existing non-empty one unless `overwrite`; check it is writable."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"out '{out}' exists and is not a folder", where="config key out",
+                        fix="choose another out=PATH")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UserError(f"run folder '{out}' already exists and is not empty", where="config key out",
+                        fix="choose another out=PATH, or pass overwrite=true to write into it")
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = path / ".tocha-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write the run folder '{out}': {exc.strerror or exc}", where="config key out",
+                        fix="choose a writable location with out=PATH") from None
+    if overwrite:
+        for name in (METRICS, METRICS_CSV, SUMMARY):
+            (path / name).unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: Path, data: Any) -> None:
+    from tocha.engine.checkpoint import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"'{path}' is missing", fix="pass a run folder written by 'tocha train'") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"'{path}' is not valid JSON (line {exc.lineno}): the run folder is damaged",
+                        fix="re-run 'tocha train'") from None
+
+
+class MetricsLog:
+    """metrics.jsonl (appended and flushed per record), metrics.csv and TensorBoard events."""
+
+    def __init__(self, run_dir: Path, *, csv_enabled: bool, tensorboard: bool) -> None:
+        self.run_dir = run_dir
+        self.records: list[dict] = []
+        self.jsonl = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.csv_enabled = csv_enabled
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{record['kind']}/{key}" if key == "samples_per_second" else key,
+                                       value, record["step"])
+        if self.csv_enabled and record["kind"] == "eval":
+            self._write_csv()
+
+    def _write_csv(self) -> None:
+        from tocha.engine.checkpoint import write_text_atomic
+
+        columns: list[str] = []
+        for record in self.records:
+            columns += [k for k in record if k not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.records)
+        write_text_atomic(self.run_dir / METRICS_CSV, buffer.getvalue())
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"run folder '{run_dir}' does not exist", fix="pass a folder written by 'tocha train'")
+    for name in (CONFIG, META):
+        if not (path / name).is_file():
+            raise UserError(f"'{run_dir}' is not a tocha run folder: {name} is missing",
+                            fix="pass a folder written by 'tocha train' (it has config.yaml and meta.json)")
+    return path
+
+
+def git_sha() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.getcwd())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
