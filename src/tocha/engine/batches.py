@@ -16,11 +16,12 @@ class DeviceTransform:
     """uint8 -> float in [0, 1], per-channel normalisation, then (training only) random flips/crops."""
 
     def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None, *, augment: Sequence[str] = (),
-                 crop_padding: int = 2, device: torch.device, seed: int = 0) -> None:
+                 crop_padding: int = 2, device: torch.device, seed: int = 0, channels_last: bool = False) -> None:
         self.mean = None if mean is None else torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.augment = tuple(augment)
         self.crop_padding = crop_padding
+        self.channels_last = channels_last
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -33,6 +34,8 @@ class DeviceTransform:
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
             if "crop" in self.augment and self.crop_padding > 0:
                 x = self._random_crop(x)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def _random_crop(self, x: torch.Tensor) -> torch.Tensor:

