@@ -1,0 +1,96 @@
+import pytest
+
+from tocha import config
+from tocha.errors import UserError, UserErrors
+
+
+def test_defaults_are_the_embedded_recipe():
+    cfg = config.load()
+    assert cfg.data.name == "fashion-mnist" and cfg.model.name == "cnn"
+    assert cfg.optimizer == "adamw" and cfg.lr == "auto" and cfg.epochs == 6
+
+
+def test_overrides_are_typed_and_dotted():
+    cfg = config.load(overrides=["epochs=3", "lr=1e-3", "data.val_fraction=0.1", "model.hidden=[64,32]",
+                                 "deterministic=true", "grad_clip=none", "data=digits", "model=mlp",
+                                 "data.augment=crop,flip", "threads=1"])
+    assert cfg.epochs == 3 and cfg.lr == pytest.approx(1e-3)
+    assert cfg.data.val_fraction == 0.1 and cfg.model.hidden == [64, 32]
+    assert cfg.deterministic is True and cfg.grad_clip is None
+    assert cfg.data.name == "digits" and cfg.model.name == "mlp"
+    assert cfg.data.augment == ["crop", "flip"] and cfg.threads == 1
+
+
+def test_yaml_file_then_overrides_win(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: digits\nmodel:\n  name: mlp\n  hidden: [16]\nepochs: 4\nlr: 1e-2\n")
+    cfg = config.load(path, ["epochs=7"])
+    assert cfg.data.name == "digits" and cfg.model.hidden == [16]
+    assert cfg.epochs == 7 and cfg.lr == pytest.approx(0.01)  # YAML 1.1 reads 1e-2 as a string
+
+
+def test_unknown_key_has_did_you_mean():
+    with pytest.raises(UserError) as info:
+        config.load(overrides=["epoch=3"])
+    message = str(info.value)
+    assert "unknown config key 'epoch'" in message and "did you mean 'epochs'?" in message
+
+
+def test_wrong_type_names_key_value_and_type():
+    with pytest.raises(UserError) as info:
+        config.load(overrides=["batch_size=big"])
+    message = str(info.value)
+    assert "'big' is not a valid int" in message and "batch_size" in message
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("lr=0", "lr"), ("lr=-1", "lr"), ("batch_size=0", ">= 1"), ("data.val_fraction=1", "< 1.0"),
+    ("precision=fp8", "auto, fp32, bf16, fp16"), ("optimizer=adam", "did you mean 'adamw'?"),
+    ("data.augment=rotate", "crop, flip"), ("monitor=val.acuracy", "did you mean 'val.accuracy'?"),
+])
+def test_out_of_range_and_choices(item, needle):
+    with pytest.raises(UserError) as info:
+        config.load(overrides=[item])
+    assert needle in str(info.value)
+
+
+def test_all_errors_reported_at_once():
+    with pytest.raises(UserErrors) as info:
+        config.load(overrides=["epoch=3", "lr=-1", "precision=fp8"])
+    assert len(info.value.errors) == 3
+    text = str(info.value)
+    assert "3 problems" in text and "epochs" in text and "fp8" in text
+
+
+def test_yaml_syntax_error_gives_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: 3\nmodel: [unclosed\n")
+    with pytest.raises(UserError) as info:
+        config.load(path)
+    assert "line" in str(info.value) and "bad.yaml" in str(info.value)
+
+
+def test_not_key_value():
+    with pytest.raises(UserError, match="not key=value"):
+        config.load(overrides=["=3"])
+
+
+def test_cross_checks():
+    with pytest.raises(UserError, match="needs momentum"):
+        config.load(overrides=["optimizer=sgd", "nesterov=true"])
+    with pytest.raises(UserError, match="data.root"):
+        config.load(overrides=["data=imagefolder"])
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = config.load(overrides=["epochs=2", "model.hidden=[8,4]", "lr=0.5", "data=digits"])
+    path = tmp_path / "config.yaml"
+    path.write_text(config.dump_yaml(cfg))
+    assert config.load(path) == cfg
+
+
+def test_help_lists_every_key():
+    text = config.help_text()
+    for spec in config.schema():
+        assert spec.key in text
+    assert "val_fraction" in text and "[auto, fp32, bf16, fp16]" in text
