@@ -374,6 +374,10 @@ def _cross_checks(cfg: TrainConfig) -> list[UserError]:
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         errors.append(UserError("data=imagefolder needs a folder", where="config key data.root",
                                 fix="pass data.root=PATH/TO/FOLDERS (one sub-folder per class)"))
+    from tocha.models import check_model_name  # imports torchvision only for names outside the registry
+
+    if (model_error := check_model_name(cfg.model.name)) is not None:
+        errors.append(model_error)
     if cfg.nesterov and cfg.optimizer == "sgd" and cfg.momentum == 0:
         errors.append(UserError("nesterov=true needs momentum > 0", where="config keys nesterov, momentum",
                                 fix="set momentum=0.9, or nesterov=false"))
