@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                            epilog=TRAIN_EPILOG + _config_help())
     train.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value",
                        help="a YAML config file and/or key=value overrides")
-    train.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
     ev.add_argument("run", help="run folder written by 'tocha train'")
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     ev.add_argument("--batch-size", type=int, default=512, help="evaluation batch size (default 512)")
-    ev.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     pr = sub.add_parser("predict", help="top-k classes with probabilities for image files")
     pr.add_argument("run", help="run folder written by 'tocha train'")
@@ -62,11 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    pr.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     env = sub.add_parser("env", help="versions, devices, threads, and what tocha would choose and why")
     env.add_argument("--json", action="store_true", help="print JSON")
-    env.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    env.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return parser
 
 

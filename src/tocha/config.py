@@ -282,25 +282,12 @@ def _coerce(spec: KeySpec, value: Any) -> Any:
         if text is not None and text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
         raise bad
-    if base is int:
-        if isinstance(value, bool):
+    if base in (int, float):
+        if isinstance(value, bool) or (base is int and isinstance(value, float) and not value.is_integer()):
             raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
         try:
-            return int(text) if text is not None else _raise(bad)
-        except ValueError:
-            raise bad from None
-    if base is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return float(text) if text is not None else _raise(bad)
-        except ValueError:
+            return base(value) if text is None else base(text)
+        except (TypeError, ValueError):
             raise bad from None
     if base is str:
         if isinstance(value, (dict, list)):

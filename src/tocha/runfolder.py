@@ -41,8 +41,14 @@ def prepare_run_dir(out: str, *, overwrite: bool) -> Path:
         raise UserError(f"cannot write the run folder '{out}': {exc.strerror or exc}", where="config key out",
                         fix="choose a writable location with out=PATH") from None
     if overwrite:
-        for name in (METRICS, METRICS_CSV, SUMMARY):
+        # Results of the earlier run would mix with the new ones (TensorBoard reads every event file).
+        import shutil
+
+        for name in (METRICS, METRICS_CSV, SUMMARY, REPORT):
             (path / name).unlink(missing_ok=True)
+        for stale in path.glob("eval-*.json"):
+            stale.unlink()
+        shutil.rmtree(path / "tensorboard", ignore_errors=True)
     return path
 
 
