@@ -22,7 +22,9 @@ stamp=.venv/.tocha-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing tocha and its dependencies into .venv (first time: a few minutes)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+  # pip lists every local index folder it skips; those lines are noise, errors still show.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 \
+    | { grep -v "^WARNING: Location 'file://" || true; }
   echo "$want" > "$stamp"
 fi
 
