@@ -46,6 +46,8 @@ class DataConfig:
     channels: str = opt(AUTO, "image channels fed to the model", choices=(AUTO, "1", "3"))
     on_bad_file: str = opt("error", "what to do with an unreadable image file", choices=("error", "skip"))
     workers: int | str = opt(AUTO, "DataLoader worker processes (file datasets)", min=0, auto=True)
+    resident: bool | str = opt(AUTO, "hold the data as tensors on the training device, batches as index slices "
+                               "(auto = when it fits the memory budget; false = always a DataLoader)", auto=True)
 
 
 @dataclass
@@ -91,7 +93,9 @@ class TrainConfig:
     precision: str = opt(AUTO, "numeric precision (auto: bf16 on CUDA with bf16, else fp32)",
                          choices=(AUTO, "fp32", "bf16", "fp16"))
     device: str = opt(AUTO, "device: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    threads: int | str = opt(AUTO, "CPU threads for torch (auto = physical cores)", min=1, auto=True)
+    threads: int | str = opt(AUTO, "CPU threads for torch (auto = the fastest count in a short measurement "
+                             "on CPU, every usable core otherwise)", min=1, auto=True)
+    compile: bool = opt(False, "torch.compile the model (falls back to eager, with a message, if it fails)")
     seed: int = opt(0, "random seed for splits, initialisation and data order", min=0)
     deterministic: bool = opt(False, "use deterministic algorithms (slower on CUDA)")
     monitor: str = opt("val.accuracy", "metric that picks the best checkpoint, e.g. val.accuracy, val.loss, val.f1_macro")

@@ -79,7 +79,8 @@ def plan(device: str = AUTO, precision: str = AUTO, workers: int | str = AUTO,
 
     if threads == AUTO:
         n_threads = cpus
-        reasons["threads"] = f"{cpus} usable CPU cores" + ("" if kind == "cpu" else " (host-side work only)")
+        reasons["threads"] = (f"{cpus} usable CPU cores; training measures 1..{cpus} on its model and keeps the "
+                              "fastest" if kind == "cpu" else f"{cpus} usable CPU cores (host-side work only)")
     else:
         n_threads, reasons["threads"] = int(threads), "set by the user"
     return HardwarePlan(dev, prec, n_workers, pin, n_threads, reasons)

@@ -1,42 +1,56 @@
 """Batches on the training device: tensor-resident when the data is in memory, DataLoader otherwise.
 
-Both paths hand the loop ``(x, y)`` already on the device; normalisation and augmentation run
-batched on the device in :class:`DeviceTransform`, the same code for both paths.
+Both paths hand the loop ``(x, y)`` already on the device and give the same batches for the same
+seed: the order comes from one (seed, epoch) permutation and :class:`DeviceTransform` does the
+normalisation and augmentation, batched on the device, for both.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 
 import torch
 
 
 class DeviceTransform:
-    """uint8 -> float in [0, 1], per-channel normalisation, then (training only) random flips/crops."""
+    """uint8 -> float in [0, 1], per-channel normalisation, then (training only) random flips/crops.
+
+    `prepare` is the deterministic part (it can run once over a whole resident dataset), `augment`
+    the random part (every training batch).
+    """
 
     def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None, *, augment: Sequence[str] = (),
                  crop_padding: int = 2, device: torch.device, seed: int = 0, channels_last: bool = False) -> None:
         self.mean = None if mean is None else torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std, device=device).view(1, -1, 1, 1)
-        self.augment = tuple(augment)
+        self.augments = tuple(a for a in augment if a != "crop" or crop_padding > 0)
         self.crop_padding = crop_padding
         self.channels_last = channels_last
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = self.prepare(x)
+        return self.augment(x) if train and self.augments else x
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-        if self.mean is not None and x.ndim == 4:
+        if x.ndim != 4:
+            return x  # flat features: used as they are
+        if self.mean is not None:
             x = (x - self.mean) / self.std
-        if train and x.ndim == 4:
-            if "flip" in self.augment:
-                flip = torch.rand(x.shape[0], device=x.device, generator=self.generator) < 0.5
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-            if "crop" in self.augment and self.crop_padding > 0:
-                x = self._random_crop(x)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            return x
+        if "flip" in self.augments:
+            flip = torch.rand(x.shape[0], device=x.device, generator=self.generator) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        if "crop" in self.augments:
+            x = self._random_crop(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
         """Shift each image by up to `crop_padding` pixels, filling with zeros (the mean after normalising)."""
@@ -50,45 +64,87 @@ class DeviceTransform:
         return padded.gather(3, cols.expand(n, x.shape[1], h, w))
 
 
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The sample order of one epoch, from (seed, epoch) only: the same on every device and after a resume."""
+    if not shuffle:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def drops_last(n: int, batch_size: int, train: bool) -> bool:
+    """A last training batch of one sample breaks BatchNorm: drop it rather than crash."""
+    return train and n % batch_size == 1 and n > batch_size
+
+
 class ResidentBatches:
-    """The whole split held once on the device; an epoch is a permutation, a batch an index slice."""
+    """The whole split held once on the device; an epoch is a permutation, a batch an index slice.
+
+    With `prepare_once` the deterministic transform (uint8 -> normalised float, channels_last) runs
+    once here, so a step only slices (and augments); otherwise it runs per batch on the stored uint8.
+    """
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, *, device: torch.device,
-                 transform: DeviceTransform, train: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        self.x = inputs.to(device)
+                 transform: DeviceTransform, train: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 prepare_once: bool = True) -> None:
+        self.prepared = prepare_once
+        self.x = prepare_all(inputs, transform, device) if prepare_once else inputs.to(device)
         self.y = labels.to(device)
         self.batch_size, self.transform, self.train = batch_size, transform, train
         self.seed, self.epoch = seed, 0
         self.rank, self.world_size = rank, world_size
         self.device = device
+        self.wait_seconds = 0.0  # slicing is part of the step; nothing to wait for
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _indices(self) -> torch.Tensor:
-        n = self.y.shape[0]
-        if not self.train:
-            order = torch.arange(n)
-        else:
-            # Seeded by (seed, epoch) on the CPU, so the order is the same on every device and after a resume.
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
-        return order[self.rank::self.world_size].to(self.device)
+    def _n(self) -> int:
+        return len(range(self.rank, self.y.shape[0], self.world_size))
 
     def __len__(self) -> int:
-        n = len(range(self.rank, self.y.shape[0], self.world_size))
-        batches = math.ceil(n / self.batch_size)
-        # A last training batch of one sample breaks BatchNorm; drop it rather than crash.
-        return batches - 1 if self.train and n % self.batch_size == 1 and batches > 1 else batches
+        n = self._n()
+        return math.ceil(n / self.batch_size) - drops_last(n, self.batch_size, self.train)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._indices()
+        order = epoch_order(self.y.shape[0], self.seed, self.epoch, self.train)[self.rank::self.world_size]
+        order = order.to(self.device)
+        x, y, b = self.x, self.y, self.batch_size
+        augment = self.train and bool(self.transform.augments)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.transform(self.x[idx], self.train), self.y[idx]
+            idx = order[i * b:(i + 1) * b]
+            xb = x.index_select(0, idx)
+            if not self.prepared:
+                xb = self.transform.prepare(xb)
+            yield (self.transform.augment(xb) if augment else xb), y.index_select(0, idx)
+
+
+def prepare_all(inputs: torch.Tensor, transform: DeviceTransform, device: torch.device,
+                chunk: int = 8192) -> torch.Tensor:
+    """`transform.prepare` over a whole split, in chunks so the float copy is the only big allocation."""
+    first = transform.prepare(inputs[:1].to(device))
+    out = torch.empty((len(inputs), *first.shape[1:]), dtype=first.dtype, device=device)
+    if first.ndim == 4 and transform.channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    for start in range(0, len(inputs), chunk):
+        out[start:start + chunk] = transform.prepare(inputs[start:start + chunk].to(device))
+    return out
+
+
+class TensorItems(torch.utils.data.Dataset):
+    """In-memory tensors seen as a Dataset, for the DataLoader path (`data.resident=false`)."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[i], self.labels[i]
 
 
 class _EpochSampler(torch.utils.data.Sampler):
-    """A shuffling sampler whose order depends only on (seed, epoch), like ResidentBatches."""
+    """The DataLoader's order: `epoch_order`, exactly as ResidentBatches uses it."""
 
     def __init__(self, n: int, seed: int, shuffle: bool) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
@@ -97,14 +153,14 @@ class _EpochSampler(torch.utils.data.Sampler):
         return self.n
 
     def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(epoch_order(self.n, self.seed, self.epoch, self.shuffle).tolist())
 
 
 class LoaderBatches:
-    """File-backed data through a DataLoader: decode/resize in workers, pinned async copies on CUDA."""
+    """File-backed data through a DataLoader: decode/resize in workers, pinned async copies on CUDA.
+
+    `wait_seconds` is the time the last epoch spent blocked on the loader: the input bottleneck.
+    """
 
     def __init__(self, dataset, batch_size: int, *, device: torch.device, transform: DeviceTransform, train: bool,
                  workers: int = 0, pin_memory: bool = False, seed: int = 0) -> None:
@@ -112,9 +168,10 @@ class LoaderBatches:
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers, pin_memory=pin_memory,
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-            drop_last=train and len(dataset) % batch_size == 1 and len(dataset) > batch_size)
+            drop_last=drops_last(len(dataset), batch_size, train))
         self.device, self.transform, self.train = device, transform, train
         self.non_blocking = pin_memory
+        self.wait_seconds = 0.0
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.epoch = epoch
@@ -123,7 +180,16 @@ class LoaderBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self.loader:
+        self.wait_seconds = 0.0
+        batches = iter(self.loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.wait_seconds += time.perf_counter() - t
             x = x.to(self.device, non_blocking=self.non_blocking)
             y = y.to(self.device, non_blocking=self.non_blocking)
             yield self.transform(x, self.train), y

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ def train_loop(
     *,
     device: torch.device,
     optimizer: torch.optim.Optimizer,
-    scheduler,
+    scheduler,                               # stepped every optimizer step; None = constant lr
     epochs: int,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     precision: str = "fp32",
@@ -60,8 +61,9 @@ def train_loop(
     dist: DistInfo = DistInfo(),
 ) -> LoopResult:
     amp_dtype = AMP_DTYPES[precision]
-    # Loss scaling only for fp16; a disabled GradScaler passes scale/step/update straight through.
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    # Loss scaling only for fp16; otherwise the step calls the optimizer directly.
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     history: list[dict] = []
     best: dict | None = None
     step, samples_total, train_seconds = 0, 0, 0.0
@@ -111,24 +113,31 @@ def train_loop(
             group_start = i - i % grad_accum_steps
             group_size = min(grad_accum_steps, n_micro - group_start)
 
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with autocast:
                 logits = model(x)
                 loss = loss_fn(logits, y)
-            scaler.scale(loss / group_size).backward()
+            scaled = loss / group_size if group_size > 1 else loss
+            (scaler.scale(scaled) if scaler else scaled).backward()
 
-            loss_sum += loss.detach().float() * y.shape[0]  # y.shape is host metadata: no sync
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.shape[0]
+            batch = y.shape[0]  # host metadata: no sync
+            loss_sum.add_(loss.detach(), alpha=batch)
+            correct.add_((logits.detach().argmax(1) == y).sum())
+            seen += batch
 
             if i - group_start + 1 < group_size:
                 continue  # keep accumulating gradients
             if grad_clip is not None:
-                scaler.unscale_(optimizer)
+                if scaler:
+                    scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            if scheduler is not None:
+                scheduler.step()
             step += 1
             if progress:
                 progress.advance(group_size)
@@ -154,8 +163,12 @@ def train_loop(
         samples_total += seen
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the clock must not stop before the queued work has run
-        train_seconds += time.perf_counter() - epoch_clock - eval_seconds
-        record = run_eval(epoch + 1, samples_per_second=samples_total * dist.world_size / max(train_seconds, 1e-9))
+        epoch_seconds = time.perf_counter() - epoch_clock - eval_seconds
+        train_seconds += epoch_seconds
+        wait = getattr(train, "wait_seconds", 0.0)
+        record = run_eval(epoch + 1, samples_per_second=samples_total * dist.world_size / max(train_seconds, 1e-9),
+                          train_seconds=round(train_seconds, 4), data_wait_seconds=round(wait, 4),
+                          data_wait_share=round(wait / max(epoch_seconds, 1e-9), 4))
         if progress:
             progress.end_epoch(epoch, record, time.perf_counter() - epoch_clock)
         log_clock, log_seen = time.perf_counter(), samples_total

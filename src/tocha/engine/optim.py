@@ -16,7 +16,7 @@ def build_optimizer(model: nn.Module, name: str, *, lr: float, momentum: float =
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, fused=fused)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, fused=fused)
     raise ValueError(f"unknown optimizer {name!r}")
@@ -24,7 +24,9 @@ def build_optimizer(model: nn.Module, name: str, *, lr: float, momentum: float =
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, *, total_steps: int, steps_per_epoch: int,
                     warmup_steps: int = 0, step_epochs: int = 1, step_gamma: float = 0.1):
-    """A schedule stepped once per optimizer step."""
+    """A schedule stepped once per optimizer step; None for a constant learning rate (nothing to step)."""
+    if name == "none" and warmup_steps == 0:
+        return None
     if name == "onecycle":
         has_momentum = any(g.get("momentum", 0) > 0 for g in optimizer.param_groups) or "betas" in optimizer.defaults
         return torch.optim.lr_scheduler.OneCycleLR(

@@ -17,6 +17,8 @@ def _fmt(record: dict) -> str:
             parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {value:.4f}")
     if "samples_per_second" in record:
         parts.append(f"{record['samples_per_second']:,.0f} samples/s")
+    if record.get("data_wait_share"):  # only the DataLoader path waits
+        parts.append(f"data wait {record['data_wait_share']:.0%}")
     return "  ".join(parts)
 
 

@@ -20,17 +20,18 @@ from torch import nn
 from tocha import runfolder as rf
 from tocha.config import AUTO, DEFAULT_LR, TrainConfig, dump_yaml
 from tocha.data.types import DataSplits, Split
-from tocha.engine.batches import DeviceTransform, LoaderBatches, ResidentBatches
+from tocha.engine.batches import DeviceTransform, LoaderBatches, ResidentBatches, TensorItems
 from tocha.engine.checkpoint import load_weights, save_state, save_weights
 from tocha.engine.distributed import DistInfo, from_env
 from tocha.engine.loop import predict_batches, train_loop
 from tocha.engine.optim import build_optimizer, build_scheduler
 from tocha.engine.progress import Progress
-from tocha.hardware import HardwarePlan, describe_environment, plan
+from tocha.hardware import HardwarePlan, describe_environment, plan, usable_cpus
 from tocha.metrics.classification import ClassificationMetrics, classification_metrics, default_mode
 from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model
 
 log = logging.getLogger("tocha")
+DATA_WAIT_WARN = 0.25  # share of an epoch spent waiting for the DataLoader that earns a warning
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,58 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def make_batches(split: Split, batch_size: int, *, device: torch.device, transform: DeviceTransform, train: bool,
-                 hw: HardwarePlan, seed: int, dist: DistInfo):
-    if split.inputs is not None:
+                 hw: HardwarePlan, seed: int, dist: DistInfo, resident: bool = True, prepare_once: bool = False):
+    """ResidentBatches for in-memory data (unless `resident` is False), a DataLoader otherwise."""
+    if split.inputs is not None and resident:
         return ResidentBatches(split.inputs, split.labels, batch_size, device=device, transform=transform,
                                train=train, seed=seed, rank=dist.rank if train else 0,
-                               world_size=dist.world_size if train else 1)
-    return LoaderBatches(split.dataset, batch_size, device=device, transform=transform, train=train,
+                               world_size=dist.world_size if train else 1, prepare_once=prepare_once)
+    dataset = split.dataset if split.inputs is None else TensorItems(split.inputs, split.labels)
+    return LoaderBatches(dataset, batch_size, device=device, transform=transform, train=train,
                          workers=hw.workers, pin_memory=hw.pin_memory, seed=seed)
+
+
+def probe_batch(split: Split, batch_size: int, transform: DeviceTransform, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A first training-sized batch, without touching the training order or the augmentation RNG."""
+    n = min(batch_size, len(split))
+    if split.inputs is not None:
+        x = split.inputs[:n]
+    else:
+        x = torch.stack([torch.as_tensor(split.dataset[i][0]) for i in range(n)])
+    return transform.prepare(x.to(device)), split.labels[:n].to(device)
+
+
+def configure_cuda(deterministic: bool) -> list[str]:
+    """TF32 matmuls/convolutions (Ampere+) and cuDNN autotuning; returns what was set, for the log."""
+    notes = []
+    major, _ = torch.cuda.get_device_capability()
+    if major >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        notes.append("TF32 matmul and convolutions (compute capability >= 8.0)")
+    if not deterministic:
+        torch.backends.cudnn.benchmark = True
+        notes.append("cuDNN benchmark mode (fastest kernels for fixed shapes)")
+    return notes
+
+
+def compile_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[nn.Module, str]:
+    """torch.compile with a trial forward+backward; the eager model and the reason when that fails."""
+    buffers = {k: v.clone() for k, v in model.named_buffers()}  # the trial must not move BatchNorm stats
+    try:
+        compiled = torch.compile(model)
+        nn.functional.cross_entropy(compiled(x), y).backward()
+    except Exception as e:  # inductor raises many types: missing compiler, unsupported op, ...
+        model.zero_grad(set_to_none=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return model, f"torch.compile failed, training eagerly instead ({type(e).__name__}: {first[:200]})"
+    finally:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+    model.zero_grad(set_to_none=True)
+    return compiled, "torch.compile: compiled (the first steps include compile time)"
 
 
 def evaluate_split(model: nn.Module, batches, *, classes, device, precision, top_k: int
@@ -104,9 +150,16 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         data = load_data(cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
                          image_size=None if cfg.image_size == AUTO else cfg.image_size,
                          channels=cfg.data.channels, download=cfg.data.download, on_bad_file=cfg.data.on_bad_file)
+    from tocha.data.resident import decide, materialise
+
     hw = plan(cfg.device, cfg.precision, cfg.data.workers, cfg.threads, file_data=data.train.inputs is None)
-    torch.set_num_threads(hw.threads)
     device = torch.device(hw.device)
+    residency = decide(data, cfg.data.resident, device)
+    if residency.resident and data.train.inputs is None:
+        data = materialise(data, workers=hw.workers)
+    hw = plan(cfg.device, cfg.precision, cfg.data.workers, cfg.threads, file_data=not residency.resident)
+    torch.set_num_threads(hw.threads)
+    cuda_notes = configure_cuda(cfg.deterministic) if device.type == "cuda" else []
 
     dropout = DEFAULT_DROPOUT.get(cfg.model.name, 0.0) if cfg.model.dropout == AUTO else cfg.model.dropout
     spec = ModelSpec(cfg.model.name if model is None else type(model).__name__, data.in_channels,
@@ -137,6 +190,25 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         import importlib.util
 
         tensorboard = importlib.util.find_spec("tensorboard") is not None
+    transform = DeviceTransform(data.mean, data.std, augment=augment, crop_padding=cfg.data.crop_padding,
+                                device=device, seed=cfg.seed, channels_last=channels_last)
+    batches = {name: make_batches(split, cfg.batch_size, device=device, transform=transform, train=name == "train",
+                                  hw=hw, seed=cfg.seed, dist=dist, resident=residency.resident,
+                                  prepare_once=residency.prepare_once)
+               for name, split in (("train", data.train), ("val", data.val), ("test", data.test)) if split is not None}
+
+    if device.type == "cpu" and cfg.threads == AUTO:
+        from tocha.engine.threads import choose_threads, training_step
+
+        x, y = probe_batch(data.train, cfg.batch_size, transform, device)
+        threads, why = choose_threads(training_step(model, x, y, nn.functional.cross_entropy), usable_cpus())
+        hw = dataclasses.replace(hw, threads=threads, reasons={**hw.reasons, "threads": why})
+        torch.set_num_threads(threads)
+    step_model, compile_notes = model, []
+    if cfg.compile:
+        x, y = probe_batch(data.train, cfg.batch_size, transform, device)
+        step_model, note = compile_model(model, x, y)
+        compile_notes.append(note)
     resolved = resolved_config(cfg, hw, data, mode, out, augment, tensorboard, spec)
 
     if dist.is_main:
@@ -145,8 +217,11 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
                  len(data.classes), data.source)
         for note in data.notes:
             log.info("note       %s", note)
+        log.info("batches    %s", residency.reason)
         for line in hw.lines():
             log.info("%s", line)
+        for note in cuda_notes + compile_notes:
+            log.info("speed      %s", note)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model      %s: %s parameters", spec.name, f"{n_params:,}")
         for note in weight_notes:
@@ -165,14 +240,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
                                          "command": argv if argv is not None else sys.argv, "git_sha": rf.git_sha(),
                                          "hardware_reasons": hw.reasons})
 
-    transform = DeviceTransform(data.mean, data.std, augment=augment, crop_padding=cfg.data.crop_padding,
-                                device=device, seed=cfg.seed, channels_last=channels_last)
-    batches = {name: make_batches(split, cfg.batch_size, device=device, transform=transform, train=name == "train",
-                                  hw=hw, seed=cfg.seed, dist=dist)
-               for name, split in (("train", data.train), ("val", data.val), ("test", data.test)) if split is not None}
-
     optimizer = build_optimizer(model, cfg.optimizer, lr=resolved.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
     steps_per_epoch = math.ceil(len(batches["train"]) / cfg.grad_accum_steps)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
                                 steps_per_epoch=steps_per_epoch,
@@ -188,13 +257,20 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     metrics_log = rf.MetricsLog(run_dir, csv_enabled=cfg.log.csv, tensorboard=tensorboard) if run_dir else None
     best_state: dict[str, torch.Tensor] | None = None
 
+    slow_input_warned = False
+
     def on_eval_end(record: dict, improved: bool) -> None:
-        nonlocal best_state
+        nonlocal best_state, slow_input_warned
+        if record.get("data_wait_share", 0) > DATA_WAIT_WARN and not slow_input_warned and dist.is_main:
+            slow_input_warned = True
+            log.warning("input bound: the step waited for the DataLoader %.0f%% of the epoch; try more "
+                        "data.workers (now %d), a smaller image_size, or data.resident=true if it fits",
+                        100 * record["data_wait_share"], hw.workers)
         if metrics_log:
             metrics_log.write(record)
         if run_dir is not None:
             save_weights(model, run_dir / rf.LAST_WEIGHTS)
-            save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
                         "step": record["step"], "epoch": record["epoch"]}, run_dir / rf.LAST_STATE)
             if improved:
                 save_weights(model, run_dir / rf.BEST_WEIGHTS)
@@ -204,7 +280,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     progress = Progress(epochs=cfg.epochs, steps_per_epoch=len(batches["train"]), enabled=dist.is_main)
     try:
         result = train_loop(
-            model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
+            step_model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
             loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), precision=hw.precision,
             grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
             eval_every_steps=cfg.eval_every_steps, evaluate=evaluate if "val" in batches else None,
