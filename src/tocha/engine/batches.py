@@ -168,7 +168,10 @@ class LoaderBatches:
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers, pin_memory=pin_memory,
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-            drop_last=drops_last(len(dataset), batch_size, train))
+            drop_last=drops_last(len(dataset), batch_size, train),
+            # Its own generator: worker seeds are drawn from it, not from the global RNG that dropout uses,
+            # so both data paths leave the model's random numbers alone.
+            generator=torch.Generator().manual_seed(seed))
         self.device, self.transform, self.train = device, transform, train
         self.non_blocking = pin_memory
         self.wait_seconds = 0.0

@@ -1,0 +1,91 @@
+"""The two data paths (resident tensors, DataLoader) and the on-device augmentation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from tocha.engine.batches import DeviceTransform, LoaderBatches, ResidentBatches, TensorItems
+
+CPU = torch.device("cpu")
+
+
+def images(n: int = 37, c: int = 3, s: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, c, s, s), dtype=torch.uint8, generator=g), torch.arange(n) % 5
+
+
+def transform(seed: int = 7, augment=("crop", "flip"), channels_last: bool = False) -> DeviceTransform:
+    return DeviceTransform((0.4, 0.5, 0.6), (0.2, 0.25, 0.3), augment=augment, crop_padding=2, device=CPU,
+                           seed=seed, channels_last=channels_last)
+
+
+@pytest.mark.parametrize("prepare_once", [True, False])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_resident_and_dataloader_paths_give_identical_batches(prepare_once, channels_last):
+    x, y = images()
+    resident = ResidentBatches(x, y, 8, device=CPU, transform=transform(channels_last=channels_last), train=True,
+                               seed=3, prepare_once=prepare_once)
+    loader = LoaderBatches(TensorItems(x, y), 8, device=CPU, transform=transform(channels_last=channels_last),
+                           train=True, seed=3)
+    assert len(resident) == len(loader) == 5
+    for epoch in range(2):  # a new order each epoch, the same on both paths
+        resident.set_epoch(epoch), loader.set_epoch(epoch)
+        pairs = list(zip(resident, loader, strict=True))
+        for (xr, yr), (xl, yl) in pairs:
+            assert torch.equal(yr, yl)
+            assert torch.equal(xr, xl)  # bit for bit: same normalisation, same crops and flips
+            assert xr.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert sorted(torch.cat([b[1] for b in resident]).tolist()) == sorted(y.tolist())
+
+
+def test_evaluation_batches_are_in_order_and_unaugmented():
+    x, y = images(n=10)
+    t = transform()
+    batches = ResidentBatches(x, y, 4, device=CPU, transform=t, train=False)
+    got = torch.cat([b[0] for b in batches])
+    assert torch.equal(got, t.prepare(x))
+    assert torch.equal(torch.cat([b[1] for b in batches]), y)
+
+
+def test_device_augmentation_matches_torchvision_reference():
+    """Flip then zero-padded random crop, per image with torchvision, from the same random draws."""
+    x, _ = images(n=16, s=6)
+    t = transform(seed=11)
+    out = t(x, train=True)
+    g = torch.Generator().manual_seed(11)
+    flips = torch.rand(16, generator=g) < 0.5
+    shifts = torch.randint(0, 5, (2, 16), generator=g)
+    prepared = t.prepare(x)
+    for i in range(16):
+        ref = TF.horizontal_flip(prepared[i]) if flips[i] else prepared[i]
+        ref = TF.pad(ref, [2, 2, 2, 2], fill=0.0)
+        ref = TF.crop(ref, int(shifts[0, i]), int(shifts[1, i]), 6, 6)
+        assert torch.equal(out[i], ref), i
+    assert flips.any() and not flips.all() and (shifts != 2).any()  # the draws really vary
+
+
+def test_flat_features_pass_through_untouched():
+    x = torch.randn(12, 5)
+    batches = ResidentBatches(x, torch.zeros(12, dtype=torch.long), 4, device=CPU, transform=transform(),
+                              train=True)
+    assert torch.equal(torch.cat([b[0] for b in batches]).sort(0).values, x.sort(0).values)
+
+
+class SlowItems(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i):
+        time.sleep(0.02)
+        return torch.zeros(1, 4, 4, dtype=torch.uint8), i % 2
+
+
+def test_loader_reports_time_spent_waiting_for_data():
+    batches = LoaderBatches(SlowItems(), 2, device=CPU, transform=transform(augment=()), train=True)
+    assert batches.wait_seconds == 0.0
+    assert len(list(batches)) == 3
+    assert batches.wait_seconds >= 6 * 0.02 * 0.9
