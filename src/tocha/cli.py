@@ -64,10 +64,59 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
+    bench = sub.add_parser(
+        "bench", help="time the tutorial loop, a raw loop, tocha and Lightning on the same workload",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the same model with the same batches, optimizer and seed four ways, interleaved, "
+                    "after a warm-up, and print medians and ratios: samples/s, ms/step, step time relative "
+                    "to the raw loop, speed-up over the tutorial loop, test accuracy, time to a target "
+                    "accuracy, peak memory.",
+        epilog="runners:\n"
+               "  tutorial   torchvision dataset + ToTensor + DataLoader, as the seed tutorials write it\n"
+               "  raw        a hand-written loop over pre-made device tensors: the floor\n"
+               "  tocha      tocha.fit with the same model and optimizer\n"
+               "  lightning  PyTorch Lightning's Trainer, logger/checkpoints/progress off (when installed)\n\n"
+               "examples:\n"
+               "  tocha bench --quick\n"
+               "  tocha bench --model mlp --epochs 2 --repeats 3\n"
+               "  tocha bench --model cnn --devices cpu,cuda --json bench.json")
+    bench.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                       help="seed 004's MLP (batch 100, lr 0.5) or seed 000's CNN (batch 40, lr 0.01); default mlp")
+    bench.add_argument("--data", choices=("fashion-mnist", "digits"), default=None,
+                       help="default: fashion-mnist when its files are installed, else digits")
+    bench.add_argument("--devices", default="auto", help="comma-separated: cpu, cuda, auto (default auto: cuda if "
+                       "present, else cpu); cuda is skipped with a note when absent")
+    bench.add_argument("--runners", default="tutorial,raw,tocha,lightning", help="which loops (default all four)")
+    bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run (default 2; 1 with --quick)")
+    bench.add_argument("--repeats", type=_positive_int, default=None, help="timed runs per runner (default 3; 1 with --quick)")
+    bench.add_argument("--batch-size", type=_positive_int, default=None, help="default: the seed tutorial's")
+    bench.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: the seed tutorial's)")
+    bench.add_argument("--target", type=float, default=None,
+                       help="test accuracy for the time-to-target column (default 0.80 mlp, 0.85 cnn)")
+    bench.add_argument("--train-samples", type=_positive_int, default=None,
+                       help=f"use only the first N training images (--quick: {6000})")
+    bench.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for every runner "
+                       "(default: torch's default, every usable core)")
+    bench.add_argument("--seed", type=int, default=0, help="seed for weights and data order (default 0)")
+    bench.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass")
+    bench.add_argument("--quick", action="store_true", help="a smoke run: 6000 images, 1 epoch, 1 repeat")
+    bench.add_argument("--json", metavar="PATH", help="also write the medians as JSON")
+    bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+
     env = sub.add_parser("env", help="versions, devices, threads, and what tocha would choose and why")
     env.add_argument("--json", action="store_true", help="print JSON")
     env.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _config_help() -> str:
@@ -198,7 +247,13 @@ def _cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "env": _cmd_env}
+def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from tocha.bench.suite import main as bench_main
+
+    return bench_main(args)
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "env": _cmd_env, "bench": _cmd_bench}
 
 
 if __name__ == "__main__":

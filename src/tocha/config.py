@@ -66,6 +66,7 @@ class LogConfig:
     tensorboard: bool | str = opt(AUTO, "write TensorBoard event files (auto = when tensorboard is installed)",
                                   auto=True)
     csv: bool = opt(True, "write metrics.csv beside metrics.jsonl")
+    progress: bool = opt(True, "show progress: a bar on a terminal, one line per epoch otherwise")
 
 
 @dataclass

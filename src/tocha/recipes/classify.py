@@ -277,7 +277,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         elif improved:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    progress = Progress(epochs=cfg.epochs, steps_per_epoch=len(batches["train"]), enabled=dist.is_main)
+    progress = Progress(epochs=cfg.epochs, steps_per_epoch=len(batches["train"]),
+                        enabled=dist.is_main and cfg.log.progress)
     try:
         result = train_loop(
             step_model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
