@@ -16,7 +16,8 @@ def _ensure_console_logging() -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        if logger.level == logging.NOTSET:  # a level the caller chose stays
+            logger.setLevel(logging.INFO)
 
 
 def _as_splits(train_data: Any, val_data: Any, test_data: Any, *, val_fraction: float, seed: int, classes):

@@ -44,6 +44,8 @@ class Workload:
     target: float
     seed: int = 0
     idx_files: dict[str, Path] | None = None   # Fashion-MNIST's IDX files, for torchvision's FashionMNIST
+    stop_at: float | None = None               # stop once the test accuracy reaches this (time-to-accuracy runs)
+    max_seconds: float | None = None           # ... or once training has taken this long
 
     @property
     def mean_std(self) -> tuple[float, float]:
@@ -62,7 +64,13 @@ class Workload:
         return copy.deepcopy(net)
 
     def subset(self, n: int) -> Workload:
-        return replace(self, x_train=self.x_train[:n], y_train=self.y_train[:n], epochs=1)
+        return replace(self, x_train=self.x_train[:n], y_train=self.y_train[:n], epochs=1, stop_at=None,
+                       max_seconds=None)
+
+    def done(self, seconds: float, accuracy: float) -> bool:
+        """Whether a run with a stop rule may stop after this epoch."""
+        return ((self.stop_at is not None and accuracy >= self.stop_at)
+                or (self.max_seconds is not None and seconds >= self.max_seconds))
 
     @property
     def steps_per_epoch(self) -> int:

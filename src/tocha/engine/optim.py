@@ -12,9 +12,12 @@ def build_optimizer(model: nn.Module, name: str, *, lr: float, momentum: float =
                     weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.Optimizer:
     # Decay only weight matrices/kernels: decaying biases and norm scales hurts and helps nothing.
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    if weight_decay:
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+    else:  # one group: each group is a separate multi-tensor kernel launch per step
+        groups = [{"params": params, "weight_decay": 0.0}]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, fused=fused)
     if name == "adamw":

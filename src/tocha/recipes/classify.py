@@ -139,6 +139,23 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
 
 
+def tune(model: nn.Module, split: Split, cfg: TrainConfig, transform: DeviceTransform, device: torch.device,
+         hw: HardwarePlan) -> tuple[HardwarePlan, nn.Module, list[str]]:
+    """Measured CPU thread count and the optional torch.compile: (plan, model to step, notes)."""
+    if device.type == "cpu" and cfg.threads == AUTO:
+        from tocha.engine.threads import choose_threads, training_step
+
+        x, y = probe_batch(split, cfg.batch_size, transform, device)
+        threads, why = choose_threads(training_step(model, x, y, nn.functional.cross_entropy), usable_cpus())
+        hw = dataclasses.replace(hw, threads=threads, reasons={**hw.reasons, "threads": why})
+        torch.set_num_threads(threads)
+    if not cfg.compile:
+        return hw, model, []
+    x, y = probe_batch(split, cfg.batch_size, transform, device)
+    compiled, note = compile_model(model, x, y)
+    return hw, compiled, [note]
+
+
 def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits | None = None,
           argv: list[str] | None = None) -> FitResult:
     dist = from_env()
@@ -197,18 +214,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
                                   prepare_once=residency.prepare_once)
                for name, split in (("train", data.train), ("val", data.val), ("test", data.test)) if split is not None}
 
-    if device.type == "cpu" and cfg.threads == AUTO:
-        from tocha.engine.threads import choose_threads, training_step
-
-        x, y = probe_batch(data.train, cfg.batch_size, transform, device)
-        threads, why = choose_threads(training_step(model, x, y, nn.functional.cross_entropy), usable_cpus())
-        hw = dataclasses.replace(hw, threads=threads, reasons={**hw.reasons, "threads": why})
-        torch.set_num_threads(threads)
-    step_model, compile_notes = model, []
-    if cfg.compile:
-        x, y = probe_batch(data.train, cfg.batch_size, transform, device)
-        step_model, note = compile_model(model, x, y)
-        compile_notes.append(note)
+    hw, step_model, compile_notes = tune(model, data.train, cfg, transform, device, hw)
     resolved = resolved_config(cfg, hw, data, mode, out, augment, tensorboard, spec)
 
     if dist.is_main:
