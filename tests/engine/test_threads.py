@@ -61,3 +61,13 @@ def test_training_step_leaves_the_model_untouched():
     step(), step()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_probing_does_not_move_the_global_rng():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3))
+    step = training_step(model, torch.randn(8, 4), torch.randint(0, 3, (8,)), torch.nn.functional.cross_entropy)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    step(), step()
+    assert torch.equal(torch.rand(3), expected)

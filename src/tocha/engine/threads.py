@@ -69,8 +69,11 @@ def training_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     probe.train()
 
     def step() -> None:
-        loss = loss_fn(probe(x), y)
-        loss.backward()
+        # Dropout in the probe must not move the global RNG: a run's results would then depend on how
+        # many probe steps this machine's timing allowed.
+        with torch.random.fork_rng(devices=[]):
+            loss = loss_fn(probe(x), y)
+            loss.backward()
         probe.zero_grad(set_to_none=True)
 
     return step

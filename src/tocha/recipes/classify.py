@@ -96,9 +96,11 @@ def configure_cuda(deterministic: bool) -> list[str]:
 def compile_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[nn.Module, str]:
     """torch.compile with a trial forward+backward; the eager model and the reason when that fails."""
     buffers = {k: v.clone() for k, v in model.named_buffers()}  # the trial must not move BatchNorm stats
+    devices = [x.device] if x.device.type == "cuda" else []
     try:
         compiled = torch.compile(model)
-        nn.functional.cross_entropy(compiled(x), y).backward()
+        with torch.random.fork_rng(devices=devices):  # the trial's dropout leaves the run's RNG alone
+            nn.functional.cross_entropy(compiled(x), y).backward()
     except Exception as e:  # inductor raises many types: missing compiler, unsupported op, ...
         model.zero_grad(set_to_none=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
