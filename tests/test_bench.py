@@ -31,11 +31,14 @@ def test_quick_bench_prints_a_row_for_every_runner(tmp_path):
 
 
 def test_bad_runner_and_device_are_user_errors(tmp_path):
-    for args in (["--runners", "raw,keras"], ["--devices", "tpu"]):
+    (tmp_path / "old.json").write_text("keep me")
+    for args in (["--runners", "raw,keras"], ["--devices", "tpu"], ["--json", "old.json"],
+                 ["--json", "missing/b.json"]):
         proc = subprocess.run([sys.executable, "-m", "tocha.cli", "bench", *args], cwd=tmp_path,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
-        assert "allowed" in proc.stderr
+        assert "tocha bench: error:" in proc.stderr and "runner" not in proc.stdout
+    assert (tmp_path / "old.json").read_text() == "keep me"
     with pytest.raises(UserError):
         parse_runners("")
     assert parse_devices("cpu,cpu") == ["cpu"]

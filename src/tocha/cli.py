@@ -90,8 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run (default 2; 1 with --quick)")
     bench.add_argument("--repeats", type=_positive_int, default=None, help="timed runs per runner (default 3; 1 with --quick)")
     bench.add_argument("--batch-size", type=_positive_int, default=None, help="default: the seed tutorial's")
-    bench.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: the seed tutorial's)")
-    bench.add_argument("--target", type=float, default=None,
+    bench.add_argument("--lr", type=_positive_float, default=None, help="SGD learning rate (default: the seed tutorial's)")
+    bench.add_argument("--target", type=_fraction, default=None,
                        help="test accuracy for the time-to-target column (default 0.80 mlp, 0.85 cnn)")
     bench.add_argument("--train-samples", type=_positive_int, default=None,
                        help=f"use only the first N training images (--quick: {6000})")
@@ -116,6 +116,23 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be an accuracy between 0 and 1, got {text}")
     return value
 
 

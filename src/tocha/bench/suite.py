@@ -60,6 +60,16 @@ def parse_runners(text: str) -> list[str]:
     return wanted
 
 
+def check_json_path(path: Path) -> None:
+    """Before any training: the JSON file must be new and its folder must exist."""
+    if path.exists():
+        raise UserError(f"'{path}' already exists", where="tocha bench --json",
+                        fix="give a new file name, or move the old file away")
+    if not path.parent.is_dir():
+        raise UserError(f"folder '{path.parent}' does not exist", where="tocha bench --json",
+                        fix="create the folder first, or write the file elsewhere")
+
+
 def _median(values: list[float | None]) -> float | None:
     """The median of the repeats; None when most repeats have no value (e.g. never reached the target)."""
     present = [v for v in values if v is not None]
@@ -147,6 +157,8 @@ def describe(w: Workload, threads: int, repeats: int) -> str:
 def main(args) -> int:
     devices = parse_devices(args.devices)
     runners = parse_runners(args.runners)
+    if args.json:
+        check_json_path(Path(args.json))
     missing = [d for d in devices if d == "cuda" and not torch.cuda.is_available()]
     if missing and len(devices) == 1:
         raise UserError("--devices cuda but no CUDA device is available", where="tocha bench --devices",
