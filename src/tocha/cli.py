@@ -88,9 +88,11 @@ def _parser() -> argparse.ArgumentParser:
                        "present, else cpu); cuda is skipped with a note when absent")
     bench.add_argument("--runners", default="tutorial,raw,tocha,lightning", help="which loops (default all four)")
     bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run (default 2; 1 with --quick)")
-    bench.add_argument("--repeats", type=_positive_int, default=None, help="timed runs per runner (default 3; 1 with --quick)")
+    bench.add_argument("--repeats", type=_positive_int, default=None,
+                       help="timed runs per runner (default 3; 1 with --quick)")
     bench.add_argument("--batch-size", type=_positive_int, default=None, help="default: the seed tutorial's")
-    bench.add_argument("--lr", type=_positive_float, default=None, help="SGD learning rate (default: the seed tutorial's)")
+    bench.add_argument("--lr", type=_positive_float, default=None,
+                       help="SGD learning rate (default: the seed tutorial's)")
     bench.add_argument("--target", type=_fraction, default=None,
                        help="test accuracy for the time-to-target column (default 0.80 mlp, 0.85 cnn)")
     bench.add_argument("--train-samples", type=_positive_int, default=None,

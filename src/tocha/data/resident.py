@@ -48,7 +48,8 @@ def memory_budget(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         gpu = int(free * CUDA_SHARE)
-        return min(host, gpu), f"{CUDA_SHARE:.0%} of free {device.type} memory, {HOST_SHARE:.0%} of available host memory"
+        return min(host, gpu), (f"{CUDA_SHARE:.0%} of free {device.type} memory, "
+                                f"{HOST_SHARE:.0%} of available host memory")
     return host, f"{HOST_SHARE:.0%} of available host memory"
 
 
