@@ -23,6 +23,8 @@ examples:
   tocha train data=digits model=mlp epochs=30 out=runs/digits
   tocha train data=imagefolder data.root=PATH model=resnet18 image_size=64 out=runs/folders
   tocha train runs/cnn/config.yaml out=runs/cnn-again   # a run's resolved config, fed back
+  tocha train --resume runs/cnn                   # continue an interrupted run exactly where it stopped
+  tocha train out=runs/job resume=auto            # resume if runs/job has a checkpoint, else start
 
 `data=NAME` and `model=NAME` are short for data.name=NAME and model.name=NAME.
 Config keys (key=value; YAML files use the same names, nested by section):"""
@@ -45,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                            epilog=TRAIN_EPILOG + _config_help())
     train.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value",
                        help="a YAML config file and/or key=value overrides")
+    train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest valid "
+                       "checkpoint, with its own config (no other arguments)")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
@@ -187,12 +191,36 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         else:
             raise UserError(f"unexpected argument '{item}'", where="tocha train",
                             fix="give at most one config file, first, then key=value overrides")
-    cfg = config.load(path, overrides)
-    from tocha.recipes.classify import train
+    if args.resume:
+        cfg = _resume_config(args.resume, args.args)
+    else:
+        cfg = config.load(path, overrides)
+    from tocha.recipes.classify import Interrupted, train
 
-    result = train(cfg, argv=["tocha", *argv])
+    try:
+        result = train(cfg, argv=["tocha", *argv])
+    except Interrupted as stop:
+        print(f"tocha train: stopped by {stop}", file=sys.stderr)
+        return 128 + stop.signum
     _print_train_result(result)
     return 0
+
+
+def _resume_config(run: str, extra: list[str]):
+    from tocha import config
+    from tocha import runfolder as rf
+    from tocha.engine import resume
+
+    if extra:
+        raise UserError(f"--resume takes no other arguments, got {' '.join(extra)}", where="tocha train --resume",
+                        fix="resume continues the run exactly as configured; start a new run to change settings")
+    path = rf.check_run_dir(run)
+    found = resume.latest_valid(path / "checkpoints")
+    if found is None or not found.state:
+        damaged = f" ({'; '.join(found.skipped)})" if found else ""
+        raise UserError(f"'{run}' has no valid checkpoint to resume from{damaged}", where="tocha train --resume",
+                        fix=f"start it again with: tocha train {path / rf.CONFIG} out={run} overwrite=true")
+    return config.load(path / rf.CONFIG, [f"out={run}", "resume=auto"])
 
 
 def _print_train_result(result) -> None:

@@ -70,10 +70,26 @@ class LogConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int = opt(0, "also write a resumable checkpoint every N optimizer steps (0 = at epoch ends only)",
+                           min=0)
+    keep: int = opt(2, "resumable checkpoints kept in checkpoints/ (the newest ones)", min=1)
+
+
+@dataclass
+class EarlyStopConfig:
+    patience: int = opt(0, "stop after this many evaluations without improving the monitored metric "
+                        "by more than min_delta (0 = never stop early)", min=0)
+    min_delta: float = opt(0.0, "smallest change of the monitored metric that counts as an improvement", min=0.0)
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     image_size: int | str = opt(AUTO, "square input size in pixels (auto = the dataset's own)", min=1, auto=True)
     epochs: int = opt(6, "passes over the training split", min=1)
     batch_size: int = opt(128, "samples per optimizer step (before accumulation), per device", min=1)
@@ -106,12 +122,17 @@ class TrainConfig:
     eval_every_steps: int = opt(0, "also evaluate every N optimizer steps (0 = once per epoch)", min=0)
     top_k: int = opt(5, "k for the top-k accuracy metric", min=1)
     out: str | None = opt(None, "run folder (none = runs/<data>-<model>-<time>)")
+    resume: str = opt("none", "auto = continue from the newest valid checkpoint in `out` when there is one",
+                      choices=("none", "auto"))
+    on_nonfinite: str = opt("stop", "a NaN/Inf loss: stop (found at the next log read, no per-step sync) or skip "
+                            "that batch (checks every step: one host sync per step)", choices=("stop", "skip"))
     overwrite: bool = opt(False, "allow writing into an existing run folder")
 
 
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1}
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "log": LogConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "log": LogConfig, "checkpoint": CheckpointConfig,
+            "early_stop": EarlyStopConfig}
 # `data=digits` and `model=mlp` name the section's main entry.
 SHORTHANDS = {"data": "data.name", "model": "model.name"}
 

@@ -14,8 +14,7 @@ from tocha.errors import UserError
 
 CONFIG, ENV, META, METRICS, METRICS_CSV, SUMMARY, REPORT = (
     "config.yaml", "env.json", "meta.json", "metrics.jsonl", "metrics.csv", "summary.json", "report.html")
-BEST_WEIGHTS, LAST_WEIGHTS, LAST_STATE = "checkpoints/best.safetensors", "checkpoints/last.safetensors", \
-    "checkpoints/last.state.pt"
+BEST_WEIGHTS, LAST_WEIGHTS = "checkpoints/best.safetensors", "checkpoints/last.safetensors"
 
 
 def default_run_name(data: str, model: str) -> str:
@@ -113,6 +112,17 @@ class MetricsLog:
         writer.writeheader()
         writer.writerows(self.records)
         write_text_atomic(self.run_dir / METRICS_CSV, buffer.getvalue())
+
+    def restart(self, history: list[dict]) -> None:
+        """After a resume: the metrics files hold exactly `history` (records after the checkpoint go)."""
+        from tocha.engine.checkpoint import write_text_atomic
+
+        self.jsonl.close()
+        write_text_atomic(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        self.jsonl = open(self.run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.records = list(history)
+        if self.csv_enabled and self.records:
+            self._write_csv()
 
     def close(self) -> None:
         self.jsonl.close()

@@ -94,9 +94,11 @@ class ResidentBatches:
         self.rank, self.world_size = rank, world_size
         self.device = device
         self.wait_seconds = 0.0  # slicing is part of the step; nothing to wait for
+        self.first = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """The next iteration yields `epoch`'s batches from `first_batch` on (a mid-epoch resume)."""
+        self.epoch, self.first = epoch, first_batch
 
     def _n(self) -> int:
         return len(range(self.rank, self.y.shape[0], self.world_size))
@@ -110,7 +112,8 @@ class ResidentBatches:
         order = order.to(self.device)
         x, y, b = self.x, self.y, self.batch_size
         augment = self.train and bool(self.transform.augments)
-        for i in range(len(self)):
+        first, self.first = self.first, 0
+        for i in range(first, len(self)):
             idx = order[i * b:(i + 1) * b]
             xb = x.index_select(0, idx)
             if not self.prepared:
@@ -147,13 +150,13 @@ class _EpochSampler(torch.utils.data.Sampler):
     """The DataLoader's order: `epoch_order`, exactly as ResidentBatches uses it."""
 
     def __init__(self, n: int, seed: int, shuffle: bool) -> None:
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.n, self.seed, self.shuffle, self.epoch, self.skip = n, seed, shuffle, 0, 0
 
     def __len__(self) -> int:
-        return self.n
+        return self.n - self.skip
 
     def __iter__(self):
-        return iter(epoch_order(self.n, self.seed, self.epoch, self.shuffle).tolist())
+        return iter(epoch_order(self.n, self.seed, self.epoch, self.shuffle)[self.skip:].tolist())
 
 
 class LoaderBatches:
@@ -175,24 +178,34 @@ class LoaderBatches:
         self.device, self.transform, self.train = device, transform, train
         self.non_blocking = pin_memory
         self.wait_seconds = 0.0
+        self.batch_size, self.first_batch = batch_size, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
         self.sampler.epoch = epoch
+        self.first_batch = first_batch
 
     def __len__(self) -> int:
-        return len(self.loader)
+        """Batches in a whole epoch."""
+        skip, self.sampler.skip = self.sampler.skip, 0
+        n = len(self.loader)
+        self.sampler.skip = skip
+        return n
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.wait_seconds = 0.0
-        batches = iter(self.loader)
-        while True:
-            t = time.perf_counter()
-            try:
-                x, y = next(batches)
-            except StopIteration:
-                return
-            finally:
-                self.wait_seconds += time.perf_counter() - t
-            x = x.to(self.device, non_blocking=self.non_blocking)
-            y = y.to(self.device, non_blocking=self.non_blocking)
-            yield self.transform(x, self.train), y
+        self.sampler.skip, self.first_batch = self.first_batch * self.batch_size, 0
+        try:
+            batches = iter(self.loader)
+            while True:
+                t = time.perf_counter()
+                try:
+                    x, y = next(batches)
+                except StopIteration:
+                    return
+                finally:
+                    self.wait_seconds += time.perf_counter() - t
+                x = x.to(self.device, non_blocking=self.non_blocking)
+                y = y.to(self.device, non_blocking=self.non_blocking)
+                yield self.transform(x, self.train), y
+        finally:
+            self.sampler.skip = 0

@@ -30,12 +30,30 @@ class LoopResult:
     train_samples: int            # samples seen by this process
     train_seconds: float          # time in training steps (evaluation excluded)
     wall_seconds: float
+    stopped_early: str | None = None   # why early stopping ended the run, if it did
+    skipped_steps: int = 0        # batches skipped for a non-finite loss (on_nonfinite=skip)
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
     return value > best if mode == "max" else value < best
+
+
+class NonFiniteLoss(Exception):
+    """The running loss turned NaN/Inf; `step` is where it was seen, `last_good` the last finite read."""
+
+    def __init__(self, step: int, last_good: int) -> None:
+        super().__init__(f"non-finite loss by step {step}")
+        self.step, self.last_good = step, last_good
+
+
+class StopRequested(Exception):
+    """A stop signal arrived; the loop finished its step and handed a checkpoint to `on_checkpoint`."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"signal {signum} at step {step}")
+        self.signum, self.step = signum, step
 
 
 def train_loop(
@@ -59,40 +77,64 @@ def train_loop(
     on_eval_end: Callable[[dict, bool], None] | None = None,
     progress: Progress | None = None,
     dist: DistInfo = DistInfo(),
+    start: dict | None = None,               # a `position` from a checkpoint: continue exactly there
+    checkpoint_every: int = 0,               # optimizer steps between mid-epoch checkpoints (0 = none)
+    on_checkpoint: Callable[[dict], None] | None = None,   # gets `position`; also called at every epoch end
+    stop_signal: Callable[[], int | None] | None = None,   # a pending stop signal, checked after each step
+    patience: int = 0,
+    min_delta: float = 0.0,
+    skip_nonfinite: bool = False,
 ) -> LoopResult:
     amp_dtype = AMP_DTYPES[precision]
     # Loss scaling only for fp16; otherwise the step calls the optimizer directly.
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    history: list[dict] = []
-    best: dict | None = None
-    step, samples_total, train_seconds = 0, 0, 0.0
-    start = time.perf_counter()
+    start = start or {}
+    history: list[dict] = list(start.get("history", []))
+    best: dict | None = start.get("best")
+    step, samples_total = start.get("step", 0), start.get("samples_total", 0)
+    train_seconds = start.get("train_seconds", 0.0)
+    stale_evals, skipped = start.get("stale_evals", 0), start.get("skipped_steps", 0)
+    last_finite = step
+    wall_start = time.perf_counter()
 
     # Device-side accumulators since the last evaluation; read only at log/eval time.
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    log_clock, log_seen = time.perf_counter(), 0
+    loss_sum = start.get("loss_sum", torch.zeros(())).to(device)
+    correct = start.get("correct", torch.zeros((), dtype=torch.long)).to(device)
+    seen = start.get("seen", 0)
+    if scaler is not None and start.get("scaler"):
+        scaler.load_state_dict(start["scaler"])
+    log_clock, log_seen = time.perf_counter(), samples_total
 
     def read_running() -> dict:
+        nonlocal last_finite
         totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)])
         loss_total, correct_total, count = all_reduce_sum(totals, dist).tolist()  # the one host sync
+        if not math.isfinite(loss_total):
+            raise NonFiniteLoss(step, last_finite)
+        last_finite = step
         count = max(count, 1.0)
         return {"train.loss": loss_total / count, "train.accuracy": correct_total / count,
                 "lr": optimizer.param_groups[0]["lr"]}
 
     def run_eval(epoch_float: float, **extra) -> dict:
-        nonlocal best, seen
+        nonlocal best, seen, stale_evals
         record = {"kind": "eval", "step": step, "epoch": round(epoch_float, 4), **read_running(), **extra}
         if evaluate is not None:
             model.eval()
             record.update(evaluate())
             model.train()
         value = record.get(monitor)
-        improved = value is not None and is_better(value, None if best is None else best["value"], mode)
+        previous = None if best is None else best["value"]
+        improved = value is not None and is_better(value, previous, mode)
+        # Patience counts evaluations that did not beat the best by more than min_delta.
+        margin = value is not None and (previous is None or (value - previous if mode == "max" else previous - value)
+                                        > min_delta)
+        stale_evals = 0 if improved and margin else stale_evals + 1
         if improved:
             best = {"metric": monitor, "value": value, "epoch": record["epoch"], "step": step}
+        if skipped:
+            record["skipped_steps"] = skipped
         history.append(record)
         if on_eval_end is not None:
             on_eval_end(record, improved)
@@ -100,15 +142,26 @@ def train_loop(
         seen = 0
         return record
 
+    def position(epoch: int, next_batch: int, seconds: float) -> dict:
+        """Everything the loop needs to continue from here, bit for bit."""
+        read_running()  # never checkpoint a diverged run
+        return {"epoch": epoch, "batch": next_batch, "step": step, "samples_total": samples_total,
+                "train_seconds": seconds, "loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu(),
+                "seen": seen, "history": list(history), "best": best, "stale_evals": stale_evals,
+                "skipped_steps": skipped, "scaler": scaler.state_dict() if scaler is not None else None}
+
     model.train()
-    for epoch in range(epochs):
-        train.set_epoch(epoch)
+    stopped_early: str | None = None
+    for epoch in range(start.get("epoch", 0), epochs):
+        first_batch = start.get("batch", 0) if epoch == start.get("epoch", 0) else 0
+        train.set_epoch(epoch, first_batch)
         n_micro = len(train)
         if progress:
-            progress.start_epoch(epoch)
+            progress.start_epoch(epoch, done=first_batch // grad_accum_steps)
         epoch_clock = time.perf_counter()
         eval_seconds = 0.0
-        for i, (x, y) in enumerate(train):
+        seen_at_epoch_start = samples_total
+        for i, (x, y) in enumerate(train, start=first_batch):
             # The last accumulation group of an epoch may be short: divide by its real size.
             group_start = i - i % grad_accum_steps
             group_size = min(grad_accum_steps, n_micro - group_start)
@@ -116,13 +169,15 @@ def train_loop(
             with autocast:
                 logits = model(x)
                 loss = loss_fn(logits, y)
-            scaled = loss / group_size if group_size > 1 else loss
-            (scaler.scale(scaled) if scaler else scaled).backward()
-
-            batch = y.shape[0]  # host metadata: no sync
-            loss_sum.add_(loss.detach(), alpha=batch)
-            correct.add_((logits.detach().argmax(1) == y).sum())
-            seen += batch
+            if skip_nonfinite and not bool(torch.isfinite(loss)):  # a host sync, the price of skipping
+                skipped += 1
+            else:
+                scaled = loss / group_size if group_size > 1 else loss
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                batch = y.shape[0]  # host metadata: no sync
+                loss_sum.add_(loss.detach(), alpha=batch)
+                correct.add_((logits.detach().argmax(1) == y).sum())
+                seen += batch
 
             if i - group_start + 1 < group_size:
                 continue  # keep accumulating gradients
@@ -159,6 +214,15 @@ def train_loop(
                 run_eval(epoch + (i + 1) / n_micro)
                 eval_seconds += time.perf_counter() - t
                 log_clock, log_seen = time.perf_counter(), samples_total
+            signum = stop_signal() if stop_signal else None
+            due = checkpoint_every and step % checkpoint_every == 0 and i + 1 < n_micro
+            if on_checkpoint and (due or signum is not None):
+                seconds = train_seconds + time.perf_counter() - epoch_clock - eval_seconds
+                on_checkpoint(position(epoch, i + 1, seconds))
+            if signum is not None:
+                if progress:
+                    progress.close()
+                raise StopRequested(signum, step)
 
         samples_total += seen
         if device.type == "cuda":
@@ -166,15 +230,23 @@ def train_loop(
         epoch_seconds = time.perf_counter() - epoch_clock - eval_seconds
         train_seconds += epoch_seconds
         wait = getattr(train, "wait_seconds", 0.0)
-        record = run_eval(epoch + 1, samples_per_second=samples_total * dist.world_size / max(train_seconds, 1e-9),
-                          train_seconds=round(train_seconds, 4), data_wait_seconds=round(wait, 4),
-                          data_wait_share=round(wait / max(epoch_seconds, 1e-9), 4))
+        record = run_eval(epoch + 1, samples_per_second=(samples_total - seen_at_epoch_start) * dist.world_size
+                          / max(epoch_seconds, 1e-9), train_seconds=round(train_seconds, 4),
+                          data_wait_seconds=round(wait, 4), data_wait_share=round(wait / max(epoch_seconds, 1e-9), 4))
         if progress:
             progress.end_epoch(epoch, record, time.perf_counter() - epoch_clock)
+        if patience and stale_evals >= patience and epoch + 1 < epochs:
+            stopped_early = (f"stopped after epoch {epoch + 1}: {monitor} did not improve by more than {min_delta:g} "
+                             f"in {patience} evaluation(s)")
+        if on_checkpoint:
+            on_checkpoint(position(epoch + 1, 0, train_seconds))
         log_clock, log_seen = time.perf_counter(), samples_total
+        if stopped_early:
+            break
     if progress:
         progress.close()
-    return LoopResult(tuple(history), best, step, samples_total, train_seconds, time.perf_counter() - start)
+    return LoopResult(tuple(history), best, step, samples_total, train_seconds, time.perf_counter() - wall_start,
+                      stopped_early, skipped)
 
 
 @torch.inference_mode()

@@ -31,12 +31,13 @@ class Progress:
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.bar = None
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int, done: int = 0) -> None:
+        """`done`: steps of this epoch already taken before a resume."""
         if self.enabled and self.tty:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
-                            file=self.stream, leave=True, dynamic_ncols=True)
+            self.bar = tqdm(total=self.steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{self.epochs}",
+                            unit="step", file=self.stream, leave=True, dynamic_ncols=True)
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:

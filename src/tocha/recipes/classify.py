@@ -21,11 +21,13 @@ from tocha import runfolder as rf
 from tocha.config import AUTO, DEFAULT_LR, TrainConfig, dump_yaml
 from tocha.data.types import DataSplits, Split
 from tocha.engine.batches import DeviceTransform, LoaderBatches, ResidentBatches, TensorItems
-from tocha.engine.checkpoint import load_weights, save_state, save_weights
+from tocha.engine.checkpoint import load_weights, save_weights
 from tocha.engine.distributed import DistInfo, from_env
-from tocha.engine.loop import predict_batches, train_loop
+from tocha.engine import resume
+from tocha.engine.loop import NonFiniteLoss, StopRequested, predict_batches, train_loop
 from tocha.engine.optim import build_optimizer, build_scheduler
 from tocha.engine.progress import Progress
+from tocha.errors import UserError
 from tocha.hardware import HardwarePlan, describe_environment, plan, usable_cpus
 from tocha.metrics.classification import ClassificationMetrics, classification_metrics, default_mode
 from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model
@@ -158,6 +160,87 @@ def tune(model: nn.Module, split: Split, cfg: TrainConfig, transform: DeviceTran
     return hw, compiled, [note]
 
 
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint; the CLI exits with 128 + signum."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path | None) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        where = f"; checkpoint written, continue with: tocha train --resume {run_dir}" if run_dir else ""
+        super().__init__(f"{name} at step {step}{where}")
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT/SIGTERM ask the loop to finish its step and checkpoint; a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.signum: int | None = None
+        self.previous: dict = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == 2:  # SIGINT again: the user means it
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: finishing this step and writing a checkpoint (Ctrl-C again to quit now)",
+                    "SIGINT" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}")
+
+    def pending(self) -> int | None:
+        return self.signum
+
+    def uninstall(self) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+def find_resume_point(run_dir: Path) -> resume.Loaded | None:
+    """The newest checkpoint of `run_dir` that passes verification, or None (damaged ones are reported)."""
+    loaded = resume.latest_valid(run_dir / "checkpoints")
+    if loaded is None:
+        return None
+    for note in loaded.skipped:
+        log.warning("checkpoint %s: not used", note)
+    return loaded if loaded.state else None
+
+
+def restore(loaded: resume.Loaded, model: nn.Module, optimizer, scheduler, generators: dict) -> dict:
+    """Put the checkpoint's weights, optimizer, schedule and RNGs back; returns the loop position."""
+    own = model.state_dict()
+    wrong = [k for k in own if k not in loaded.weights or loaded.weights[k].shape != own[k].shape]
+    if wrong or set(loaded.weights) - set(own):
+        raise UserError(f"checkpoint {loaded.path} does not fit this model (e.g. {(wrong or ['extra tensors'])[0]})",
+                        where="resume", fix="resume with the run's own config.yaml (tocha train --resume RUN)")
+    model.load_state_dict(loaded.weights)
+    state = loaded.state
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    resume.restore_rng(state["rng"], generators)
+    return state["position"]
+
+
+def nonfinite_error(exc: NonFiniteLoss, run_dir: Path | None, cfg: TrainConfig) -> UserError:
+    kept = ""
+    if run_dir is not None:
+        newest = resume.all_checkpoints(run_dir / "checkpoints")
+        kept = f"; the last good checkpoint is kept ({newest[0]})" if newest else ""
+    return UserError(f"the training loss became NaN or Inf between step {exc.last_good} and step {exc.step}{kept}",
+                     where="training",
+                     fix=f"lower the learning rate (lr={cfg.lr:g} now), add grad_clip=1.0, use precision=bf16 "
+                         "instead of fp16, or on_nonfinite=skip to drop such batches")
+
+
 def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits | None = None,
           argv: list[str] | None = None) -> FitResult:
     dist = from_env()
@@ -195,9 +278,12 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
 
     run_dir: Path | None = None
     out = cfg.out
+    loaded = None
     if dist.is_main and (out is not None or argv is not None):
         out = out or rf.default_run_name(cfg.data.name, cfg.model.name)
-        run_dir = rf.prepare_run_dir(out, overwrite=cfg.overwrite)
+        loaded = find_resume_point(Path(out)) if cfg.resume == "auto" else None
+        # resume=auto without a usable checkpoint starts over in the same folder.
+        run_dir = Path(out) if loaded else rf.prepare_run_dir(out, overwrite=cfg.overwrite or cfg.resume == "auto")
     augment = cfg.data.augment
     if augment == AUTO:
         from tocha.data import DEFAULT_AUGMENT
@@ -236,6 +322,9 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
             log.info("weights    %s", note)
         if run_dir is not None:
             log.info("run folder %s", run_dir)
+        if loaded:
+            log.info("resume     from %s (epoch %d, step %d)", loaded.path, loaded.state["position"]["epoch"],
+                     loaded.state["position"]["step"])
 
     meta = {"model": spec.to_dict(), "classes": list(data.classes), "mean": data.mean, "std": data.std,
             "in_channels": data.in_channels, "image_size": data.image_size}
@@ -278,15 +367,26 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
             metrics_log.write(record)
         if run_dir is not None:
             save_weights(model, run_dir / rf.LAST_WEIGHTS)
-            save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
-                        "step": record["step"], "epoch": record["epoch"]}, run_dir / rf.LAST_STATE)
             if improved:
                 save_weights(model, run_dir / rf.BEST_WEIGHTS)
         elif improved:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    generators = {"augment": transform.generator}
+
+    def on_checkpoint(position: dict) -> None:
+        state = {"format": resume.FORMAT, "position": position, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler else None, "rng": resume.rng_state(generators)}
+        resume.write(run_dir / "checkpoints", position["step"], model, state, keep=cfg.checkpoint.keep)
+
+    start = None
+    if loaded:
+        start = restore(loaded, model, optimizer, scheduler, generators)
+        if metrics_log:
+            metrics_log.restart(start["history"])
     progress = Progress(epochs=cfg.epochs, steps_per_epoch=len(batches["train"]),
                         enabled=dist.is_main and cfg.log.progress)
+    signals = StopSignals() if run_dir is not None else None
     try:
         result = train_loop(
             step_model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
@@ -294,8 +394,17 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
             grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
             eval_every_steps=cfg.eval_every_steps, evaluate=evaluate if "val" in batches else None,
             monitor=cfg.monitor, mode=mode, on_log=metrics_log.write if metrics_log else None,
-            on_eval_end=on_eval_end, progress=progress, dist=dist)
+            on_eval_end=on_eval_end, progress=progress, dist=dist, start=start,
+            checkpoint_every=cfg.checkpoint.every_steps, on_checkpoint=on_checkpoint if run_dir else None,
+            stop_signal=signals.pending if signals else None, patience=cfg.early_stop.patience,
+            min_delta=cfg.early_stop.min_delta, skip_nonfinite=cfg.on_nonfinite == "skip")
+    except NonFiniteLoss as exc:
+        raise nonfinite_error(exc, run_dir, resolved) from None
+    except StopRequested as exc:
+        raise Interrupted(exc.signum, exc.step, run_dir) from None
     finally:
+        if signals:
+            signals.uninstall()
         if metrics_log:
             metrics_log.close()
 
@@ -307,6 +416,12 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     val_metrics = test_metrics = None
     summary: dict = {"best": result.best, "epochs": cfg.epochs, "steps": result.steps, "device": hw.device,
                      "precision": hw.precision}
+    if result.stopped_early:
+        summary["early_stop"] = result.stopped_early
+        log.info("early stop %s", result.stopped_early)
+    if result.skipped_steps:
+        summary["skipped_nonfinite_batches"] = result.skipped_steps
+        log.warning("skipped %d batch(es) with a NaN/Inf loss (on_nonfinite=skip)", result.skipped_steps)
     if "val" in batches:
         loss, val_metrics = evaluate_split(model, batches["val"], classes=classes, device=device,
                                            precision=hw.precision, top_k=cfg.top_k)
