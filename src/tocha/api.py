@@ -44,7 +44,8 @@ def _as_splits(train_data: Any, val_data: Any, test_data: Any, *, val_fraction: 
 
 def fit(model: Any = None, train_data: Any = "fashion-mnist", val_data: Any = None, *, test_data: Any = None,
         classes: list[str] | None = None, config: str | Path | None = None, **options: Any):
-    """Train `model` (an nn.Module, a registered model name, or None for `model.name` from the options).
+    """Train `model`: an nn.Module, a registered model name, a dict of model options
+    (``{"name": "cnn", "width": 8}``), or None for `model.name` from the options.
 
     `train_data`: an ``(x, y)`` pair of tensors, a ``torch.utils.data.Dataset`` or a registered
     dataset name. Options are the `tocha train` config keys (``epochs=3``, ``lr=0.1``,
@@ -55,6 +56,9 @@ def fit(model: Any = None, train_data: Any = "fashion-mnist", val_data: Any = No
 
     _ensure_console_logging()
     values = dict(options)
+    if isinstance(model, dict):  # model options, e.g. {"name": "cnn", "width": 8}
+        values["model"] = {**values.get("model", {}), **model} if isinstance(values.get("model"), dict) else model
+        model = None
     if isinstance(model, str):
         values["model"] = {**values.get("model", {}), "name": model} if isinstance(values.get("model"), dict) \
             else model

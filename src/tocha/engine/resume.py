@@ -51,6 +51,8 @@ def write(folder: Path, step: int, model: nn.Module, state: dict, *, keep: int) 
     from safetensors.torch import save_model
 
     folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(f".{PREFIX}*"):  # half-written folders of a killed process
+        shutil.rmtree(leftover, ignore_errors=True)
     final = folder / f"{PREFIX}{step:08d}"
     tmp = folder / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
