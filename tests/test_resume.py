@@ -270,3 +270,24 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert kills >= 5 and len(resumed_from) >= 5 and caught_writing
     assert same_weights(weights(tmp_path / "run"), weights(tmp_path / "ref"))
     assert eval_records(tmp_path / "run") == eval_records(tmp_path / "ref")
+
+
+def test_disk_full_during_a_checkpoint_is_one_clear_error_and_earlier_checkpoints_stay(tmp_path, monkeypatch):
+    import errno
+
+    real_save, calls = torch.save, {"n": 0}
+
+    def save_until_full(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    with pytest.raises(UserError) as err:
+        fit(tmp_path / "run")
+    assert "No space left on device" in str(err.value) and "--resume" in str(err.value.fix)
+    folder = tmp_path / "run" / "checkpoints"
+    kept = resume.all_checkpoints(folder)
+    assert kept and all(resume.problem(p) is None for p in kept)
+    assert not list(folder.glob(".step-*"))  # no half-written folder left behind

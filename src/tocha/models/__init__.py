@@ -78,22 +78,30 @@ def build_model(spec: ModelSpec):
         target = MODELS.get(spec.name, ("tocha.models.vision:build_torchvision", ""))[0]
         module_name, _, fn = target.partition(":")
         model = getattr(importlib.import_module(module_name), fn)(spec)
-    _check_input_size(model, spec, torch)
+    check_input_size(model, spec)
     return model
 
 
-def _check_input_size(model, spec: ModelSpec, torch) -> None:
+def check_input_size(model, spec: ModelSpec) -> None:
+    """One forward pass of zeros shaped like the data: a model/data mismatch becomes a clear error."""
+    import torch
+
     shape = (1, spec.in_channels) if spec.image_size == 0 else (1, spec.in_channels, spec.image_size, spec.image_size)
     was_training = model.training
     model.eval()  # BatchNorm in train mode refuses a batch of one
     try:
         with torch.no_grad():
-            out = model(torch.zeros(shape))
+            out = model(torch.zeros(shape, device=next(iter(model.parameters()), torch.zeros(())).device))
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200]
+        if "channels" in first and spec.image_size:
+            other = 3 if spec.in_channels == 1 else 1
+            fix = (f"the data has {spec.in_channels} channel(s): set data.channels={other} to convert the images, "
+                   "or build the model for the data's channels")
+        else:
+            fix = "choose a larger image_size (e.g. image_size=32 or 64) or another model"
         raise UserError(f"model '{spec.name}' cannot take inputs of shape {list(shape)[1:]}: {first}",
-                        where="config keys model.name, image_size",
-                        fix="choose a larger image_size (e.g. image_size=32 or 64) or another model") from None
+                        where="config keys model.name, image_size, data.channels", fix=fix) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.shape != (1, spec.num_classes):

@@ -63,7 +63,15 @@ def build_user_model(spec: ModelSpec) -> nn.Module:
     offered = {"in_channels": spec.in_channels, "num_classes": spec.num_classes, "image_size": spec.image_size}
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    model = fn(**{k: v for k, v in offered.items() if takes_any or k in params})
+    given = {k: v for k, v in offered.items() if takes_any or k in params}
+    try:
+        model = fn(**given)
+    except Exception as exc:  # the user's code: any error means it cannot build a model from these arguments
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"'{spec.name}' failed when called with {given or 'no arguments'}: "
+                        f"{type(exc).__name__}: {first}", where=where,
+                        fix="the function may take in_channels, num_classes and image_size (by those names) and "
+                            "must return an nn.Module; run with --debug for the traceback") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"'{spec.name}' returned {type(model).__name__}, not a torch.nn.Module", where=where)
     return model

@@ -30,7 +30,7 @@ from tocha.engine.progress import Progress
 from tocha.errors import UserError
 from tocha.hardware import HardwarePlan, describe_environment, plan, usable_cpus
 from tocha.metrics.classification import ClassificationMetrics, classification_metrics, default_mode
-from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model
+from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model, check_input_size
 
 log = logging.getLogger("tocha")
 DATA_WAIT_WARN = 0.25  # share of an epoch spent waiting for the DataLoader that earns a warning
@@ -241,6 +241,16 @@ def nonfinite_error(exc: NonFiniteLoss, run_dir: Path | None, cfg: TrainConfig) 
                          "instead of fp16, or on_nonfinite=skip to drop such batches")
 
 
+def write_or_explain(write, what: str, run_dir: Path) -> None:
+    """Run a checkpoint write; a full disk or lost permission becomes one clear error (earlier files stay)."""
+    try:
+        write()
+    except OSError as exc:
+        raise UserError(f"cannot write {what} in '{run_dir}': {exc.strerror or exc}", where="run folder",
+                        fix="free disk space or fix permissions, then continue with: "
+                            f"tocha train --resume {run_dir} (earlier checkpoints are intact)") from None
+
+
 def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits | None = None,
           argv: list[str] | None = None) -> FitResult:
     dist = from_env()
@@ -271,6 +281,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         model = build_model(spec)
         if cfg.model.weights:
             weight_notes = load_weights(model, Path(cfg.model.weights), strict=False)
+    else:
+        check_input_size(model, spec)  # a model handed to tocha.fit: check it against the data too
     # channels_last suits the convolution kernels (oneDNN on CPU: 1.7x for the default CNN here; cuDNN on GPU).
     channels_last = data.image_size > 0 and any(isinstance(m, nn.Conv2d) for m in model.modules())
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
@@ -366,9 +378,9 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         if metrics_log:
             metrics_log.write(record)
         if run_dir is not None:
-            save_weights(model, run_dir / rf.LAST_WEIGHTS)
+            write_or_explain(lambda: save_weights(model, run_dir / rf.LAST_WEIGHTS), "the last weights", run_dir)
             if improved:
-                save_weights(model, run_dir / rf.BEST_WEIGHTS)
+                write_or_explain(lambda: save_weights(model, run_dir / rf.BEST_WEIGHTS), "the best weights", run_dir)
         elif improved:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -377,7 +389,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     def on_checkpoint(position: dict) -> None:
         state = {"format": resume.FORMAT, "position": position, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler else None, "rng": resume.rng_state(generators)}
-        resume.write(run_dir / "checkpoints", position["step"], model, state, keep=cfg.checkpoint.keep)
+        write_or_explain(lambda: resume.write(run_dir / "checkpoints", position["step"], model, state,
+                                              keep=cfg.checkpoint.keep), "a checkpoint", run_dir)
 
     start = None
     if loaded:
