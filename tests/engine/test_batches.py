@@ -89,3 +89,26 @@ def test_loader_reports_time_spent_waiting_for_data():
     assert batches.wait_seconds == 0.0
     assert len(list(batches)) == 3
     assert batches.wait_seconds >= 6 * 0.02 * 0.9
+
+
+@pytest.mark.parametrize("path", ["resident", "loader"])
+def test_an_epoch_can_start_at_any_batch_for_a_resume(path):
+    x, y = images()
+
+    def make():
+        t = transform(augment=())
+        if path == "resident":
+            return ResidentBatches(x, y, 8, device=CPU, transform=t, train=True, seed=5)
+        return LoaderBatches(TensorItems(x, y), 8, device=CPU, transform=t, train=True, seed=5)
+
+    full = make()
+    full.set_epoch(1)
+    expected = list(full)
+    for first in (0, 2, 4, 5):
+        batches = make()
+        batches.set_epoch(1, first)
+        assert len(batches) == len(expected)  # the length of the whole epoch, as the loop counts it
+        got = list(batches)
+        assert len(got) == len(expected) - first
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, expected[first:]))
+        assert len(list(batches)) == len(expected)  # the next epoch starts from its beginning again
