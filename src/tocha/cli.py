@@ -60,13 +60,33 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     pr = sub.add_parser("predict", help="top-k classes with probabilities for image files")
-    pr.add_argument("run", help="run folder written by 'tocha train'")
+    pr.add_argument("run", help="run folder written by 'tocha train', or an ONNX file from 'tocha export'")
     pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     pr.add_argument("--top-k", type=int, default=3, help="how many classes to show (default 3)")
     pr.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+
+    ex = sub.add_parser("export", help="export a run's best model (ONNX, torch.export, TorchScript, safetensors) "
+                        "with a parity check", formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Write the run's best model as a deployable file with the class names and "
+                                    "normalisation embedded, then check it against the PyTorch model on up to "
+                                    "--samples test images: max abs logit difference (<= 1e-4) and top-1 "
+                                    "agreement (100%), printed and stored in FILE.parity.json. A file that fails "
+                                    "the check is not written.",
+                        epilog="examples:\n  tocha export runs/cnn                       # runs/cnn/export/model.onnx\n"
+                               "  tocha export runs/cnn --format pt2 --out cnn.pt2\n"
+                               "  tocha predict runs/cnn/export/model.onnx shirt.png   # the file alone is enough")
+    ex.add_argument("run", help="run folder written by 'tocha train'")
+    ex.add_argument("--format", default="onnx", help="onnx (default), pt2 (torch.export), torchscript, safetensors")
+    ex.add_argument("--out", help="output file (default RUN/export/model.<ext>)")
+    ex.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default 18)")
+    ex.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
+                    help="a free batch dimension (default); --no-dynamic-batch fixes it at 1")
+    ex.add_argument("--samples", type=_positive_int, default=512, help="test images for the parity check (default 512)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     bench = sub.add_parser(
         "bench", help="time the tutorial loop, a raw loop, tocha and Lightning on the same workload",
@@ -295,13 +315,26 @@ def _cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
+    from tocha.deploy.export import export_run
+
+    result = export_run(args.run, args.format, out=args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                        overwrite=args.overwrite, samples=args.samples)
+    p = result.parity
+    print(f"written: {result.path} ({result.bytes / 2**20:.2f} MB, {result.format})")
+    print(f"parity on {p.samples} test images: max abs logit difference {p.max_abs_diff:.2e} "
+          f"(allowed {p.tolerance:g}), top-1 agreement {p.top1_agreement:.2%}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     from tocha.bench.suite import main as bench_main
 
     return bench_main(args)
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "env": _cmd_env, "bench": _cmd_bench}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "env": _cmd_env, "bench": _cmd_bench,
+            "export": _cmd_export}
 
 
 if __name__ == "__main__":

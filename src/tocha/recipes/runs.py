@@ -55,7 +55,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
 def evaluate_run(run_dir: str | Path, *, split: str = "test", checkpoint: str = "best", device: str = "auto",
                  batch_size: int = 512, write: bool = True) -> EvalResult:
     from tocha import config
-    from tocha.data import load_data
     from tocha.engine.batches import DeviceTransform
     from tocha.hardware import plan
     from tocha.recipes.classify import evaluate_split, make_batches
@@ -63,16 +62,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", checkpoint: str = 
     path = rf.check_run_dir(run_dir)
     cfg = config.load(path / rf.CONFIG)
     meta = rf.read_json(path / rf.META)
-    data = load_data(cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
-                     image_size=meta["image_size"] or None, channels=str(meta["in_channels"]),
-                     download=False, on_bad_file=cfg.data.on_bad_file)
-    chosen = {"test": data.test, "val": data.val, "train": data.train}[split]
-    if chosen is None:
-        raise UserError(f"dataset '{cfg.data.name}' has no {split} split", where="--split",
-                        fix="use --split val" if split == "test" else "use --split test")
-    if tuple(data.classes) != tuple(meta["classes"]):
-        raise UserError(f"the data's classes {list(data.classes)[:5]}... differ from the run's {meta['classes'][:5]}...",
-                        where=f"data.root of {path / rf.CONFIG}", fix="evaluate on the data the run was trained on")
+    chosen = load_split(path, split)
     hw = plan(device, "auto", "auto", "auto", file_data=chosen.inputs is None)
     # Evaluate in the precision the run trained with when on the same kind of device.
     precision = cfg.precision if hw.device == cfg.device else hw.precision
@@ -88,6 +78,28 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", checkpoint: str = 
         json_path = path / f"eval-{split}.json" if checkpoint == "best" else path / f"eval-{split}-{checkpoint}.json"
         rf.write_json(json_path, {"split": split, "checkpoint": checkpoint, "loss": loss, **metrics.to_dict()})
     return EvalResult(split, loss, metrics, checkpoint, json_path)
+
+
+def load_split(run_dir: Path, split: str, *, missing_ok: bool = False):
+    """The `split` of the data a run was trained on, prepared as the run saw it (size, channels)."""
+    from tocha import config
+    from tocha.data import load_data
+
+    cfg = config.load(run_dir / rf.CONFIG)
+    meta = rf.read_json(run_dir / rf.META)
+    data = load_data(cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
+                     image_size=meta["image_size"] or None, channels=str(meta["in_channels"]),
+                     download=False, on_bad_file=cfg.data.on_bad_file)
+    chosen = {"test": data.test, "val": data.val, "train": data.train}[split]
+    if chosen is None:
+        if missing_ok:
+            return None
+        raise UserError(f"dataset '{cfg.data.name}' has no {split} split", where="--split",
+                        fix="use --split val" if split == "test" else "use --split test")
+    if tuple(data.classes) != tuple(meta["classes"]):
+        raise UserError(f"the data's classes {list(data.classes)[:5]}... differ from the run's {meta['classes'][:5]}...",
+                        where=f"data.root of {run_dir / rf.CONFIG}", fix="use the data the run was trained on")
+    return chosen
 
 
 def _single():
@@ -122,16 +134,26 @@ def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, devi
     from tocha.engine.batches import DeviceTransform
     from tocha.hardware import plan
 
-    hw = plan(device, "auto", "auto", "auto", file_data=False)
-    loaded = load_run(run_dir, checkpoint, hw.device)
-    meta = loaded.meta
+    if str(run_dir).endswith(".onnx"):  # a file from `tocha export`: it carries its own metadata
+        from tocha.deploy.export import onnx_predictor
+
+        if not Path(run_dir).is_file():
+            raise UserError(f"ONNX file '{run_dir}' does not exist", fix="check the path")
+        logits_of, meta = onnx_predictor(run_dir)
+        dev = torch.device("cpu")
+    else:
+        hw = plan(device, "auto", "auto", "auto", file_data=False)
+        loaded = load_run(run_dir, checkpoint, hw.device)
+        meta, dev = loaded.meta, torch.device(hw.device)
+
+        def logits_of(x: torch.Tensor) -> torch.Tensor:
+            return loaded.model(x).float()
     if not meta["image_size"]:
         raise UserError("this run was trained on feature vectors, not images", fix="use the Python API to predict")
     x = torch.stack([load_image(f, meta["in_channels"], meta["image_size"]) for f in files])
-    dev = torch.device(hw.device)
     transform = DeviceTransform(meta["mean"], meta["std"], device=dev)
     with torch.inference_mode():
-        probs = loaded.model(transform(x.to(dev), train=False)).float().softmax(1).cpu()
+        probs = torch.as_tensor(logits_of(transform(x.to(dev), train=False))).float().softmax(1).cpu()
     classes = meta["classes"]
     k = min(top_k, len(classes))
     values, indices = probs.topk(k, dim=1)

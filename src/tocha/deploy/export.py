@@ -1,0 +1,216 @@
+"""`tocha export`: a run's best model as a deployable file, checked against the PyTorch model.
+
+Every export carries the run's metadata (class names, normalisation, input shape), so the file
+alone is enough to predict. Every export is checked on real test samples: the artifact and the
+PyTorch model run the same inputs, and the max abs difference of the logits and the top-1
+agreement are printed and stored beside the file (`<file>.parity.json`). An export that fails
+the check is not left in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tocha.errors import UserError
+
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "safetensors": ".safetensors"}
+FP32_TOLERANCE = 1e-4       # max abs logit difference an fp32 export may show
+METADATA_KEY = "tocha"
+
+
+@dataclass(frozen=True)
+class Parity:
+    samples: int
+    max_abs_diff: float
+    top1_agreement: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.top1_agreement == 1.0
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: str
+    bytes: int
+    parity: Parity
+
+
+def check_parity(reference: Callable[[torch.Tensor], torch.Tensor], artifact: Callable[[torch.Tensor], np.ndarray],
+                 x: torch.Tensor, *, tolerance: float = FP32_TOLERANCE, batch: int = 256) -> Parity:
+    """Run `x` through both and compare logits (max abs difference) and predicted classes."""
+    worst, agree = 0.0, 0
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        with torch.no_grad():
+            want = reference(xb).float().numpy()
+        got = np.asarray(artifact(xb), dtype=np.float32)
+        if got.shape != want.shape:
+            return Parity(len(x), float("inf"), 0.0, tolerance)
+        worst = max(worst, float(np.abs(got - want).max()))
+        agree += int((got.argmax(1) == want.argmax(1)).sum())
+    return Parity(len(x), worst, agree / len(x), tolerance)
+
+
+def metadata(meta: dict, run_dir: Path) -> dict:
+    return {"classes": meta["classes"], "mean": meta["mean"], "std": meta["std"], "in_channels": meta["in_channels"],
+            "image_size": meta["image_size"], "model": meta["model"], "run": str(run_dir),
+            "input": "float32 [batch, C, H, W], scaled to [0, 1] then (x - mean) / std per channel"}
+
+
+def sample_inputs(run_dir: Path, meta: dict, n: int) -> torch.Tensor:
+    """Up to `n` normalised test images of the run's own data (validation when there is no test split)."""
+    from tocha.engine.batches import DeviceTransform
+    from tocha.recipes.runs import load_split
+
+    split = load_split(run_dir, "test", missing_ok=True) or load_split(run_dir, "val")
+    n = min(n, len(split))
+    x = split.inputs[:n] if split.inputs is not None else torch.stack([split.dataset[i][0] for i in range(n)])
+    return DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(x)
+
+
+def _onnx(model: nn.Module, x: torch.Tensor, path: Path, info: dict, opset: int, dynamic_batch: bool):
+    import onnx
+    import onnxruntime as ort
+
+    shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
+    example = x[:2] if dynamic_batch else x[:1]
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its passes
+        torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, input_names=["input"],
+                          output_names=["logits"], dynamic_shapes=shapes, external_data=False)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(info)
+    onnx.save(proto, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    if dynamic_batch:
+        return lambda xb: session.run(None, {name: xb.numpy()})[0]
+    return lambda xb: np.concatenate([session.run(None, {name: xb[i:i + 1].numpy()})[0] for i in range(len(xb))])
+
+
+def _pt2(model: nn.Module, x: torch.Tensor, path: Path, info: dict, dynamic_batch: bool):
+    shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
+    program = torch.export.export(model, (x[:2] if dynamic_batch else x[:1],), dynamic_shapes=shapes)
+    torch.export.save(program, str(path), extra_files={f"{METADATA_KEY}.json": json.dumps(info)})
+    loaded = torch.export.load(str(path)).module()
+    if dynamic_batch:
+        return lambda xb: loaded(xb).detach().numpy()
+    return lambda xb: np.concatenate([loaded(xb[i:i + 1]).detach().numpy() for i in range(len(xb))])
+
+
+def _torchscript(model: nn.Module, x: torch.Tensor, path: Path, info: dict):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is in maintenance mode; it still serves older runtimes
+        traced = torch.jit.trace(model, x[:2])
+        torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(info)})
+        loaded = torch.jit.load(str(path))
+    return lambda xb: loaded(xb).detach().numpy()
+
+
+def _safetensors(model: nn.Module, path: Path, info: dict, run_dir: Path):
+    from safetensors.torch import save_model
+
+    from tocha.recipes.runs import load_run
+
+    save_model(model, str(path), metadata={METADATA_KEY: json.dumps(info)})
+    reloaded = load_run(run_dir).model  # same architecture, then the exported tensors
+    from tocha.engine.checkpoint import load_weights
+
+    load_weights(reloaded, path)
+    return lambda xb: reloaded(xb).detach().numpy()
+
+
+def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, opset: int = 18,
+               dynamic_batch: bool = True, overwrite: bool = False, samples: int = 512) -> ExportResult:
+    from tocha import runfolder as rf
+    from tocha.recipes.runs import load_run
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}'", where="tocha export --format", allowed=", ".join(FORMATS))
+    path = rf.check_run_dir(run_dir)
+    target = Path(out) if out else path / "export" / f"model{FORMATS[fmt]}"
+    if target.exists() and not overwrite:
+        raise UserError(f"'{target}' already exists", where="tocha export --out",
+                        fix="choose another --out, or pass --overwrite to replace it")
+    if not target.parent.is_dir():
+        if out:
+            raise UserError(f"folder '{target.parent}' does not exist", where="tocha export --out",
+                            fix="create it first or choose another --out")
+        target.parent.mkdir(parents=True)
+    loaded = load_run(path, "best", "cpu")
+    model, meta = loaded.model.eval(), loaded.meta
+    if not meta["image_size"]:
+        raise UserError("export supports image models only for now; this run was trained on feature vectors",
+                        where="tocha export", fix="use torch.onnx.export on the model from tocha.load_run")
+    x = sample_inputs(path, meta, samples)
+    info = metadata(meta, path)
+    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")  # keeps the extension
+    try:
+        try:
+            if fmt == "onnx":
+                artifact = _onnx(model, x, tmp, info, opset, dynamic_batch)
+            elif fmt == "pt2":
+                artifact = _pt2(model, x, tmp, info, dynamic_batch)
+            elif fmt == "torchscript":
+                artifact = _torchscript(model, x, tmp, info)
+            else:
+                artifact = _safetensors(model, tmp, info, path)
+        except UserError:
+            raise
+        except Exception as exc:  # exporters raise many types for unsupported operators
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise UserError(f"{fmt} export of '{meta['model']['name']}' failed: {type(exc).__name__}: {first}",
+                            where="tocha export", fix="try another --format (pt2, torchscript, safetensors), "
+                                                      "or --opset; --debug shows the traceback") from None
+        parity = check_parity(model, artifact, x)
+        if not parity.ok:
+            raise UserError(f"the {fmt} export does not match the PyTorch model on {parity.samples} test samples: "
+                            f"max abs logit difference {parity.max_abs_diff:.3g} (allowed {parity.tolerance:g}), "
+                            f"top-1 agreement {parity.top1_agreement:.2%}; nothing was written",
+                            where="tocha export parity check", fix="try another --format or --opset")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    rf.write_json(target.with_name(target.name + ".parity.json"), {"format": fmt, **asdict(parity)})
+    return ExportResult(target, fmt, target.stat().st_size, parity)
+
+
+# ---------------------------------------------------------------- predicting from an ONNX file
+
+def onnx_predictor(path: str | Path) -> tuple[Callable[[torch.Tensor], np.ndarray], dict]:
+    """(logits function, tocha metadata) of an ONNX file written by `tocha export`."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own types for a file that is not a model
+        raise UserError(f"cannot load ONNX model '{path}': {str(exc).strip()[:200]}",
+                        fix="pass a file written by 'tocha export --format onnx'") from None
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if raw is None:
+        raise UserError(f"'{path}' has no tocha metadata (class names, normalisation)",
+                        fix="export it with 'tocha export RUN --format onnx'")
+    name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0] == 1
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        if fixed:
+            return np.concatenate([session.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(len(x))])
+        return session.run(None, {name: x.numpy()})[0]
+
+    return run, json.loads(raw)

@@ -1,0 +1,100 @@
+"""`tocha export`: every format passes its parity check, a broken export is caught, ONNX files predict alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tocha
+from tocha.cli import main as cli
+from tocha.deploy import export
+from tocha.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "run"
+    tocha.fit({"name": "cnn", "width": 4}, "digits", epochs=1, threads=1, out=str(out),
+              log={"tensorboard": False, "progress": False})
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript", "safetensors"])
+def test_every_format_passes_parity_and_records_it(run, fmt, tmp_path):
+    target = tmp_path / f"model{export.FORMATS[fmt]}"
+    result = export.export_run(run, fmt, out=target, samples=100)
+    assert result.path == target and target.stat().st_size > 0
+    assert result.parity.ok and result.parity.samples == 100 and result.parity.top1_agreement == 1.0
+    stored = json.loads((tmp_path / f"{target.name}.parity.json").read_text())
+    assert stored["format"] == fmt and stored["max_abs_diff"] <= 1e-4
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_parity_check_catches_a_wrong_artifact():
+    model = torch.nn.Linear(4, 3)
+    x = torch.randn(50, 4)
+    good = export.check_parity(model, lambda xb: model(xb).detach().numpy(), x)
+    assert good.ok and good.max_abs_diff == 0.0
+    shifted = export.check_parity(model, lambda xb: model(xb).detach().numpy() + 1e-3, x)
+    assert not shifted.ok and shifted.max_abs_diff == pytest.approx(1e-3, rel=1e-2)
+    swapped = export.check_parity(model, lambda xb: model(xb).detach().numpy()[:, ::-1], x)
+    assert not swapped.ok and swapped.top1_agreement < 1.0
+    wrong_shape = export.check_parity(model, lambda xb: np.zeros((len(xb), 2)), x)
+    assert not wrong_shape.ok
+
+
+def test_a_broken_export_is_refused_and_not_written(run, tmp_path, monkeypatch):
+    real = export._onnx
+
+    def broken(*args, **kwargs):
+        predict = real(*args, **kwargs)
+        return lambda xb: predict(xb) * 1.01  # e.g. a wrongly folded scale
+
+    monkeypatch.setattr(export, "_onnx", broken)
+    with pytest.raises(UserError, match="does not match the PyTorch model"):
+        export.export_run(run, "onnx", out=tmp_path / "m.onnx", samples=64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_file_alone_predicts_like_the_run(run, tmp_path, capsys):
+    target = tmp_path / "m.onnx"
+    assert cli(["export", str(run), "--out", str(target), "--no-dynamic-batch", "--samples", "32"]) == 0
+    assert "top-1 agreement 100.00%" in capsys.readouterr().out
+    images = []
+    for i, value in enumerate((30, 200)):
+        Image.new("L", (8, 8), value).save(tmp_path / f"{i}.png")
+        images.append(str(tmp_path / f"{i}.png"))
+    moved = tmp_path / "elsewhere.onnx"
+    shutil.move(target, moved)  # no run folder needed
+    assert cli(["predict", str(moved), *images]) == 0
+    from_onnx = capsys.readouterr().out
+    assert cli(["predict", str(run), *images]) == 0
+    assert from_onnx == capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--format", "keras"], ["unknown export format", "onnx, pt2"]),
+    (["--out", "EXISTING"], ["already exists", "--overwrite"]),
+    (["--out", "nowhere/m.onnx"], ["does not exist"]),
+])
+def test_bad_export_arguments(run, tmp_path, capsys, args, words):
+    existing = tmp_path / "old.onnx"
+    existing.write_text("keep")
+    args = [str(existing) if a == "EXISTING" else str(tmp_path / a) if a.startswith("nowhere") else a for a in args]
+    assert cli(["export", str(run), *args]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and "Traceback" not in err
+    assert existing.read_text() == "keep"
+
+
+def test_run_without_a_best_checkpoint(run, tmp_path, capsys):
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    (broken / "checkpoints" / "best.safetensors").unlink()
+    assert cli(["export", str(broken)]) == 2
+    assert "no best checkpoint" in capsys.readouterr().err
