@@ -88,6 +88,33 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
+    co = sub.add_parser("compress", help="int8-quantize a run's model for CPU deployment; kept only if it pays",
+                        description="Export the run's model to fp32 ONNX, quantize it statically to int8 (QDQ, "
+                                    "per-channel weights, calibrated on training batches) and measure both on this "
+                                    "machine. The int8 file is kept only if it is faster and loses at most "
+                                    "--max-accuracy-drop points of test accuracy; otherwise the step is rejected.")
+    co.add_argument("run", help="run folder written by 'tocha train'")
+    co.add_argument("--quantize", default="int8", help="int8 (post-training static, ONNX Runtime)")
+    co.add_argument("--calibration", default="minmax", help="minmax (default), entropy, percentile")
+    co.add_argument("--calibration-batches", type=_positive_int, default=8, help="training batches of 64 (default 8)")
+    co.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                    help="percentage points of test accuracy a step may cost (default 1)")
+    co.add_argument("--batch", type=_positive_int, default=64, help="batch size for the latency check (default 64)")
+    co.add_argument("--out", help="output folder (default RUN/compressed)")
+    co.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    co.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+
+    bm = sub.add_parser("bench-model", help="latency, throughput, size and accuracy of runs and exported files",
+                        description="Time each artifact (a run folder, or a .onnx/.pt2 file from tocha export/"
+                                    "compress) at each batch size after a warm-up: p50/p90 latency, samples/s, "
+                                    "size on disk, parameters, and test accuracy on the run's test split.")
+    bm.add_argument("artifacts", nargs="+", help="run folders and .onnx/.pt2 files")
+    bm.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
+    bm.add_argument("--calls", type=_positive_int, default=50, help="timed calls per batch size (default 50)")
+    bm.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for both runtimes")
+    bm.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    bm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+
     bench = sub.add_parser(
         "bench", help="time the tutorial loop, a raw loop, tocha and Lightning on the same workload",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -327,6 +354,43 @@ def _cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _cmd_compress(args: argparse.Namespace, argv: list[str]) -> int:
+    from tocha.deploy.compress import compress_run, table
+
+    if not 0 <= args.max_accuracy_drop <= 100:
+        raise UserError(f"--max-accuracy-drop {args.max_accuracy_drop:g} is out of range", where="tocha compress",
+                        allowed="0 to 100 (percentage points)")
+    report = compress_run(args.run, out=args.out, quantize=args.quantize, calibration_batches=args.calibration_batches,
+                          calibration=args.calibration, max_accuracy_drop=args.max_accuracy_drop, batch=args.batch,
+                          overwrite=args.overwrite)
+    print(table(report))
+    return 0
+
+
+def _cmd_bench_model(args: argparse.Namespace, argv: list[str]) -> int:
+    from tocha.deploy.measure import bench_artifacts, rows_json, table
+
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise UserError(f"--batch '{args.batch}' is not a list of batch sizes", where="tocha bench-model --batch",
+                        fix="e.g. --batch 1,64")
+    if args.json and Path(args.json).exists():
+        raise UserError(f"'{args.json}' already exists", where="tocha bench-model --json", fix="choose a new file")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rows = bench_artifacts(args.artifacts, batches, calls=args.calls, threads=args.threads)
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(rows_json(rows))
+        print(f"written: {args.json}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     from tocha.bench.suite import main as bench_main
 
@@ -334,7 +398,7 @@ def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "env": _cmd_env, "bench": _cmd_bench,
-            "export": _cmd_export}
+            "export": _cmd_export, "compress": _cmd_compress, "bench-model": _cmd_bench_model}
 
 
 if __name__ == "__main__":

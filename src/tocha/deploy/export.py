@@ -192,12 +192,12 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None
 
 # ---------------------------------------------------------------- predicting from an ONNX file
 
-def onnx_predictor(path: str | Path) -> tuple[Callable[[torch.Tensor], np.ndarray], dict]:
+def onnx_predictor(path: str | Path, options=None) -> tuple[Callable[[torch.Tensor], np.ndarray], dict]:
     """(logits function, tocha metadata) of an ONNX file written by `tocha export`."""
     import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own types for a file that is not a model
         raise UserError(f"cannot load ONNX model '{path}': {str(exc).strip()[:200]}",
                         fix="pass a file written by 'tocha export --format onnx'") from None

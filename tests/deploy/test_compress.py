@@ -1,0 +1,78 @@
+"""`tocha compress` (int8 through ONNX Runtime, kept only if it pays) and `tocha bench-model`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import tocha
+from tocha.cli import main as cli
+from tocha.deploy import measure
+from tocha.deploy.compress import Step, compress_run, judge
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compress") / "run"
+    tocha.fit({"name": "cnn", "width": 16}, "digits", epochs=20, threads=1, out=str(out),  # confident enough for int8
+              log={"tensorboard": False, "progress": False})
+    return out
+
+
+def step(name, acc, ms, mb=1.0):
+    return Step(name, f"{name}.onnx", acc, ms, mb)
+
+
+@pytest.mark.parametrize("after, keep, words", [
+    (step("int8", 0.899, 2.0, 0.25), True, ["2.50x faster", "4.0x smaller", "kept"]),
+    (step("int8", 0.90, 6.0, 0.25), False, ["not faster", "rejected"]),
+    (step("int8", 0.85, 1.0, 0.25), False, ["5.00 accuracy points", "allowed 1", "rejected"]),
+    (step("int8", 0.891, 4.9), True, ["kept"]),
+])
+def test_a_step_is_kept_only_if_it_pays(after, keep, words):
+    kept, reason = judge(step("fp32", 0.90, 5.0), after, max_accuracy_drop=1.0)
+    assert kept is keep
+    assert all(w in reason for w in words), reason
+
+
+def test_compress_quantizes_measures_and_decides(run, tmp_path):
+    report = compress_run(run, out=tmp_path / "c", echo=lambda *_: None)
+    fp32, int8 = report["steps"]
+    assert fp32["name"] == "fp32" and int8["name"] == "int8"
+    assert int8["megabytes"] < fp32["megabytes"]  # int8 weights (a tiny net: the QDQ nodes weigh too)
+    assert report["kept"] in (fp32["path"], int8["path"])
+    assert ("kept" in report["decision"]) == (report["kept"] == int8["path"])
+    assert json.loads((tmp_path / "c" / "compress.json").read_text())["decision"] == report["decision"]
+    # The int8 model runs in ONNX Runtime and agrees with fp32 on nearly every test image.
+    a, b = measure.open_artifact(fp32["path"]), measure.open_artifact(int8["path"])
+    x, _ = measure.test_data(a.meta)
+    agree = float(np.mean(a.predict(x).argmax(1) == b.predict(x).argmax(1)))
+    assert agree >= 0.97, agree
+
+
+def test_bench_model_rows_for_every_artifact_and_batch(run, tmp_path, capsys):
+    assert cli(["export", str(run), "--out", str(tmp_path / "m.onnx"), "--samples", "64"]) == 0
+    assert cli(["bench-model", str(run), str(tmp_path / "m.onnx"), "--batch", "1,16", "--calls", "5",
+                "--json", str(tmp_path / "b.json")]) == 0
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert [(r["runtime"], r["batch"]) for r in rows] == [("torch", 1), ("torch", 16), ("ort", 1), ("ort", 16)]
+    assert rows[0]["accuracy"] == rows[2]["accuracy"] is not None  # same model, same test split
+    assert all(r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] and r["params"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["compress", "RUN", "--quantize", "int4"], ["unknown quantization", "int8"]),
+    (["compress", "RUN", "--calibration", "magic"], ["calibration", "minmax"]),
+    (["compress", "RUN", "--max-accuracy-drop", "-1"], ["out of range"]),
+    (["bench-model", "nothing.onnx"], ["does not exist"]),
+    (["bench-model", "RUN", "--batch", "x"], ["--batch"]),
+    (["bench-model", "weights.bin"], ["cannot benchmark"]),
+])
+def test_bad_compress_and_bench_model_arguments(run, tmp_path, capsys, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    assert cli([str(run) if a == "RUN" else a for a in args]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and "Traceback" not in err, err
