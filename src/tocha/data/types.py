@@ -35,6 +35,15 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def head(self, n: int | None = None) -> torch.Tensor:
+        """The first `n` inputs (all by default) as one tensor, decoding file-backed items."""
+        import torch
+
+        n = len(self) if n is None else min(n, len(self))
+        if self.inputs is not None:
+            return self.inputs[:n]
+        return torch.stack([torch.as_tensor(self.dataset[i][0]) for i in range(n)])
+
     def subset(self, indices: torch.Tensor) -> Split:
         """The examples at `indices` (int64 positions), in that order."""
         if self.inputs is not None:

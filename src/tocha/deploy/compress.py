@@ -110,11 +110,11 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, quantize
 
     meta = rf.read_json(path / rf.META)
     train = load_split(path, "train")
-    n = min(len(train), calibration_batches * 64)
-    x = train.inputs[:n] if train.inputs is not None else torch.stack([train.dataset[i][0] for i in range(n)])
     from tocha.engine.batches import DeviceTransform
 
-    calib = DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(x)
+    calib = DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(
+        train.head(calibration_batches * 64))
+    n = len(calib)
     int8_path = folder / "model-int8.onnx"
     try:
         quantize_int8(fp32.path, int8_path, calib, calibration)

@@ -76,9 +76,7 @@ def sample_inputs(run_dir: Path, meta: dict, n: int) -> torch.Tensor:
     from tocha.recipes.runs import load_split
 
     split = load_split(run_dir, "test", missing_ok=True) or load_split(run_dir, "val")
-    n = min(n, len(split))
-    x = split.inputs[:n] if split.inputs is not None else torch.stack([split.dataset[i][0] for i in range(n)])
-    return DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(x)
+    return DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(split.head(n))
 
 
 def _onnx(model: nn.Module, x: torch.Tensor, path: Path, info: dict, opset: int, dynamic_batch: bool):

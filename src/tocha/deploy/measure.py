@@ -107,8 +107,7 @@ def test_data(meta: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
     if not (run / "config.yaml").is_file():
         return None
     split = load_split(run, "test", missing_ok=True) or load_split(run, "val")
-    x = split.inputs if split.inputs is not None else torch.stack([split.dataset[i][0] for i in range(len(split))])
-    return DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(x), split.labels
+    return DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(split.head()), split.labels
 
 
 def accuracy(artifact: Artifact, data: tuple[torch.Tensor, torch.Tensor] | None, batch: int = 256) -> float | None:

@@ -73,12 +73,8 @@ def make_batches(split: Split, batch_size: int, *, device: torch.device, transfo
 def probe_batch(split: Split, batch_size: int, transform: DeviceTransform, device: torch.device
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A first training-sized batch, without touching the training order or the augmentation RNG."""
-    n = min(batch_size, len(split))
-    if split.inputs is not None:
-        x = split.inputs[:n]
-    else:
-        x = torch.stack([torch.as_tensor(split.dataset[i][0]) for i in range(n)])
-    return transform.prepare(x.to(device)), split.labels[:n].to(device)
+    x = split.head(batch_size)
+    return transform.prepare(x.to(device)), split.labels[:len(x)].to(device)
 
 
 def configure_cuda(deterministic: bool) -> list[str]:
