@@ -144,7 +144,8 @@ def train_loop(
 
     def position(epoch: int, next_batch: int, seconds: float) -> dict:
         """Everything the loop needs to continue from here, bit for bit."""
-        read_running()  # never checkpoint a diverged run
+        if not bool(torch.isfinite(loss_sum)):  # never checkpoint a diverged run (a local check: no collective)
+            raise NonFiniteLoss(step, last_finite)
         return {"epoch": epoch, "batch": next_batch, "step": step, "samples_total": samples_total,
                 "train_seconds": seconds, "loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu(),
                 "seen": seen, "history": list(history), "best": best, "stale_evals": stale_evals,
