@@ -135,3 +135,13 @@ def test_last_training_batch_of_one_is_dropped():
     x, y = torch.zeros(9, 1), torch.zeros(9, dtype=torch.long)
     batches = ResidentBatches(x, y, 4, device=CPU, transform=DeviceTransform(None, None, device=CPU), train=True)
     assert len(batches) == 2 and sum(len(b[1]) for b in batches) == 8
+
+
+def test_accuracy_counts_every_target_of_a_sequence_model():
+    """For a language model, logits [B, T, V] are scored per token: accuracy = correct tokens / tokens."""
+    from tocha.engine.loop import top1_correct
+
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]])  # [1, 3, 2]: predicts 0, 1, 0
+    y = torch.tensor([[0, 0, 0]])
+    hits, n = top1_correct(logits, y)
+    assert (int(hits), n) == (2, 3)

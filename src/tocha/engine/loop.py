@@ -1,7 +1,8 @@
 """The one training loop. The step is on one screen: `train_loop` below.
 
-A task supplies `loss_fn(logits, y)` and an `evaluate()` that returns a dict of metrics; it never
-brings its own loop. Nothing in the step reads a value back to the host: the running loss and
+A task supplies `loss_fn(logits, y)`, optionally `correct_fn(logits, y)` for the running train accuracy, and an
+`evaluate()` that returns a dict of metrics; it never brings its own loop. `y` is whatever the task's batches
+carry (labels, next-character targets, labels with teacher logits). Nothing in the step reads a value back to the host: the running loss and
 correct count stay on the device and are read once per `log_every` optimizer steps.
 """
 
@@ -34,6 +35,11 @@ class LoopResult:
     skipped_steps: int = 0        # batches skipped for a non-finite loss (on_nonfinite=skip)
 
 
+def top1_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Correct top-1 predictions and how many targets were scored; logits [..., K] against labels [...]."""
+    return (logits.argmax(-1) == y).sum(), y.numel()
+
+
 def is_better(value: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
@@ -64,7 +70,8 @@ def train_loop(
     optimizer: torch.optim.Optimizer,
     scheduler,                               # stepped every optimizer step; None = constant lr
     epochs: int,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, object], torch.Tensor],
+    correct_fn: Callable[[torch.Tensor, object], tuple[torch.Tensor, int]] = top1_correct,
     precision: str = "fp32",
     grad_accum_steps: int = 1,
     grad_clip: float | None = None,
@@ -101,24 +108,25 @@ def train_loop(
     # Device-side accumulators since the last evaluation; read only at log/eval time.
     loss_sum = start.get("loss_sum", torch.zeros(())).to(device)
     correct = start.get("correct", torch.zeros((), dtype=torch.long)).to(device)
-    seen = start.get("seen", 0)
+    seen = start.get("seen", 0)           # samples since the last evaluation (the loss is a mean per sample)
+    scored = start.get("scored", seen)    # targets scored for accuracy (samples, or tokens for a language model)
     if scaler is not None and start.get("scaler"):
         scaler.load_state_dict(start["scaler"])
     log_clock, log_seen = time.perf_counter(), samples_total
 
     def read_running() -> dict:
         nonlocal last_finite
-        totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)])
-        loss_total, correct_total, count = all_reduce_sum(totals, dist).tolist()  # the one host sync
+        totals = torch.tensor([float(seen), float(scored)], device=device)
+        totals = torch.cat([torch.stack([loss_sum.float(), correct.float()]), totals])
+        loss_total, correct_total, count, scored_total = all_reduce_sum(totals, dist).tolist()  # the one host sync
         if not math.isfinite(loss_total):
             raise NonFiniteLoss(step, last_finite)
         last_finite = step
-        count = max(count, 1.0)
-        return {"train.loss": loss_total / count, "train.accuracy": correct_total / count,
+        return {"train.loss": loss_total / max(count, 1.0), "train.accuracy": correct_total / max(scored_total, 1.0),
                 "lr": optimizer.param_groups[0]["lr"]}
 
     def run_eval(epoch_float: float, **extra) -> dict:
-        nonlocal best, seen, stale_evals
+        nonlocal best, seen, scored, stale_evals
         record = {"kind": "eval", "step": step, "epoch": round(epoch_float, 4), **read_running(), **extra}
         if evaluate is not None:
             model.eval()
@@ -139,7 +147,7 @@ def train_loop(
         if on_eval_end is not None:
             on_eval_end(record, improved)
         loss_sum.zero_(), correct.zero_()
-        seen = 0
+        seen = scored = 0
         return record
 
     def position(epoch: int, next_batch: int, seconds: float) -> dict:
@@ -148,7 +156,7 @@ def train_loop(
             raise NonFiniteLoss(step, last_finite)
         return {"epoch": epoch, "batch": next_batch, "step": step, "samples_total": samples_total,
                 "train_seconds": seconds, "loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu(),
-                "seen": seen, "history": list(history), "best": best, "stale_evals": stale_evals,
+                "seen": seen, "scored": scored, "history": list(history), "best": best, "stale_evals": stale_evals,
                 "skipped_steps": skipped, "scaler": scaler.state_dict() if scaler is not None else None}
 
     model.train()
@@ -175,10 +183,12 @@ def train_loop(
             else:
                 scaled = loss / group_size if group_size > 1 else loss
                 (scaler.scale(scaled) if scaler else scaled).backward()
-                batch = y.shape[0]  # host metadata: no sync
+                batch = x.shape[0]  # host metadata: no sync
                 loss_sum.add_(loss.detach(), alpha=batch)
-                correct.add_((logits.detach().argmax(1) == y).sum())
+                hits, n_scored = correct_fn(logits.detach(), y)
+                correct.add_(hits)
                 seen += batch
+                scored += n_scored
 
             if i - group_start + 1 < group_size:
                 continue  # keep accumulating gradients
