@@ -25,6 +25,19 @@ import numpy as np
 import torch
 
 
+def build(run: Path, out: Path, calib: torch.Tensor, prune: float, finetune_epochs: int) -> None:
+    from tocha.deploy.compress import prune_and_finetune, quantize_onnx
+    from tocha.deploy.export import export_run
+
+    fp32 = export_run(run, "onnx", out=out / "fp32.onnx", overwrite=True, samples=100_000).path
+    quantize_onnx(fp32, out / "int8.onnx", dynamic=False, calibration=calib)
+    quantize_onnx(fp32, out / "int8-all.onnx", dynamic=False, calibration=calib, keep_edges=False)
+    prune_and_finetune(run, out / "pruned-run", ratio=prune, method="channels", target="macs", scope="uniform",
+                       rounds=1, epochs=finetune_epochs, lr=None, echo=print)
+    pruned = export_run(out / "pruned-run", "onnx", out=out / "pruned.onnx", overwrite=True, samples=100_000).path
+    quantize_onnx(pruned, out / "pruned-int8.onnx", dynamic=False, calibration=calib)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run folder written by tocha train")
@@ -35,12 +48,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5, help="timed calls per artifact per round (default 5)")
     parser.add_argument("--out", default=None, help="folder for the artifacts (default RUN/bench-compress)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--reuse", action="store_true",
+                        help="time the artifacts already in --out instead of building them again")
     args = parser.parse_args()
 
     from tocha import runfolder as rf
     from tocha.deploy import measure
-    from tocha.deploy.compress import prune_and_finetune, quantize_onnx
-    from tocha.deploy.export import export_run
     from tocha.engine.batches import DeviceTransform
     from tocha.recipes.runs import load_split
 
@@ -52,13 +65,8 @@ def main() -> None:
         load_split(run, "train").head(512))
 
     t0 = time.perf_counter()
-    fp32 = export_run(run, "onnx", out=out / "fp32.onnx", overwrite=True, samples=100_000).path
-    quantize_onnx(fp32, out / "int8.onnx", dynamic=False, calibration=calib)
-    quantize_onnx(fp32, out / "int8-all.onnx", dynamic=False, calibration=calib, keep_edges=False)
-    prune_and_finetune(run, out / "pruned-run", ratio=args.prune, method="channels", target="macs", scope="uniform",
-                       rounds=1, epochs=args.finetune_epochs, lr=None, echo=print)
-    pruned = export_run(out / "pruned-run", "onnx", out=out / "pruned.onnx", overwrite=True, samples=100_000).path
-    quantize_onnx(pruned, out / "pruned-int8.onnx", dynamic=False, calibration=calib)
+    if not args.reuse:
+        build(run, out, calib, args.prune, args.finetune_epochs)
     build_seconds = time.perf_counter() - t0
 
     names = ["fp32", "int8", "int8-all", "pruned", "pruned-int8"]
@@ -101,8 +109,8 @@ def main() -> None:
     for n in names[1:]:
         print(f"{n}: {base['megabytes'] / results[n]['megabytes']:.2f}x smaller, accuracy "
               f"{(results[n]['accuracy'] - base['accuracy']) * 100:+.2f} points vs fp32")
-    print(f"model {meta['model']['name']}, {len(y_test)} test images, threads {torch.get_num_threads()}, "
-          f"artifacts built in {build_seconds:.0f} s")
+    print(f"model {meta['model']['name']}, {len(y_test)} test images, threads {torch.get_num_threads()}"
+          + ("" if args.reuse else f", artifacts built in {build_seconds:.0f} s"))
     if args.json:
         Path(args.json).write_text(json.dumps({"run": str(run), "results": results}, indent=2))
 
