@@ -154,12 +154,10 @@ def shard(order, rank: int, world_size: int):
     """
     if world_size == 1:
         return order
-    import torch
-
     n = len(order)
     padded = -(-n // world_size) * world_size
-    if padded > n:
-        order = torch.cat([order, order[:padded - n]]) if n else order
+    if padded > n and n:
+        order = order.repeat(-(-padded // n))[:padded]  # repeat, not one slice: fewer samples than ranks wrap twice
     return order[rank::world_size]
 
 
@@ -175,12 +173,19 @@ def gather_for_metrics(local, total: int, dist: DistInfo, device):
     import torch
     import torch.distributed as tdist
 
-    on_device = local.to(device)
+    on_device = local.to(device).contiguous()
     parts = [torch.empty_like(on_device) for _ in range(dist.world_size)]
-    tdist.all_gather(parts, on_device.contiguous())
+    tdist.all_gather(parts, on_device)
+    return unshard(parts, total).to(local.device)
+
+
+def unshard(parts: list, total: int):
+    """The inverse of `shard` over all ranks' parts: the first `total` rows in the original order."""
+    import torch
+
     # Row j of rank r is padded position j * world + r: interleave, then cut the wrapped-around tail.
-    merged = torch.stack(parts, dim=1).reshape(-1, *on_device.shape[1:])
-    return merged[:total].to(local.device)
+    merged = torch.stack(parts, dim=1).reshape(-1, *parts[0].shape[1:])
+    return merged[:total]
 
 
 # ---------------------------------------------------------------- failures
