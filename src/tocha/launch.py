@@ -52,7 +52,7 @@ def launch(nproc: int, train_args: list[str], *, debug: bool) -> int:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     # torchrun's own INFO/WARNING lines (rendezvous, worker groups) are noise unless debugging.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.INFO if debug else logging.ERROR)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.INFO if debug else logging.CRITICAL)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"tocha-{uuid.uuid4().hex[:8]}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
                           start_method="spawn")
