@@ -227,3 +227,27 @@ def test_a_dead_or_frozen_rank_makes_rank_0_exit_within_the_timeout(tmp_path, ho
     assert "another process stopped answering" in err and "dist.timeout_s=8" in err, err[-2000:]
     assert "Traceback" not in err
     assert waited < timeout_s + 30, waited
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path):
+    """torchrun passes SIGTERM on; the ranks agree on a step (at a log read), rank 0 checkpoints there."""
+    import re
+
+    proc = subprocess.Popen([*TOCHA, "train", "--nproc", "2", "data=digits", "model=mlp", "epochs=300",
+                             "log_every=5", "threads=1", "log.tensorboard=false", "out=run"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_training(tmp_path / "run", [proc])
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "continue with: tocha train --resume run --nproc 2" in err and "Traceback" not in err
+    step = int(re.search(r"stopped by SIGTERM at step (\d+)", err).group(1))
+    assert step % 5 == 0   # a log step: the only steps where ranks compare notes
+    newest = resume.all_checkpoints(tmp_path / "run" / "checkpoints")[0]
+    assert newest.name == f"step-{step:08d}" and resume.problem(newest) is None

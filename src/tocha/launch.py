@@ -48,6 +48,7 @@ def check_nproc(nproc: int, device: str) -> None:
 
 def launch(nproc: int, train_args: list[str], *, debug: bool) -> int:
     """Run `tocha train train_args` on `nproc` local processes; the exit code for the CLI."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -61,6 +62,9 @@ def launch(nproc: int, train_args: list[str], *, debug: bool) -> int:
         elastic_launch(config, entrypoint=sys.executable)(*args)
     except ChildFailedError as exc:
         return _report(exc, nproc)
+    except SignalException as exc:
+        # torchrun passed the signal on: the ranks agreed on a step, rank 0 checkpointed and said how to resume.
+        return 128 + int(exc.sigval)
     return 0
 
 

@@ -174,11 +174,12 @@ def tune(model: nn.Module, split: Split, cfg: TrainConfig, transform: DeviceTran
 class Interrupted(Exception):
     """Training stopped on a signal after writing a checkpoint; the CLI exits with 128 + signum."""
 
-    def __init__(self, signum: int, step: int, run_dir: Path | None) -> None:
+    def __init__(self, signum: int, step: int, run_dir: Path | None, world_size: int = 1) -> None:
         import signal
 
         name = signal.Signals(signum).name
-        where = f"; checkpoint written, continue with: tocha train --resume {run_dir}" if run_dir else ""
+        more = f" --nproc {world_size} (or through torchrun as before)" if world_size > 1 else ""
+        where = f"; checkpoint written, continue with: tocha train --resume {run_dir}{more}" if run_dir else ""
         super().__init__(f"{name} at step {step}{where}")
         self.signum = signum
 
@@ -455,7 +456,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, data: DataSplits | None, a
     except NonFiniteLoss as exc:
         raise nonfinite_error(exc, run_dir, resolved) from None
     except StopRequested as exc:
-        raise Interrupted(exc.signum, exc.step, run_dir) from None
+        raise Interrupted(exc.signum, exc.step, run_dir, dist.world_size) from None
     finally:
         if signals:
             signals.uninstall()
