@@ -124,7 +124,8 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(runs, start, resume
 
 def test_bad_process_counts_are_refused_before_anything_starts(tmp_path):
     for nproc, words in (("0", "--nproc 0 is not a process count"), ("64", "--nproc 64 but only")):
-        result = tocha(["train", "--nproc", nproc, "data=digits", "out=run"], tmp_path, timeout=60)
+        # An option between key=value items is fine: the keys after it still count.
+        result = tocha(["train", "data=digits", "--nproc", nproc, "out=run"], tmp_path, timeout=60)
         assert result.returncode == 2, result.stderr
         assert words in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "run").exists()

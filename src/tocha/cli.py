@@ -205,7 +205,12 @@ def _config_help() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "train" and not any(e.startswith("-") for e in extra):
+        args.args += extra  # key=value after an option (`train data=digits --nproc 2 out=runs/x`): argparse
+        #                     stops collecting positionals at the option; the rest belong to the same list
+    elif extra:
+        parser.parse_args(argv)  # the usual usage message and exit 2 for what is really unknown
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR

@@ -164,11 +164,13 @@ def train_loop(
         covers the same samples of the epoch's order on any number of ranks, so a checkpoint
         written by N ranks continues on M. Called on every rank (the running sums are all-reduced).
         """
-        if not bool(torch.isfinite(loss_sum)):  # never checkpoint a diverged run (a local check: no collective)
-            raise NonFiniteLoss(step, last_finite)
         totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen),
                                 device=device, dtype=torch.float64), torch.tensor(float(scored), device=device,
                                 dtype=torch.float64)]), dist).tolist() if dist.world_size > 1 else None
+        # Never checkpoint a diverged run. On one process a local check (no sync beyond this read); on
+        # several, the check reads the all-reduced sum, so every rank reaches the same verdict.
+        if not (bool(torch.isfinite(loss_sum)) if totals is None else math.isfinite(totals[0])):
+            raise NonFiniteLoss(step, last_finite)
         return {"epoch": epoch, "batch": next_batch, "step": step, "samples_total": samples_total,
                 "train_seconds": seconds,
                 "loss_sum": (loss_sum.detach().cpu() if totals is None
