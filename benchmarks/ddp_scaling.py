@@ -8,8 +8,9 @@ Scaling: `tocha train` on Fashion-MNIST for one epoch, as one process with 2 thr
 training throughput each run writes to summary.json (evaluation and start-up excluded) and of the
 wall time of the whole command (start-up included).
 
-Overhead: the same model and batches stepped plainly and inside DistributedDataParallel on a
-process group of one (gloo on CPU, nccl on CUDA), interleaved; the median step time of each.
+Overhead: the same model and batch stepped plainly and inside DistributedDataParallel on a
+process group of one (gloo on CPU, nccl on CUDA), in 40 alternating blocks; the median step time
+of each.
 """
 
 from __future__ import annotations
@@ -73,7 +74,12 @@ def overhead(device_name: str, steps: int, repeats: int) -> None:
 
     device = torch.device(device_name)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29533")
+    if "MASTER_PORT" not in os.environ:
+        import socket
+
+        with socket.socket() as s:  # a free port for the one-process group's store
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
     torch.manual_seed(0)
     spec = ModelSpec("cnn", 1, 10, 28, (32,), 16, 0.0)
@@ -84,33 +90,35 @@ def overhead(device_name: str, steps: int, repeats: int) -> None:
     x = torch.randn(128, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,), device=device)
 
-    def time_steps(model: nn.Module) -> float:
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        for _ in range(3):  # warm-up
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    optimizers = {id(m): torch.optim.SGD(m.parameters(), lr=0.01) for m in (plain, wrapped)}
+
+    def time_steps(model: nn.Module, n: int) -> float:
+        optimizer = optimizers[id(model)]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(n):
             nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return (time.perf_counter() - start) / steps * 1000
+        return (time.perf_counter() - start) / n * 1000
 
+    time_steps(plain, 5), time_steps(wrapped, 5)  # warm-up
+    # Many short blocks, alternating: a machine whose load drifts affects both alike.
     times: dict[str, list[float]] = {"plain": [], "ddp": []}
     for r in range(repeats):
         for name in (("plain", "ddp") if r % 2 == 0 else ("ddp", "plain")):
-            times[name].append(time_steps(plain if name == "plain" else wrapped))
+            times[name].append(time_steps(plain if name == "plain" else wrapped, steps))
     p, d = statistics.median(times["plain"]), statistics.median(times["ddp"])
-    print(f"\nDDP wrapper on one process, {device}, default CNN, batch 128, {steps} steps x {repeats} repeats "
-          f"(torch threads {torch.get_num_threads()}):")
-    print(f"plain {p:.3f} ms/step (spread {min(times['plain']):.3f}-{max(times['plain']):.3f}), "
-          f"DDP {d:.3f} ms/step (spread {min(times['ddp']):.3f}-{max(times['ddp']):.3f}): "
-          f"overhead {100 * (d / p - 1):+.1f}%")
+    q = lambda v: statistics.quantiles(v, n=4)  # noqa: E731 - quartiles, for the spread
+    print(f"\nDDP wrapper on one process, {device}, default CNN, batch 128, {repeats} blocks of {steps} steps "
+          f"each (torch threads {torch.get_num_threads()}):")
+    print(f"plain {p:.2f} ms/step (quartiles {q(times['plain'])[0]:.2f}-{q(times['plain'])[2]:.2f}), "
+          f"DDP {d:.2f} ms/step (quartiles {q(times['ddp'])[0]:.2f}-{q(times['ddp'])[2]:.2f}): "
+          f"overhead {100 * (d / p - 1):+.1f}% (median of per-block ratios "
+          f"{100 * (statistics.median(b / a for a, b in zip(times['plain'], times['ddp'])) - 1):+.1f}%)")
     tdist.destroy_process_group()
 
 
@@ -121,6 +129,6 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cpu", help="for the overhead part: cpu or cuda")
     args = parser.parse_args()
     if args.part in ("all", "overhead"):
-        overhead(args.device, steps=30 if args.device == "cpu" else 200, repeats=max(args.repeats, 5))
+        overhead(args.device, steps=5 if args.device == "cpu" else 50, repeats=40)
     if args.part in ("all", "scaling"):
         scaling(args.repeats)
