@@ -127,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="int8 (static, calibrated; best for conv nets; default), int8-dynamic (weights only, "
                          "activations at run time; for Linear/LSTM-heavy models), none")
     co.add_argument("--calibration", default="minmax", help="minmax (default), entropy, percentile")
+    co.add_argument("--quantize-edges", action="store_true",
+                    help="quantize the first and last layers too (default: they stay fp32, which keeps accuracy)")
     co.add_argument("--calibration-batches", type=_positive_int, default=8, help="training batches of 64 (default 8)")
     co.add_argument("--max-accuracy-drop", type=float, default=1.0,
                     help="percentage points of test accuracy a step may cost (default 1)")
@@ -470,7 +472,8 @@ def _cmd_compress(args: argparse.Namespace, argv: list[str]) -> int:
                           prune_target=args.prune_target, prune_scope=args.prune_scope, prune_steps=args.prune_steps,
                           finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, quantize=args.quantize,
                           calibration_batches=args.calibration_batches, calibration=args.calibration,
-                          max_accuracy_drop=args.max_accuracy_drop, batch=args.batch, overwrite=args.overwrite)
+                          max_accuracy_drop=args.max_accuracy_drop, batch=args.batch,
+                          quantize_edges=args.quantize_edges, overwrite=args.overwrite)
     print(table(report))
     return 0
 
