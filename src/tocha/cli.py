@@ -25,6 +25,8 @@ examples:
   tocha train runs/cnn/config.yaml out=runs/cnn-again   # a run's resolved config, fed back
   tocha train --resume runs/cnn                   # continue an interrupted run exactly where it stopped
   tocha train out=runs/job resume=auto            # resume if runs/job has a checkpoint, else start
+  tocha train data=digits model=mlp --nproc 2 out=runs/ddp   # 2 processes (DDP) through torchrun's launcher
+  torchrun --nproc-per-node 2 -m tocha train data=digits model=mlp out=runs/ddp   # the same, by torchrun
 
 `data=NAME` and `model=NAME` are short for data.name=NAME and model.name=NAME.
 Config keys (key=value; YAML files use the same names, nested by section):"""
@@ -49,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="a YAML config file and/or key=value overrides")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest valid "
                        "checkpoint, with its own config (no other arguments)")
-    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    train.add_argument("--nproc", type=int, metavar="N", help="train on N processes of this machine "
+                       "(DistributedDataParallel started through torchrun's launcher; one per GPU on CUDA). "
+                       "batch_size stays the global batch")
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks "
+                       "(and the output of every rank, not only rank 0's)")
 
     ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
     ev.add_argument("run", help="run folder written by 'tocha train'")
@@ -253,30 +259,60 @@ def _config_help() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "train" and not any(e.startswith("-") for e in extra):
+        args.args += extra  # key=value after an option (`train data=digits --nproc 2 out=runs/x`): argparse
+        #                     stops collecting positionals at the option; the rest belong to the same list
+    elif extra:
+        parser.parse_args(argv)  # the usual usage message and exit 2 for what is really unknown
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
-    _setup_logging()
+    rank = _rank()
+    _setup_logging(quiet=rank > 0 and not args.debug)
+    from tocha.launch import write_error_file
+
     try:
         return COMMANDS[args.command](args, argv)
     except UserError as err:
+        write_error_file(str(err), secondary=False)
         if args.debug:
             raise
-        print(f"tocha {args.command}: error: {err}", file=sys.stderr)
+        if rank == 0:  # every rank meets the same user error; one message is enough
+            print(f"tocha {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"tocha {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from tocha.engine.distributed import RankFailed
+
+        if not isinstance(exc, RankFailed):
+            write_error_file(f"{type(exc).__name__}: {exc}", secondary=False)
+            raise
+        write_error_file(str(exc), secondary=True)
+        if args.debug:
+            raise
+        print(f"tocha {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
-def _setup_logging() -> None:
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise); only rank 0 talks unless --debug."""
+    import os
+
+    text = os.environ.get("RANK", "0")
+    return int(text) if text.isdigit() else 0
+
+
+def _setup_logging(quiet: bool = False) -> None:
     logger = logging.getLogger("tocha")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        prefix = f"[rank {_rank()}] " if _rank() > 0 else ""
+        handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.ERROR if quiet else logging.INFO)
         logger.propagate = False
 
 
@@ -296,15 +332,35 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         cfg = _resume_config(args.resume, args.args)
     else:
         cfg = config.load(path, overrides)
+    if args.nproc is not None and args.nproc != 1:
+        from tocha.launch import check_nproc, launch
+
+        check_nproc(args.nproc, cfg.device)
+        return launch(args.nproc, _without_nproc(argv), debug=args.debug)
     from tocha.recipes.classify import Interrupted, train
 
     try:
         result = train(cfg, argv=["tocha", *argv])
     except Interrupted as stop:
-        print(f"tocha train: stopped by {stop}", file=sys.stderr)
+        if _rank() == 0:
+            print(f"tocha train: stopped by {stop}", file=sys.stderr)
         return 128 + stop.signum
-    _print_train_result(result)
+    if _rank() == 0:
+        _print_train_result(result)
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The `train` arguments for each launched process: --nproc and global flags removed."""
+    out, skip = [], False
+    for item in argv[argv.index("train") + 1:]:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc=") and item != "--debug":
+            out.append(item)
+    return out
 
 
 def _resume_config(run: str, extra: list[str]):

@@ -84,15 +84,28 @@ class EarlyStopConfig:
 
 
 @dataclass
+class DistConfig:
+    backend: str = opt("auto", "process-group backend when several processes train (auto: nccl on CUDA, gloo on CPU)",
+                       choices=("auto", "nccl", "gloo"))
+    timeout_s: float = opt(300.0, "seconds a collective may wait for the other processes before the run stops "
+                           "with an error (a dead or stuck rank never hangs the others forever)", min=0.0,
+                           min_open=True)
+    sync_batchnorm: bool = opt(False, "SyncBatchNorm: batch statistics over all processes (CUDA only; for small "
+                               "per-device batches)")
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     image_size: int | str = opt(AUTO, "square input size in pixels (auto = the dataset's own)", min=1, auto=True)
     epochs: int = opt(6, "passes over the training split", min=1)
-    batch_size: int = opt(128, "samples per optimizer step (before accumulation), per device", min=1)
+    batch_size: int = opt(128, "global batch: samples per forward pass over all processes together (each of N "
+                          "processes takes batch_size/N); an optimizer step sees batch_size x grad_accum_steps", min=1)
     grad_accum_steps: int = opt(1, "micro-batches accumulated per optimizer step", min=1)
     optimizer: str = opt("adamw", "optimizer", choices=("adamw", "sgd"))
     lr: float | str = opt(AUTO, "peak learning rate (auto: 3e-3 for adamw, 0.1 for sgd)", min=0.0, min_open=True,
@@ -132,7 +145,7 @@ class TrainConfig:
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1}
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "log": LogConfig, "checkpoint": CheckpointConfig,
-            "early_stop": EarlyStopConfig}
+            "early_stop": EarlyStopConfig, "dist": DistConfig}
 # `data=digits` and `model=mlp` name the section's main entry.
 SHORTHANDS = {"data": "data.name", "model": "model.name"}
 

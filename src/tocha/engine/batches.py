@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from tocha.engine.distributed import shard
+
 
 class DeviceTransform:
     """uint8 -> float in [0, 1], per-channel normalisation, then (training only) random flips/crops.
@@ -101,14 +103,15 @@ class ResidentBatches:
         self.epoch, self.first = epoch, first_batch
 
     def _n(self) -> int:
-        return len(range(self.rank, self.y.shape[0], self.world_size))
+        """Samples of this rank per epoch: the same on every rank (`shard` pads by wrapping around)."""
+        return -(-self.y.shape[0] // self.world_size)
 
     def __len__(self) -> int:
         n = self._n()
         return math.ceil(n / self.batch_size) - drops_last(n, self.batch_size, self.train)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = epoch_order(self.y.shape[0], self.seed, self.epoch, self.train)[self.rank::self.world_size]
+        order = shard(epoch_order(self.y.shape[0], self.seed, self.epoch, self.train), self.rank, self.world_size)
         order = order.to(self.device)
         x, y, b = self.x, self.y, self.batch_size
         augment = self.train and bool(self.transform.augments)
@@ -147,16 +150,22 @@ class TensorItems(torch.utils.data.Dataset):
 
 
 class _EpochSampler(torch.utils.data.Sampler):
-    """The DataLoader's order: `epoch_order`, exactly as ResidentBatches uses it."""
+    """The DataLoader's order: `epoch_order` sharded by rank, exactly as ResidentBatches uses it.
 
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+    It plays DistributedSampler's part (set_epoch every epoch, padded equal shares) but keeps
+    tocha's own permutation, so both data paths give the same batches.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> None:
         self.n, self.seed, self.shuffle, self.epoch, self.skip = n, seed, shuffle, 0, 0
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return -(-self.n // self.world_size) - self.skip
 
     def __iter__(self):
-        return iter(epoch_order(self.n, self.seed, self.epoch, self.shuffle)[self.skip:].tolist())
+        order = shard(epoch_order(self.n, self.seed, self.epoch, self.shuffle), self.rank, self.world_size)
+        return iter(order[self.skip:].tolist())
 
 
 class LoaderBatches:
@@ -166,12 +175,13 @@ class LoaderBatches:
     """
 
     def __init__(self, dataset, batch_size: int, *, device: torch.device, transform: DeviceTransform, train: bool,
-                 workers: int = 0, pin_memory: bool = False, seed: int = 0) -> None:
-        self.sampler = _EpochSampler(len(dataset), seed, shuffle=train)
+                 workers: int = 0, pin_memory: bool = False, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.sampler = _EpochSampler(len(dataset), seed, shuffle=train, rank=rank, world_size=world_size)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers, pin_memory=pin_memory,
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-            drop_last=drops_last(len(dataset), batch_size, train),
+            drop_last=drops_last(len(self.sampler), batch_size, train),
             # Its own generator: worker seeds are drawn from it, not from the global RNG that dropout uses,
             # so both data paths leave the model's random numbers alone.
             generator=torch.Generator().manual_seed(seed))

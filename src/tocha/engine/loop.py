@@ -4,6 +4,10 @@ A task supplies `loss_fn(logits, y)`, optionally `correct_fn(logits, y)` for the
 `evaluate()` that returns a dict of metrics; it never brings its own loop. `y` is whatever the task's batches
 carry (labels, next-character targets, labels with teacher logits). Nothing in the step reads a value back to the host: the running loss and
 correct count stay on the device and are read once per `log_every` optimizer steps.
+
+On several processes `model` is the DistributedDataParallel wrapper: gradients are averaged in
+backward, except on micro-batches that only accumulate (`no_sync`); the running sums are
+all-reduced at log time only, together with any pending stop signal, so every rank stops alike.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tocha.engine.distributed import DistInfo, all_reduce_sum
+from tocha.engine.distributed import DistInfo, agree_max, all_reduce_sum
 from tocha.engine.progress import Progress
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -28,7 +32,7 @@ class LoopResult:
     history: tuple[dict, ...]     # every log and eval record, in order
     best: dict | None             # {"metric", "value", "epoch", "step"} of the best eval
     steps: int                    # optimizer steps taken
-    train_samples: int            # samples seen by this process
+    train_samples: int            # samples seen by all processes together
     train_seconds: float          # time in training steps (evaluation excluded)
     wall_seconds: float
     stopped_early: str | None = None   # why early stopping ended the run, if it did
@@ -105,11 +109,14 @@ def train_loop(
     last_finite = step
     wall_start = time.perf_counter()
 
-    # Device-side accumulators since the last evaluation; read only at log/eval time.
-    loss_sum = start.get("loss_sum", torch.zeros(())).to(device)
-    correct = start.get("correct", torch.zeros((), dtype=torch.long)).to(device)
-    seen = start.get("seen", 0)           # samples since the last evaluation (the loss is a mean per sample)
-    scored = start.get("scored", seen)    # targets scored for accuracy (samples, or tokens for a language model)
+    # Device-side accumulators since the last evaluation; read only at log/eval time. A checkpoint
+    # holds their totals over all ranks: rank 0 carries them on, the others start from zero.
+    carried = start if dist.is_main else {}
+    loss_sum = carried.get("loss_sum", torch.zeros(())).to(device)
+    correct = carried.get("correct", torch.zeros((), dtype=torch.long)).to(device)
+    seen = carried.get("seen", 0)           # samples since the last evaluation (the loss is a mean per sample)
+    scored = carried.get("scored", seen)    # targets scored for accuracy (samples, or tokens for a language model)
+    no_sync = getattr(model, "no_sync", None)   # DDP: skip the gradient all-reduce while accumulating
     if scaler is not None and start.get("scaler"):
         scaler.load_state_dict(start["scaler"])
     log_clock, log_seen = time.perf_counter(), samples_total
@@ -151,12 +158,27 @@ def train_loop(
         return record
 
     def position(epoch: int, next_batch: int, seconds: float) -> dict:
-        """Everything the loop needs to continue from here, bit for bit."""
-        if not bool(torch.isfinite(loss_sum)):  # never checkpoint a diverged run (a local check: no collective)
+        """Everything the loop needs to continue from here, bit for bit.
+
+        `batch` counts micro-batches of the epoch; as `batch_size` is the global batch, batch i
+        covers the same samples of the epoch's order on any number of ranks, so a checkpoint
+        written by N ranks continues on M. Called on every rank (the running sums are all-reduced).
+        """
+        totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen),
+                                device=device, dtype=torch.float64), torch.tensor(float(scored), device=device,
+                                dtype=torch.float64)]), dist).tolist() if dist.world_size > 1 else None
+        # Never checkpoint a diverged run. On one process a local check (no sync beyond this read); on
+        # several, the check reads the all-reduced sum, so every rank reaches the same verdict.
+        if not (bool(torch.isfinite(loss_sum)) if totals is None else math.isfinite(totals[0])):
             raise NonFiniteLoss(step, last_finite)
         return {"epoch": epoch, "batch": next_batch, "step": step, "samples_total": samples_total,
-                "train_seconds": seconds, "loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu(),
-                "seen": seen, "scored": scored, "history": list(history), "best": best, "stale_evals": stale_evals,
+                "train_seconds": seconds,
+                "loss_sum": (loss_sum.detach().cpu() if totals is None
+                             else torch.tensor(totals[0], dtype=loss_sum.dtype)),
+                "correct": correct.detach().cpu() if totals is None else torch.tensor(int(totals[1])),
+                "seen": seen if totals is None else int(totals[2]),
+                "scored": scored if totals is None else int(totals[3]),
+                "history": list(history), "best": best, "stale_evals": stale_evals,
                 "skipped_steps": skipped, "scaler": scaler.state_dict() if scaler is not None else None}
 
     model.train()
@@ -175,22 +197,26 @@ def train_loop(
             group_start = i - i % grad_accum_steps
             group_size = min(grad_accum_steps, n_micro - group_start)
 
-            with autocast:
-                logits = model(x)
-                loss = loss_fn(logits, y)
-            if skip_nonfinite and not bool(torch.isfinite(loss)):  # a host sync, the price of skipping
-                skipped += 1
-            else:
-                scaled = loss / group_size if group_size > 1 else loss
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                batch = x.shape[0]  # host metadata: no sync
-                loss_sum.add_(loss.detach(), alpha=batch)
-                hits, n_scored = correct_fn(logits.detach(), y)
-                correct.add_(hits)
-                seen += batch
-                scored += n_scored
+            accumulating = i - group_start + 1 < group_size
+            # no_sync must hold over forward and backward: DDP decides in forward whether backward all-reduces.
+            with no_sync() if accumulating and no_sync is not None else nullcontext():
+                with autocast:
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
+                if skip_nonfinite and not bool(torch.isfinite(loss)):  # a host sync, the price of skipping
+                    skipped += 1
+                else:
+                    scaled = loss / group_size if group_size > 1 else loss
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                    batch = x.shape[0]  # host metadata: no sync
+                    loss_sum.add_(loss.detach(), alpha=batch)
+                    hits, n_scored = correct_fn(logits.detach(), y)
+                    correct.add_(hits)
+                    seen += batch
+                    scored += n_scored
+                    samples_total += batch * dist.world_size  # every rank's batch has the same size
 
-            if i - group_start + 1 < group_size:
+            if accumulating:
                 continue  # keep accumulating gradients
             if grad_clip is not None:
                 if scaler:
@@ -208,24 +234,27 @@ def train_loop(
             if progress:
                 progress.advance(group_size)
 
-            if step % log_every == 0 and (on_log or progress):
+            # Every rank reads at the same steps: the read is a collective on several processes.
+            if step % log_every == 0 and (on_log or progress or dist.world_size > 1):
                 record = {"kind": "train", "step": step, "epoch": round(epoch + (i + 1) / n_micro, 4),
                           **read_running()}
                 now = time.perf_counter()
-                record["samples_per_second"] = (samples_total + seen - log_seen) * dist.world_size / (now - log_clock)
-                log_clock, log_seen = now, samples_total + seen
+                record["samples_per_second"] = (samples_total - log_seen) / (now - log_clock)
+                log_clock, log_seen = now, samples_total
                 history.append(record)
                 if on_log:
                     on_log(record)
                 if progress:
                     progress.log(record)
             if eval_every_steps and step % eval_every_steps == 0 and i + 1 < n_micro:
-                samples_total += seen
                 t = time.perf_counter()
                 run_eval(epoch + (i + 1) / n_micro)
                 eval_seconds += time.perf_counter() - t
                 log_clock, log_seen = time.perf_counter(), samples_total
             signum = stop_signal() if stop_signal else None
+            if stop_signal and dist.world_size > 1:
+                # Ranks must stop at the same step; agreeing is a collective, so only every log_every steps.
+                signum = (agree_max(signum or 0, dist, device) or None) if step % log_every == 0 else None
             due = checkpoint_every and step % checkpoint_every == 0 and i + 1 < n_micro
             if on_checkpoint and (due or signum is not None):
                 seconds = train_seconds + time.perf_counter() - epoch_clock - eval_seconds
@@ -235,13 +264,12 @@ def train_loop(
                     progress.close()
                 raise StopRequested(signum, step)
 
-        samples_total += seen
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the clock must not stop before the queued work has run
         epoch_seconds = time.perf_counter() - epoch_clock - eval_seconds
         train_seconds += epoch_seconds
         wait = getattr(train, "wait_seconds", 0.0)
-        record = run_eval(epoch + 1, samples_per_second=(samples_total - seen_at_epoch_start) * dist.world_size
+        record = run_eval(epoch + 1, samples_per_second=(samples_total - seen_at_epoch_start)
                           / max(epoch_seconds, 1e-9), train_seconds=round(train_seconds, 4),
                           data_wait_seconds=round(wait, 4), data_wait_share=round(wait / max(epoch_seconds, 1e-9), 4))
         if progress:
@@ -262,27 +290,27 @@ def train_loop(
 
 @torch.inference_mode()
 def predict_batches(model: nn.Module, batches, *, device: torch.device, precision: str = "fp32",
-                    loss_fn: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-    """Run `model` over `batches`; return (probabilities [N, K] float32 on CPU, labels [N] on CPU, mean loss).
+                    loss_fn: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Run `model` over `batches`; return (probabilities [N, K] float32, labels [N], per-sample losses [N] or None).
 
-    Everything stays on the device until one copy at the end.
+    `loss_fn(logits, y)` must return one loss per sample (reduction="none"): per-sample values can be
+    gathered across ranks and averaged exactly once each. Everything stays on the device until one
+    copy to the CPU at the end.
     """
     amp_dtype = AMP_DTYPES[precision]
     was_training = model.training
     model.eval()
-    probs, labels = [], []
-    loss_sum = torch.zeros((), device=device)
+    probs, labels, losses = [], [], []
     for x, y in batches:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
         logits = logits.float()
         if loss_fn is not None:
-            loss_sum += loss_fn(logits, y) * y.shape[0]
+            losses.append(loss_fn(logits, y).float())
         probs.append(logits.softmax(dim=1))
         labels.append(y)
     model.train(was_training)
     if not probs:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), None
-    all_probs, all_labels = torch.cat(probs).cpu(), torch.cat(labels).cpu()
-    mean_loss = loss_sum.item() / max(len(all_labels), 1) if loss_fn is not None else None
-    return all_probs, all_labels, mean_loss
+    per_sample = torch.cat(losses).cpu() if loss_fn is not None else None
+    return torch.cat(probs).cpu(), torch.cat(labels).cpu(), per_sample

@@ -12,6 +12,7 @@ import math
 import random
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,7 +23,8 @@ from tocha.config import AUTO, DEFAULT_LR, TrainConfig, dump_yaml
 from tocha.data.types import DataSplits, Split
 from tocha.engine.batches import DeviceTransform, LoaderBatches, ResidentBatches, TensorItems
 from tocha.engine.checkpoint import load_weights, save_weights
-from tocha.engine.distributed import DistInfo, from_env
+from tocha.engine import distributed
+from tocha.engine.distributed import DistInfo, gather_for_metrics
 from tocha.engine import resume
 from tocha.engine.loop import NonFiniteLoss, StopRequested, predict_batches, top1_correct, train_loop
 from tocha.engine.optim import build_optimizer, build_scheduler
@@ -31,6 +33,7 @@ from tocha.errors import UserError
 from tocha.hardware import HardwarePlan, describe_environment, plan, usable_cpus
 from tocha.metrics.classification import ClassificationMetrics, classification_metrics, default_mode
 from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model, check_input_size
+from tocha.recipes import scale
 from tocha.recipes.distill import Teacher
 
 log = logging.getLogger("tocha")
@@ -61,14 +64,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def make_batches(split: Split, batch_size: int, *, device: torch.device, transform: DeviceTransform, train: bool,
                  hw: HardwarePlan, seed: int, dist: DistInfo, resident: bool = True, prepare_once: bool = False):
-    """ResidentBatches for in-memory data (unless `resident` is False), a DataLoader otherwise."""
+    """ResidentBatches for in-memory data (unless `resident` is False), a DataLoader otherwise; `batch_size`
+    per process, each split sharded over `dist`'s ranks (evaluation gathers the shards back)."""
     if split.inputs is not None and resident:
         return ResidentBatches(split.inputs, split.labels, batch_size, device=device, transform=transform,
-                               train=train, seed=seed, rank=dist.rank if train else 0,
-                               world_size=dist.world_size if train else 1, prepare_once=prepare_once)
+                               train=train, seed=seed, rank=dist.rank, world_size=dist.world_size,
+                               prepare_once=prepare_once)
     dataset = split.dataset if split.inputs is None else TensorItems(split.inputs, split.labels)
     return LoaderBatches(dataset, batch_size, device=device, transform=transform, train=train,
-                         workers=hw.workers, pin_memory=hw.pin_memory, seed=seed)
+                         workers=hw.workers, pin_memory=hw.pin_memory, seed=seed, rank=dist.rank,
+                         world_size=dist.world_size)
 
 
 def probe_batch(split: Split, batch_size: int, transform: DeviceTransform, device: torch.device
@@ -112,10 +117,15 @@ def compile_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[n
     return compiled, "torch.compile: compiled (the first steps include compile time)"
 
 
-def evaluate_split(model: nn.Module, batches, *, classes, device, precision, top_k: int
-                   ) -> tuple[float, ClassificationMetrics]:
-    probs, labels, loss = predict_batches(model, batches, device=device, precision=precision,
-                                          loss_fn=nn.functional.cross_entropy)
+def evaluate_split(model: nn.Module, batches, *, classes, device, precision, top_k: int,
+                   dist: DistInfo = DistInfo(), n_samples: int | None = None) -> tuple[float, ClassificationMetrics]:
+    """Loss and metrics over a split; on several ranks each predicts its shard and every rank gets the
+    metrics of all `n_samples`, each counted once (the padding `shard` added is dropped)."""
+    probs, labels, losses = predict_batches(model, batches, device=device, precision=precision,
+                                            loss_fn=partial(nn.functional.cross_entropy, reduction="none"))
+    if dist.world_size > 1:
+        probs, labels, losses = (gather_for_metrics(t, n_samples, dist, device) for t in (probs, labels, losses))
+    loss = losses.double().mean().item() if losses is not None and len(losses) else float("nan")
     return loss, classification_metrics(labels, probs, classes, top_k=(top_k,))
 
 
@@ -141,30 +151,36 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 def tune(model: nn.Module, split: Split, cfg: TrainConfig, transform: DeviceTransform, device: torch.device,
-         hw: HardwarePlan) -> tuple[HardwarePlan, nn.Module, list[str]]:
-    """Measured CPU thread count and the optional torch.compile: (plan, model to step, notes)."""
-    if device.type == "cpu" and cfg.threads == AUTO:
+         hw: HardwarePlan, *, batch_size: int, dist: DistInfo) -> tuple[HardwarePlan, nn.Module, list[str]]:
+    """Measured CPU thread count and the optional torch.compile: (plan, model to step, notes).
+
+    On several processes the model to step is the DDP wrapper (compiled as a whole, as PyTorch
+    recommends), and the threads are the machine's share per process, not measured.
+    """
+    step_model = scale.wrap(model, dist, device)
+    if device.type == "cpu" and cfg.threads == AUTO and dist.world_size == 1:
         from tocha.engine.threads import choose_threads, training_step
 
-        x, y = probe_batch(split, cfg.batch_size, transform, device)
+        x, y = probe_batch(split, batch_size, transform, device)
         threads, why = choose_threads(training_step(model, x, y, nn.functional.cross_entropy), usable_cpus())
         hw = dataclasses.replace(hw, threads=threads, reasons={**hw.reasons, "threads": why})
         torch.set_num_threads(threads)
     if not cfg.compile:
-        return hw, model, []
-    x, y = probe_batch(split, cfg.batch_size, transform, device)
-    compiled, note = compile_model(model, x, y)
+        return hw, step_model, []
+    x, y = probe_batch(split, batch_size, transform, device)
+    compiled, note = compile_model(step_model, x, y)
     return hw, compiled, [note]
 
 
 class Interrupted(Exception):
     """Training stopped on a signal after writing a checkpoint; the CLI exits with 128 + signum."""
 
-    def __init__(self, signum: int, step: int, run_dir: Path | None) -> None:
+    def __init__(self, signum: int, step: int, run_dir: Path | None, world_size: int = 1) -> None:
         import signal
 
         name = signal.Signals(signum).name
-        where = f"; checkpoint written, continue with: tocha train --resume {run_dir}" if run_dir else ""
+        more = f" --nproc {world_size} (or through torchrun as before)" if world_size > 1 else ""
+        where = f"; checkpoint written, continue with: tocha train --resume {run_dir}{more}" if run_dir else ""
         super().__init__(f"{name} at step {step}{where}")
         self.signum = signum
 
@@ -172,11 +188,12 @@ class Interrupted(Exception):
 class StopSignals:
     """SIGINT/SIGTERM ask the loop to finish its step and checkpoint; a second SIGINT stops at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         import signal
         import threading
 
         self.signum: int | None = None
+        self.announce = announce  # ranks other than 0 stop silently
         self.previous: dict = {}
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
@@ -187,8 +204,9 @@ class StopSignals:
         if self.signum is not None and signum == 2:  # SIGINT again: the user means it
             raise KeyboardInterrupt
         self.signum = signum
-        log.warning("received %s: finishing this step and writing a checkpoint (Ctrl-C again to quit now)",
-                    "SIGINT" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}")
+        if self.announce:
+            log.warning("received %s: finishing this step and writing a checkpoint (Ctrl-C again to quit now)",
+                        "SIGINT" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}")
 
     def pending(self) -> int | None:
         return self.signum
@@ -253,10 +271,20 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
           teacher: Teacher | None = None) -> FitResult:
     """Train `cfg`'s model (or `model`) on `cfg`'s data (or `data`); rank 0 writes the run folder.
 
+    On one process, or as one rank of several under torchrun (the environment says which).
     `spec` names what a handed-in `model` is built from, and `meta_extra` adds to meta.json: a
     pruned model is fine-tuned this way and reloads from its run folder. `teacher` distils.
     """
-    dist = from_env()
+    dist = distributed.from_env()
+    scale.check_settings(dist, batch_size=cfg.batch_size, device=cfg.device, on_nonfinite=cfg.on_nonfinite)
+    return scale.guarded(dist, cfg.dist.timeout_s,
+                         lambda: _train(cfg, model, data, argv, dist, spec=spec, meta_extra=meta_extra,
+                                        teacher=teacher))
+
+
+def _train(cfg: TrainConfig, model: nn.Module | None, data: DataSplits | None, argv: list[str] | None,
+           dist: DistInfo, *, spec: ModelSpec | None, meta_extra: dict | None, teacher: Teacher | None
+           ) -> FitResult:
     seed_everything(cfg.seed, cfg.deterministic)
     data_name_registered = data is None
     if data is None:
@@ -274,6 +302,10 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         data = materialise(data, workers=hw.workers)
     hw = plan(cfg.device, cfg.precision, cfg.data.workers, cfg.threads, file_data=not residency.resident)
     torch.set_num_threads(hw.threads)
+    hw, device = scale.rank_device(hw, dist, threads_auto=cfg.threads == AUTO)
+    if dist.world_size > 1:
+        backend = distributed.choose_backend(cfg.dist.backend, device.type)
+        distributed.init(dist, backend, cfg.dist.timeout_s, device)
     cuda_notes = configure_cuda(cfg.deterministic) if device.type == "cuda" else []
 
     dropout = DEFAULT_DROPOUT.get(cfg.model.name, 0.0) if cfg.model.dropout == AUTO else cfg.model.dropout
@@ -288,17 +320,23 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         check_input_size(model, spec)  # a model handed to tocha.fit: check it against the data too
     # channels_last suits the convolution kernels (oneDNN on CPU: 1.7x for the default CNN here; cuDNN on GPU).
     channels_last = data.image_size > 0 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    model, sync_note = scale.sync_batchnorm(model, cfg.dist.sync_batchnorm, dist, device)
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     mode = default_mode(cfg.monitor.partition(".")[2]) if cfg.mode == AUTO else cfg.mode
 
-    run_dir: Path | None = None
-    out = cfg.out
-    loaded = None
-    if dist.is_main and (out is not None or argv is not None):
-        out = out or rf.default_run_name(cfg.data.name, cfg.model.name)
+    # Rank 0 alone owns the run folder; the others get its name and the checkpoint to resume from.
+    writes_run = cfg.out is not None or argv is not None
+
+    def open_run_folder() -> tuple[str | None, resume.Loaded | None]:
+        out = cfg.out or rf.default_run_name(cfg.data.name, cfg.model.name)
         loaded = find_resume_point(Path(out)) if cfg.resume == "auto" else None
         # resume=auto without a usable checkpoint starts over in the same folder.
-        run_dir = Path(out) if loaded else rf.prepare_run_dir(out, overwrite=cfg.overwrite or cfg.resume == "auto")
+        if not loaded:
+            rf.prepare_run_dir(out, overwrite=cfg.overwrite or cfg.resume == "auto")
+        return out, loaded
+
+    out, loaded = scale.from_rank0(dist, open_run_folder) if writes_run else (None, None)
+    run_dir = Path(out) if out is not None and dist.is_main else None
     augment = cfg.data.augment
     if augment == AUTO:
         from tocha.data import DEFAULT_AUGMENT
@@ -312,7 +350,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         tensorboard = importlib.util.find_spec("tensorboard") is not None
     transform = DeviceTransform(data.mean, data.std, augment=augment, crop_padding=cfg.data.crop_padding,
                                 device=device, seed=cfg.seed, channels_last=channels_last)
-    batches = {name: make_batches(split, cfg.batch_size, device=device, transform=transform, train=name == "train",
+    per_process = cfg.batch_size // dist.world_size   # batch_size is global (recipes/scale.py)
+    batches = {name: make_batches(split, per_process, device=device, transform=transform, train=name == "train",
                                   hw=hw, seed=cfg.seed, dist=dist, resident=residency.resident,
                                   prepare_once=residency.prepare_once)
                for name, split in (("train", data.train), ("val", data.val), ("test", data.test)) if split is not None}
@@ -324,7 +363,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         check_compatible(teacher.meta, data)
         batches["train"] = teacher.wrap(batches["train"])
         loss_fn, correct_fn = teacher.loss_fn(cfg.label_smoothing), teacher.correct_fn
-    hw, step_model, compile_notes = tune(model, data.train, cfg, transform, device, hw)
+    hw, step_model, compile_notes = tune(model, data.train, cfg, transform, device, hw, batch_size=per_process,
+                                         dist=dist)
     resolved = resolved_config(cfg, hw, data, mode, out, augment, tensorboard, spec)
 
     if dist.is_main:
@@ -338,6 +378,12 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
             log.info("%s", line)
         for note in cuda_notes + compile_notes:
             log.info("speed      %s", note)
+        if dist.world_size > 1:
+            log.info("processes  %d (DistributedDataParallel, %s backend, rank 0 of %d writes; collectives time "
+                     "out after %g s)", dist.world_size, backend, dist.world_size, cfg.dist.timeout_s)
+        log.info("%s", scale.batch_rule(cfg.batch_size, cfg.grad_accum_steps, resolved.lr, dist.world_size))
+        if sync_note:
+            log.info("model      %s", sync_note)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model      %s: %s parameters", spec.name, f"{n_params:,}")
         for note in weight_notes:
@@ -357,6 +403,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         rf.write_json(run_dir / rf.META, meta)
         rf.write_json(run_dir / rf.ENV, {**describe_environment(), "device": hw.device,
                                          "command": argv if argv is not None else sys.argv, "git_sha": rf.git_sha(),
+                                         "world_size": dist.world_size,
                                          "hardware_reasons": hw.reasons})
 
     optimizer = build_optimizer(model, cfg.optimizer, lr=resolved.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -370,7 +417,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
 
     def evaluate() -> dict:
         loss, metrics = evaluate_split(model, batches["val"], classes=classes, device=device,
-                                       precision=hw.precision, top_k=cfg.top_k)
+                                       precision=hw.precision, top_k=cfg.top_k, dist=dist, n_samples=len(data.val))
         return {"val.loss": loss, **metrics.flat("val")}
 
     metrics_log = rf.MetricsLog(run_dir, csv_enabled=cfg.log.csv, tensorboard=tensorboard) if run_dir else None
@@ -397,6 +444,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     generators = {"augment": transform.generator}
 
     def on_checkpoint(position: dict) -> None:
+        if run_dir is None:  # every rank computes the position (a collective); rank 0 writes it
+            return
         state = {"format": resume.FORMAT, "position": position, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler else None, "rng": resume.rng_state(generators)}
         write_or_explain(lambda: resume.write(run_dir / "checkpoints", position["step"], model, state,
@@ -409,7 +458,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
             metrics_log.restart(start["history"])
     progress = Progress(epochs=cfg.epochs, steps_per_epoch=len(batches["train"]),
                         enabled=dist.is_main and cfg.log.progress)
-    signals = StopSignals() if run_dir is not None else None
+    signals = StopSignals(announce=dist.is_main) if writes_run else None
     try:
         result = train_loop(
             step_model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
@@ -418,13 +467,13 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
             eval_every_steps=cfg.eval_every_steps, evaluate=evaluate if "val" in batches else None,
             monitor=cfg.monitor, mode=mode, on_log=metrics_log.write if metrics_log else None,
             on_eval_end=on_eval_end, progress=progress, dist=dist, start=start,
-            checkpoint_every=cfg.checkpoint.every_steps, on_checkpoint=on_checkpoint if run_dir else None,
+            checkpoint_every=cfg.checkpoint.every_steps, on_checkpoint=on_checkpoint if writes_run else None,
             stop_signal=signals.pending if signals else None, patience=cfg.early_stop.patience,
             min_delta=cfg.early_stop.min_delta, skip_nonfinite=cfg.on_nonfinite == "skip")
     except NonFiniteLoss as exc:
         raise nonfinite_error(exc, run_dir, resolved) from None
     except StopRequested as exc:
-        raise Interrupted(exc.signum, exc.step, run_dir) from None
+        raise Interrupted(exc.signum, exc.step, run_dir, dist.world_size) from None
     finally:
         if signals:
             signals.uninstall()
@@ -447,16 +496,18 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         log.warning("skipped %d batch(es) with a NaN/Inf loss (on_nonfinite=skip)", result.skipped_steps)
     if "val" in batches:
         loss, val_metrics = evaluate_split(model, batches["val"], classes=classes, device=device,
-                                           precision=hw.precision, top_k=cfg.top_k)
+                                           precision=hw.precision, top_k=cfg.top_k, dist=dist,
+                                           n_samples=len(data.val))
         summary["val"] = {"val.loss": loss, **val_metrics.flat("val")}
     if "test" in batches:
         loss, test_metrics = evaluate_split(model, batches["test"], classes=classes, device=device,
-                                            precision=hw.precision, top_k=cfg.top_k)
+                                            precision=hw.precision, top_k=cfg.top_k, dist=dist,
+                                            n_samples=len(data.test))
         summary["test"] = {"test.loss": loss, **test_metrics.flat("test")}
     memory, memory_kind = peak_memory_mb(device)
     summary.update(wall_seconds=round(result.wall_seconds, 3), train_seconds=round(result.train_seconds, 3),
-                   train_samples_per_second=round(result.train_samples * dist.world_size / max(result.train_seconds,
-                                                                                                 1e-9), 1),
+                   train_samples_per_second=round(result.train_samples / max(result.train_seconds, 1e-9), 1),
+                   world_size=dist.world_size, batch_size_global=cfg.batch_size, batch_size_per_process=per_process,
                    peak_memory_mb=round(memory, 1), peak_memory_kind=memory_kind)
 
     if run_dir is not None:
