@@ -16,6 +16,8 @@ DATASETS: dict[str, str] = {
                      "read from the IDX files (apt-get install dataset-fashion-mnist)",
     "digits": "scikit-learn's 8x8 handwritten digits, 10 classes, 1,797 images (fixed 20% test split)",
     "imagefolder": "your images in data.root, one sub-folder per class (optionally under train/ and test/)",
+    "text": "task=charlm: UTF-8 text from data.path (a file or folder; default: the Debian fortunes package), "
+            "a contiguous 90/10 train/val split",
 }
 
 # Augmentations that suit each dataset when data.augment is auto. Digits get none: a flipped or
@@ -53,6 +55,9 @@ def load_data(name: str, *, root: str | None = None, val_fraction: float = 0.2, 
 
         splits = image_folder.load(root=root, val_fraction=val_fraction, seed=seed, image_size=image_size,
                                    channels=channels, on_bad_file=on_bad_file)
+    elif name == "text":
+        raise UserError("data=text is read by the text task, not as images", where="config keys data.name, task",
+                        fix="add task=charlm")
     else:
         raise UserError(f"unknown dataset '{name}'", where="config key data.name", allowed=", ".join(DATASETS),
                         fix=did_you_mean(name, DATASETS) or "use one of the names above")
