@@ -62,7 +62,11 @@ class ModelConfig:
     width: int = opt(16, "cnn channels of the first conv layer (then 2x, 2x)", min=1)
     dropout: float | str = opt(AUTO, "dropout before the classifier (auto: 0.25 for cnn, 0 for mlp)", min=0.0,
                                max=1.0, max_open=True, auto=True)
-    weights: str | None = opt(None, "local weights file (.pt/.pth state dict or .safetensors) to start from")
+    weights: str | None = opt(None, "weights to start from: a torchvision-format state dict (.pt/.pth), a "
+                              ".safetensors file or a tocha run folder; the head is replaced when it does not fit, "
+                              "a first conv of another channel count adapted")
+    freeze: list[str] = opt([], "parameters not trained: backbone (all but the last Linear layer), none, or "
+                            "module prefixes, e.g. [conv1,layer1]; BatchNorm there stays in eval mode")
 
 
 @dataclass
@@ -133,6 +137,11 @@ class TrainConfig:
     on_nonfinite: str = opt("stop", "a NaN/Inf loss: stop (found at the next log read, no per-step sync) or skip "
                             "that batch (checks every step: one host sync per step)", choices=("stop", "skip"))
     overwrite: bool = opt(False, "allow writing into an existing run folder")
+    unfreeze_at_epoch: int = opt(0, "with model.freeze: the first epoch (counting from 1) that trains everything; "
+                                 "0 = stay frozen", min=0)
+    lr_backbone: float | str = opt(AUTO, "learning rate of the backbone (all but the head) when model.freeze or "
+                                   "model.weights is set (auto = lr / 10 with model.weights, else lr)", min=0.0,
+                                   min_open=True, auto=True)
     seq_len: int = opt(128, "task=charlm: characters per training window", min=1)
     tbptt: bool = opt(False, "task=charlm: carry the hidden state across consecutive windows (truncated BPTT); "
                       "batches then hold contiguous streams instead of shuffled windows")
@@ -143,8 +152,8 @@ DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1}
 
 # Defaults that differ by task; a key given in a file, an option or on the command line wins.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "charlm": {"data.name": "text", "data.val_fraction": 0.1, "model.name": "lstm", "model.hidden": [256],
-               "model.dropout": 0.1, "epochs": 4, "batch_size": 64, "lr": 4e-3, "weight_decay": 0.0,
+    "charlm": {"data.name": "text", "data.val_fraction": 0.1, "model.name": "lstm", "model.hidden": [192],
+               "model.dropout": 0.1, "epochs": 2, "batch_size": 64, "lr": 4e-3, "weight_decay": 0.0,
                "grad_clip": 1.0, "monitor": "val.bpc", "log_every": 20, "top_k": 1},
 }
 TEXT_TASKS = ("charlm",)
@@ -433,6 +442,16 @@ def _cross_checks(cfg: TrainConfig) -> list[UserError]:
                                     fix="add task=charlm, or choose an image model"))
         elif (model_error := check_model_name(cfg.model.name)) is not None:
             errors.append(model_error)
+    if cfg.unfreeze_at_epoch and not cfg.model.freeze:
+        errors.append(UserError(f"unfreeze_at_epoch={cfg.unfreeze_at_epoch} has nothing to unfreeze",
+                                where="config keys unfreeze_at_epoch, model.freeze", fix="add model.freeze=backbone"))
+    if cfg.unfreeze_at_epoch > cfg.epochs:
+        errors.append(UserError(f"unfreeze_at_epoch={cfg.unfreeze_at_epoch} comes after the last epoch ({cfg.epochs})",
+                                where="config keys unfreeze_at_epoch, epochs",
+                                fix=f"use unfreeze_at_epoch between 2 and {cfg.epochs}, or 0 to stay frozen"))
+    if "backbone" in cfg.model.freeze and len(cfg.model.freeze) > 1:
+        errors.append(UserError("model.freeze=backbone cannot be combined with module prefixes",
+                                where="config key model.freeze", fix="use backbone alone, or list prefixes only"))
     if cfg.nesterov and cfg.optimizer == "sgd" and cfg.momentum == 0:
         errors.append(UserError("nesterov=true needs momentum > 0", where="config keys nesterov, momentum",
                                 fix="set momentum=0.9, or nesterov=false"))

@@ -31,6 +31,7 @@ from tocha.errors import UserError
 from tocha.hardware import HardwarePlan, describe_environment, plan, usable_cpus
 from tocha.metrics.classification import ClassificationMetrics, classification_metrics, default_mode
 from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model, check_input_size
+from tocha.models.transfer import Freezing, load_pretrained
 
 log = logging.getLogger("tocha")
 DATA_WAIT_WARN = 0.25  # share of an epoch spent waiting for the DataLoader that earns a warning
@@ -276,13 +277,14 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     if model is None:
         model = build_model(spec)
         if cfg.model.weights:
-            weight_notes = load_weights(model, Path(cfg.model.weights), strict=False)
+            weight_notes = load_pretrained(model, cfg.model.weights, classes=tuple(data.classes))
     else:
         check_input_size(model, spec)  # a model handed to tocha.fit: check it against the data too
     # channels_last suits the convolution kernels (oneDNN on CPU: 1.7x for the default CNN here; cuDNN on GPU).
     channels_last = data.image_size > 0 and any(isinstance(m, nn.Conv2d) for m in model.modules())
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     mode = default_mode(cfg.monitor.partition(".")[2]) if cfg.mode == AUTO else cfg.mode
+    freezing = Freezing(model, cfg.model.freeze, cfg.unfreeze_at_epoch, pretrained=bool(cfg.model.weights))
 
     run_dir: Path | None = None
     out = cfg.out
@@ -312,6 +314,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
 
     hw, step_model, compile_notes = tune(model, data.train, cfg, transform, device, hw)
     resolved = resolved_config(cfg, hw, data, mode, out, augment, tensorboard, spec)
+    resolved = dataclasses.replace(resolved, lr_backbone=freezing.backbone_lr(resolved.lr, cfg.lr_backbone))
 
     if dist.is_main:
         log.info("data       %s: %d train / %d val / %s test samples, %d classes, from %s", cfg.data.name,
@@ -328,6 +331,11 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
         log.info("model      %s: %s parameters", spec.name, f"{n_params:,}")
         for note in weight_notes:
             log.info("weights    %s", note)
+        if freezing.active:
+            log.info("freeze     %s", freezing.describe())
+        if resolved.lr_backbone != resolved.lr and freezing.head:
+            log.info("lr         %g for the head '%s', %g for the rest (lr_backbone)", resolved.lr, freezing.head,
+                     resolved.lr_backbone)
         if run_dir is not None:
             log.info("run folder %s", run_dir)
         if loaded:
@@ -346,7 +354,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
                                          "hardware_reasons": hw.reasons})
 
     optimizer = build_optimizer(model, cfg.optimizer, lr=resolved.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+                                weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None,
+                                lr_of=freezing.lr_of(resolved.lr, resolved.lr_backbone))
     steps_per_epoch = math.ceil(len(batches["train"]) / cfg.grad_accum_steps)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
                                 steps_per_epoch=steps_per_epoch,
@@ -398,7 +407,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     signals = StopSignals() if run_dir is not None else None
     try:
         result = train_loop(
-            step_model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
+            step_model, freezing.wrap(batches["train"]) if freezing.active else batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
             loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), precision=hw.precision,
             grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
             eval_every_steps=cfg.eval_every_steps, evaluate=evaluate if "val" in batches else None,
