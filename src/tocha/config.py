@@ -153,7 +153,7 @@ DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1}
 # Defaults that differ by task; a key given in a file, an option or on the command line wins.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "charlm": {"data.name": "text", "data.val_fraction": 0.1, "model.name": "lstm", "model.hidden": [192],
-               "model.dropout": 0.1, "epochs": 2, "batch_size": 64, "lr": 4e-3, "weight_decay": 0.0,
+               "model.dropout": 0.1, "epochs": 1, "batch_size": 64, "lr": 4e-3, "weight_decay": 0.0,
                "grad_clip": 1.0, "monitor": "val.bpc", "log_every": 20, "top_k": 1},
 }
 TEXT_TASKS = ("charlm",)

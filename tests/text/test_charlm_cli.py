@@ -55,6 +55,9 @@ def test_train_then_generate(tmp_path):
     assert first.stdout == again.stdout  # the checkpoint file alone gives the same text
     assert first.stdout.startswith("the ") and len(first.stdout.rstrip("\n")) == 64
 
+    not_images = tocha(["predict", "runs/lm", "corpus.txt"], tmp_path)
+    assert not_images.returncode == 2 and "tocha generate runs/lm" in not_images.stderr
+
     unknown = tocha(["generate", "runs/lm", "--prompt", "Zebra"], tmp_path)
     assert unknown.returncode == 2 and "'Z'" in unknown.stderr and "--skip-unknown" in unknown.stderr
     assert "Traceback" not in unknown.stderr

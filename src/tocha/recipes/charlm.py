@@ -107,7 +107,7 @@ def train(cfg: TrainConfig, *, argv: list[str] | None = None) -> LMResult:
     seed_everything(cfg.seed, cfg.deterministic)
     corpus = load_corpus(cfg.data.path, val_fraction=cfg.data.val_fraction, seq_len=cfg.seq_len)
     vocab = corpus.vocab
-    hw = plan(cfg.device, cfg.precision, 0, cfg.threads, file_data=False)
+    hw = plan(cfg.device, cfg.precision, cfg.data.workers, cfg.threads, file_data=False)
     device = torch.device(hw.device)
     torch.set_num_threads(hw.threads)
     cuda_notes = configure_cuda(cfg.deterministic) if device.type == "cuda" else []
