@@ -90,13 +90,38 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
-    co = sub.add_parser("compress", help="int8-quantize a run's model for CPU deployment; kept only if it pays",
-                        description="Export the run's model to fp32 ONNX, quantize it statically to int8 (QDQ, "
-                                    "per-channel weights, calibrated on training batches) and measure both on this "
-                                    "machine. The int8 file is kept only if it is faster and loses at most "
-                                    "--max-accuracy-drop points of test accuracy; otherwise the step is rejected.")
+    co = sub.add_parser("compress", help="prune and/or int8-quantize a run's model; each step kept only if it pays",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Export the run's model to fp32 ONNX and measure it on this machine. Then, when "
+                                    "asked, prune channels (torch-pruning) and fine-tune with the same training "
+                                    "engine, and quantize to int8 for ONNX Runtime. Every step is measured (test "
+                                    "accuracy, latency) and kept only if it is faster and loses at most "
+                                    "--max-accuracy-drop points against the best artifact so far; otherwise it is "
+                                    "rejected, said so, and the better artifact stays the result.",
+                        epilog="examples:\n"
+                               "  tocha compress runs/cnn                              # int8 only\n"
+                               "  tocha compress runs/cnn --prune 0.5 --finetune-epochs 2 --out runs/cnn-small\n"
+                               "  tocha compress runs/cnn --prune 0.5 --quantize none   # prune + fine-tune only\n"
+                               "  tocha compress runs/mlp --quantize int8-dynamic       # Linear-heavy models")
     co.add_argument("run", help="run folder written by 'tocha train'")
-    co.add_argument("--quantize", default="int8", help="int8 (post-training static, ONNX Runtime)")
+    co.add_argument("--prune", type=float, default=0.0, metavar="RATIO",
+                    help="remove this share of the MACs (or --prune-target params) by pruning, e.g. 0.5 (default 0: "
+                         "no pruning)")
+    co.add_argument("--prune-method", default="channels",
+                    help="channels (structured, torch-pruning: smaller and faster; default) or masks "
+                         "(torch.nn.utils.prune zeros: NOT faster, offered with a warning)")
+    co.add_argument("--prune-target", default="macs", help="what --prune reduces: macs (default) or params")
+    co.add_argument("--prune-scope", default="uniform",
+                    help="uniform (the same share of channels in every layer; default) or global (rank channels "
+                         "across layers)")
+    co.add_argument("--prune-steps", type=_positive_int, default=1,
+                    help="iterative pruning: reach the ratio in N prune + fine-tune rounds (default 1)")
+    co.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs after pruning (default 2)")
+    co.add_argument("--finetune-lr", type=_positive_float, default=None,
+                    help="fine-tuning learning rate (default: a tenth of the run's)")
+    co.add_argument("--quantize", default="int8",
+                    help="int8 (static, calibrated; best for conv nets; default), int8-dynamic (weights only, "
+                         "activations at run time; for Linear/LSTM-heavy models), none")
     co.add_argument("--calibration", default="minmax", help="minmax (default), entropy, percentile")
     co.add_argument("--calibration-batches", type=_positive_int, default=8, help="training batches of 64 (default 8)")
     co.add_argument("--max-accuracy-drop", type=float, default=1.0,
@@ -106,6 +131,26 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     co.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
+    ds = sub.add_parser("distill", help="train a student model from a teacher run (knowledge distillation)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Train a student with the training engine of 'tocha train', on the teacher's "
+                                    "data, with the loss alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * "
+                                    "cross-entropy. Student settings are 'tocha train' key=value overrides.",
+                        epilog="examples:\n"
+                               "  tocha distill --teacher runs/resnet --student model=cnn model.width=8 epochs=5 "
+                               "out=runs/kd\n"
+                               "  tocha distill --teacher runs/cnn --temperature 2 --alpha 0.5 model=mlp "
+                               "out=runs/kd-mlp")
+    ds.add_argument("args", nargs="*", metavar="key=value", help="student settings, as for 'tocha train'")
+    ds.add_argument("--teacher", required=True, metavar="RUN", help="run folder of the teacher (its best checkpoint)")
+    ds.add_argument("--student", nargs="+", action="extend", default=[], metavar="key=value",
+                    help="student settings (the same as trailing key=value arguments)")
+    ds.add_argument("--temperature", type=float, default=4.0, help="softening temperature T (default 4)")
+    ds.add_argument("--alpha", type=float, default=0.7, help="weight of the teacher's soft targets (default 0.7)")
+    ds.add_argument("--cache", choices=("auto", "true", "false"), default="auto",
+                    help="compute the teacher's logits once when the training data is not augmented (default auto)")
+    ds.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+
     bm = sub.add_parser("bench-model", help="latency, throughput, size and accuracy of runs and exported files",
                         description="Time each artifact (a run folder, or a .onnx/.pt2 file from tocha export/"
                                     "compress) at each batch size after a warm-up: p50/p90 latency, samples/s, "
@@ -114,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
     bm.add_argument("--calls", type=_positive_int, default=50, help="timed calls per batch size (default 50)")
     bm.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for both runtimes")
+    bm.add_argument("--runtime", default="",
+                    help="comma-separated runtimes: torch, ort (a run folder is exported to ONNX for ort); "
+                         "default: each artifact's own")
     bm.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     bm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
@@ -417,15 +465,37 @@ def _cmd_compress(args: argparse.Namespace, argv: list[str]) -> int:
     if not 0 <= args.max_accuracy_drop <= 100:
         raise UserError(f"--max-accuracy-drop {args.max_accuracy_drop:g} is out of range", where="tocha compress",
                         allowed="0 to 100 (percentage points)")
-    report = compress_run(args.run, out=args.out, quantize=args.quantize, calibration_batches=args.calibration_batches,
-                          calibration=args.calibration, max_accuracy_drop=args.max_accuracy_drop, batch=args.batch,
-                          overwrite=args.overwrite)
+    if args.finetune_epochs < 0:
+        raise UserError(f"--finetune-epochs must be 0 or more, got {args.finetune_epochs}", where="tocha compress")
+    report = compress_run(args.run, out=args.out, prune=args.prune, prune_method=args.prune_method,
+                          prune_target=args.prune_target, prune_scope=args.prune_scope, prune_steps=args.prune_steps,
+                          finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, quantize=args.quantize,
+                          calibration_batches=args.calibration_batches, calibration=args.calibration,
+                          max_accuracy_drop=args.max_accuracy_drop, batch=args.batch, overwrite=args.overwrite)
     print(table(report))
     return 0
 
 
+def _cmd_distill(args: argparse.Namespace, argv: list[str]) -> int:
+    from tocha.recipes.classify import Interrupted
+    from tocha.recipes.distill import distill_run
+
+    overrides = [*args.student, *args.args]
+    if bad := [a for a in overrides if "=" not in a]:
+        raise UserError(f"unexpected argument '{bad[0]}'", where="tocha distill",
+                        fix="student settings are key=value, e.g. model=cnn epochs=5 out=runs/kd")
+    try:
+        result = distill_run(args.teacher, overrides, temperature=args.temperature, alpha=args.alpha,
+                             cache=args.cache, argv=["tocha", *argv])
+    except Interrupted as stop:
+        print(f"tocha distill: stopped by {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    _print_train_result(result)
+    return 0
+
+
 def _cmd_bench_model(args: argparse.Namespace, argv: list[str]) -> int:
-    from tocha.deploy.measure import bench_artifacts, rows_json, table
+    from tocha.deploy.measure import bench_artifacts, record_in_runs, rows_json, table
 
     try:
         batches = [int(b) for b in args.batch.split(",")]
@@ -440,8 +510,11 @@ def _cmd_bench_model(args: argparse.Namespace, argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    rows = bench_artifacts(args.artifacts, batches, calls=args.calls, threads=args.threads)
+    runtimes = tuple(r.strip() for r in args.runtime.split(",") if r.strip())
+    rows = bench_artifacts(args.artifacts, batches, calls=args.calls, threads=args.threads, runtimes=runtimes)
     print(table(rows))
+    for path in record_in_runs(rows, args.artifacts):
+        print(f"written: {path} (and a table in {path.parent / 'report.html'})")
     if args.json:
         Path(args.json).write_text(rows_json(rows))
         print(f"written: {args.json}")
@@ -455,7 +528,8 @@ def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "env": _cmd_env, "bench": _cmd_bench,
-            "export": _cmd_export, "generate": _cmd_generate, "compress": _cmd_compress, "bench-model": _cmd_bench_model}
+            "export": _cmd_export, "generate": _cmd_generate, "compress": _cmd_compress, "distill": _cmd_distill,
+            "bench-model": _cmd_bench_model}
 
 
 if __name__ == "__main__":

@@ -52,6 +52,37 @@ def test_compress_quantizes_measures_and_decides(run, tmp_path):
     assert agree >= 0.97, agree
 
 
+def test_compress_prunes_fine_tunes_measures_and_reports(run, tmp_path):
+    pytest.importorskip("torch_pruning")
+    from tocha.recipes.runs import evaluate_run
+
+    report = compress_run(run, out=tmp_path / "c", prune=0.5, finetune_epochs=1, quantize="none",
+                          echo=lambda *_: None)
+    fp32, pruned = report["steps"]
+    assert pruned["name"] == "pruned" and abs(pruned["macs"] / fp32["macs"] - 0.5) <= 0.05
+    assert pruned["params"] < fp32["params"]
+    assert len(report["decisions"]) == 1 and report["kept"] in (fp32["path"], pruned["path"])
+    # The fine-tuned, pruned model is a run folder like any other: it evaluates and exports.
+    result = evaluate_run(tmp_path / "c" / "pruned", write=False)
+    assert abs(result.metrics.accuracy - pruned["accuracy"]) < 1e-9
+    prune_info = json.loads((tmp_path / "c" / "pruned" / "prune.json").read_text())
+    assert prune_info["macs_after"] == pruned["macs"]
+    assert 'id="compress"' in (run / "report.html").read_text()
+
+
+@pytest.mark.parametrize("times, keep", [((1.0, 2.0), False), ((2.0, 1.0), True)])
+def test_a_step_that_is_slower_is_rejected_and_its_file_renamed(run, tmp_path, monkeypatch, times, keep):
+    """The decision uses the side-by-side timer; stubbed here so the outcome is known."""
+    monkeypatch.setattr(measure, "paired_latency", lambda *_a, **_k: times)
+    report = compress_run(run, out=tmp_path / "c", quantize="int8-dynamic", max_accuracy_drop=100,
+                          echo=lambda *_: None)
+    fp32, int8 = report["steps"]
+    assert int8["p50_ms"] == times[1]
+    assert (report["kept"] == int8["path"]) is keep
+    assert int8["path"].endswith(".rejected.onnx") is not keep
+    assert (tmp_path / "c" / "model-int8-dynamic.onnx").exists() is keep
+
+
 def test_bench_model_rows_for_every_artifact_and_batch(run, tmp_path, capsys):
     assert cli(["export", str(run), "--out", str(tmp_path / "m.onnx"), "--samples", "64"]) == 0
     assert cli(["bench-model", str(run), str(tmp_path / "m.onnx"), "--batch", "1,16", "--calls", "5",
@@ -60,6 +91,15 @@ def test_bench_model_rows_for_every_artifact_and_batch(run, tmp_path, capsys):
     assert [(r["runtime"], r["batch"]) for r in rows] == [("torch", 1), ("torch", 16), ("ort", 1), ("ort", 16)]
     assert rows[0]["accuracy"] == rows[2]["accuracy"] is not None  # same model, same test split
     assert all(r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] and r["params"] > 0 for r in rows)
+    assert rows[0]["macs"] == rows[2]["macs"] > 0  # counted on the model; carried in the ONNX metadata
+    assert json.loads((run / "bench.json").read_text()) == rows  # recorded in the run folder too
+    assert 'id="bench-model"' in (run / "report.html").read_text()
+
+
+def test_bench_model_runs_a_run_folder_on_both_runtimes(run, tmp_path):
+    rows = measure.bench_artifacts([str(run)], [4], calls=3, runtimes=("torch", "ort"))
+    assert [r.runtime for r in rows] == ["torch", "ort"]
+    assert rows[0].accuracy == rows[1].accuracy
 
 
 @pytest.mark.parametrize("args, words", [
@@ -69,6 +109,11 @@ def test_bench_model_rows_for_every_artifact_and_batch(run, tmp_path, capsys):
     (["bench-model", "nothing.onnx"], ["does not exist"]),
     (["bench-model", "RUN", "--batch", "x"], ["--batch"]),
     (["bench-model", "weights.bin"], ["cannot benchmark"]),
+    (["bench-model", "RUN", "--runtime", "tensorrt"], ["unknown runtime", "torch, ort"]),
+    (["compress", "RUN", "--prune", "1.0"], ["out of range", "between 0 and 1"]),
+    (["compress", "RUN", "--prune", "0.5", "--prune-method", "l1"], ["--prune-method", "channels, masks"]),
+    (["compress", "RUN", "--prune", "0.5", "--finetune-epochs", "0"], ["--finetune-epochs", "at least 1"]),
+    (["compress", "RUN", "--quantize", "none"], ["nothing to do"]),
 ])
 def test_bad_compress_and_bench_model_arguments(run, tmp_path, capsys, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)

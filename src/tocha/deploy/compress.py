@@ -1,16 +1,25 @@
-"""`tocha compress`: int8 post-training quantization through ONNX Runtime, measured, kept only if it pays.
+"""`tocha compress`: pruning and int8 quantization, each step measured and kept only if it pays.
 
-The run's model is exported to fp32 ONNX (with its parity check), quantized statically to int8
-(QDQ format, per-channel int8 weights, uint8 activations, which is the fast combination for x86
-CPUs; calibrated on N training batches), and both files are measured on the same machine: test
-accuracy and latency. The int8 file is kept only when it is faster and loses at most
-`max_accuracy_drop` percentage points; otherwise the step is rejected, said so, and the fp32 file
-stays the result.
+The pipeline, each step against the best artifact so far, all on this machine's ONNX Runtime:
+
+1. the run's model, exported to fp32 ONNX (with its parity check): the baseline;
+2. `--prune R`: channels removed (torch-pruning) until MACs (or parameters) are down by R, then
+   fine-tuned by the same training engine as `tocha train` into a run folder `OUT/pruned`; may be
+   done in several prune + fine-tune rounds; exported to fp32 ONNX;
+3. `--quantize int8`: static int8 of the best artifact so far (QDQ format, per-channel int8
+   weights, uint8 activations, which is the fast combination for x86 CPUs; calibrated on N
+   training batches), or `int8-dynamic` (int8 weights, activations quantized at run time; suits
+   Linear/LSTM-heavy models, needs no calibration).
+
+A step is kept only when it is faster and loses at most `max_accuracy_drop` percentage points of
+test accuracy; otherwise it is rejected, said so, and the better artifact stays the result.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+from html import escape
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +28,7 @@ import torch
 from tocha.errors import UserError
 
 CALIBRATION = ("minmax", "entropy", "percentile")
+QUANTIZE = ("int8", "int8-dynamic", "none")
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,8 @@ class Step:
     accuracy: float | None
     p50_ms: float
     megabytes: float
+    params: int | None = None
+    macs: int | None = None
 
 
 def judge(before: Step, after: Step, max_accuracy_drop: float) -> tuple[bool, str]:
@@ -53,9 +65,11 @@ class _Calibration:
         return next(self.batches, None)
 
 
-def quantize_int8(fp32: Path, int8: Path, calibration: torch.Tensor, method: str) -> None:
+def quantize_onnx(fp32: Path, int8: Path, *, dynamic: bool, calibration: torch.Tensor | None = None,
+                  method: str = "minmax") -> None:
+    """int8 ONNX from an fp32 export: static (calibrated QDQ) or dynamic (weights only); metadata kept."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from tocha.deploy.export import METADATA_KEY
@@ -66,36 +80,100 @@ def quantize_int8(fp32: Path, int8: Path, calibration: torch.Tensor, method: str
         source = prepared
     except Exception:  # pre-processing is an optimisation; quantize the plain export when it fails
         source = fp32
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
     try:
-        quantize_static(str(source), str(int8), _Calibration(calibration, input_name, 64), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method])
+        if dynamic:
+            quantize_dynamic(str(source), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+        else:
+            methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                       "percentile": CalibrationMethod.Percentile}
+            input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
+            quantize_static(str(source), str(int8), _Calibration(calibration, input_name, 64),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=methods[method])
     finally:
         prepared.unlink(missing_ok=True)
     # Quantization drops the model's metadata: put the class names and normalisation back.
     meta = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
     proto = onnx.load(str(int8))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta[METADATA_KEY]
-    onnx.save(proto, str(int8))
+    if not any(p.key == METADATA_KEY for p in proto.metadata_props):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, meta[METADATA_KEY]
+        onnx.save(proto, str(int8))
 
 
-def compress_run(run_dir: str | Path, *, out: str | Path | None = None, quantize: str = "int8",
-                 calibration_batches: int = 8, calibration: str = "minmax", max_accuracy_drop: float = 1.0,
-                 batch: int = 64, overwrite: bool = False, echo=print) -> dict:
+def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: str, target: str, scope: str,
+                       rounds: int, epochs: int, lr: float | None, echo) -> dict:
+    """Prune the run's best model and fine-tune it with `tocha train`'s engine into the run folder `out_dir`."""
+    from tocha import config
+    from tocha import runfolder as rf
+    from tocha.deploy.export import sample_inputs
+    from tocha.deploy.prune import count_macs, count_params, prune_model
+    from tocha.models import ModelSpec
+    from tocha.recipes.classify import train
+    from tocha.recipes.runs import load_run
+
+    loaded = load_run(run_dir, "best", "cpu")
+    model, meta = loaded.model, loaded.meta
+    if not meta["image_size"]:
+        raise UserError("pruning supports image models only for now", where="tocha compress --prune")
+    run_cfg = config.load(run_dir / rf.CONFIG)
+    base_lr = lr or float(run_cfg.lr) / 10
+    example = sample_inputs(run_dir, meta, 2)
+    macs0, params0 = count_macs(model, example), count_params(model)
+    per_round = 1 - (1 - ratio) ** (1 / rounds)   # the same share of what is left, each round
+    result = None
+    for k in range(1, rounds + 1):
+        pruned = prune_model(model, example, per_round, method=method, target=target, scope=scope)
+        echo(f"round {k}/{rounds}: {pruned.summary()}")
+        last = k == rounds
+        overrides = [f"epochs={max(1, epochs // rounds) if not last else max(1, epochs - (rounds - 1) * (epochs // rounds))}",
+                     f"lr={base_lr:g}", "scheduler=cosine", "warmup_epochs=0", "resume=none", "overwrite=true",
+                     "early_stop.patience=0", f"out={out_dir}" if last else "out=none"]
+        cfg = config.load(run_dir / rf.CONFIG, overrides)
+        hooks = [p.register_hook(lambda g, m=mask: g * m) for p, mask in pruned.masks]  # masks stay zero
+        try:
+            result = train(cfg, model=pruned.model.train(), spec=ModelSpec.from_dict(meta["model"]),
+                           meta_extra={"pruned": {"from": str(run_dir), "method": method, "target": target,
+                                                  "scope": scope, "ratio": ratio, "rounds": rounds}})
+        finally:
+            for hook in hooks:
+                hook.remove()
+        model = result.model.cpu().eval()
+    macs1, params1 = count_macs(model, example), count_params(model)
+    info = {"macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
+            "reduction": 1 - (macs1 / macs0 if target == "macs" else params1 / params0),
+            "test_accuracy": result.test.accuracy if result and result.test else None}
+    rf.write_json(out_dir / "prune.json", {"asked": ratio, "method": method, "target": target, "scope": scope,
+                                           "rounds": rounds, **info})
+    return info
+
+
+def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: float = 0.0,
+                 prune_method: str = "channels", prune_target: str = "macs", prune_scope: str = "uniform",
+                 prune_steps: int = 1, finetune_epochs: int = 2, finetune_lr: float | None = None,
+                 quantize: str = "int8", calibration_batches: int = 8, calibration: str = "minmax",
+                 max_accuracy_drop: float = 1.0, batch: int = 64, overwrite: bool = False, echo=print) -> dict:
     from tocha import runfolder as rf
     from tocha.deploy import measure
     from tocha.deploy.export import export_run
     from tocha.recipes.runs import load_split
 
-    if quantize != "int8":
-        raise UserError(f"unknown quantization '{quantize}'", where="tocha compress --quantize", allowed="int8")
+    if quantize not in QUANTIZE:
+        raise UserError(f"unknown quantization '{quantize}'", where="tocha compress --quantize",
+                        allowed=", ".join(QUANTIZE))
     if calibration not in CALIBRATION:
         raise UserError(f"unknown calibration method '{calibration}'", where="tocha compress --calibration",
                         allowed=", ".join(CALIBRATION))
+    if prune:
+        from tocha.deploy.prune import check_options
+
+        check_options(prune, prune_method, prune_target, prune_scope)
+    if prune and finetune_epochs < 1:
+        raise UserError("--finetune-epochs must be at least 1 with --prune: a pruned model needs fine-tuning to "
+                        "recover its accuracy", where="tocha compress")
+    if not prune and quantize == "none":
+        raise UserError("nothing to do: no --prune and --quantize none", where="tocha compress",
+                        fix="pass --prune RATIO and/or --quantize int8")
     path = rf.check_run_dir(run_dir)
     folder = Path(out) if out else path / "compressed"
     if folder.exists() and any(folder.iterdir()):
@@ -104,51 +182,91 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, quantize
                             fix="choose another --out, or pass --overwrite")
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    meta = rf.read_json(path / rf.META)
+    x_bench = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"])
+    data, artifacts = None, {}
+
+    def measured(name: str, file: Path, macs: int | None) -> Step:
+        nonlocal data
+        artifact = artifacts[str(file)] = measure.open_artifact(str(file))
+        data = data or measure.test_data(artifact.meta)
+        p50, _ = measure.latency(artifact.predict, x_bench, 30)
+        return Step(name, str(file), measure.accuracy(artifact, data), p50, artifact.bytes / 2**20, artifact.params,
+                    macs)
+
     fp32 = export_run(path, "onnx", out=folder / "model-fp32.onnx")
     echo(f"fp32 ONNX: {fp32.path} (parity: max abs diff {fp32.parity.max_abs_diff:.1e}, "
          f"top-1 {fp32.parity.top1_agreement:.2%})")
+    steps = [measured("fp32", fp32.path, measure.run_macs(path))]
+    best, decisions = steps[0], []
 
-    meta = rf.read_json(path / rf.META)
-    train = load_split(path, "train")
-    from tocha.engine.batches import DeviceTransform
+    def consider(step: Step) -> bool:
+        nonlocal best
+        # Decide on latencies timed side by side (alternating), not on two measurements minutes apart.
+        before_ms, after_ms = measure.paired_latency(artifacts[best.path].predict, artifacts[step.path].predict,
+                                                     x_bench)
+        step = dataclasses.replace(step, p50_ms=after_ms)
+        keep, reason = judge(dataclasses.replace(best, p50_ms=before_ms), step, max_accuracy_drop)
+        echo(reason)
+        decisions.append(reason)
+        if not keep:
+            rejected = Path(step.path).with_name(Path(step.path).stem + ".rejected.onnx")
+            Path(step.path).rename(rejected)
+            step = dataclasses.replace(step, path=str(rejected))
+        steps.append(step)
+        best = step if keep else best
+        return keep
 
-    calib = DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(
-        train.head(calibration_batches * 64))
-    n = len(calib)
-    int8_path = folder / "model-int8.onnx"
-    try:
-        quantize_int8(fp32.path, int8_path, calib, calibration)
-    except Exception as exc:  # an operator the quantizer does not support, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise UserError(f"int8 quantization of {fp32.path} failed: {type(exc).__name__}: {first}",
-                        where="tocha compress --quantize", fix="keep the fp32 export, or try --calibration entropy")
+    if prune:
+        pruned_run = folder / "pruned"
+        info = prune_and_finetune(path, pruned_run, ratio=prune, method=prune_method, target=prune_target,
+                                  scope=prune_scope, rounds=prune_steps, epochs=finetune_epochs, lr=finetune_lr,
+                                  echo=echo)
+        exported = export_run(pruned_run, "onnx", out=folder / "model-pruned.onnx")
+        consider(measured("pruned", exported.path, info["macs_after"]))
 
-    steps = []
-    data = None
-    for name, file in (("fp32", fp32.path), ("int8", int8_path)):
-        artifact = measure.open_artifact(str(file))
-        data = data or measure.test_data(artifact.meta)
-        p50, _ = measure.latency(artifact.predict, torch.randn(batch, meta["in_channels"], meta["image_size"],
-                                                                meta["image_size"]), 30)
-        steps.append(Step(name, str(file), measure.accuracy(artifact, data), p50, artifact.bytes / 2**20))
-    keep, reason = judge(steps[0], steps[1], max_accuracy_drop)
-    echo(reason)
-    if not keep:
-        rejected = int8_path.with_name("model-int8.rejected.onnx")
-        int8_path.rename(rejected)
-        steps[1] = Step("int8", str(rejected), steps[1].accuracy, steps[1].p50_ms, steps[1].megabytes)
-    report = {"batch": batch, "max_accuracy_drop_points": max_accuracy_drop, "calibration": calibration,
-              "calibration_samples": n, "steps": [asdict(s) for s in steps], "kept": steps[1 if keep else 0].path,
-              "decision": reason}
+    if quantize != "none":
+        calib = None
+        if quantize == "int8":
+            from tocha.engine.batches import DeviceTransform
+
+            calib = DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(
+                load_split(path, "train").head(calibration_batches * 64))
+        name = f"{best.name}+{quantize}" if best.name != "fp32" else quantize
+        int8_path = folder / f"model-{name.replace('+', '-')}.onnx"
+        try:
+            quantize_onnx(Path(best.path), int8_path, dynamic=quantize == "int8-dynamic", calibration=calib,
+                          method=calibration)
+        except Exception as exc:  # an operator the quantizer does not support, ...
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise UserError(f"int8 quantization of {best.path} failed: {type(exc).__name__}: {first}",
+                            where="tocha compress --quantize",
+                            fix="keep the fp32 export, or try --quantize int8-dynamic / --calibration entropy")
+        consider(measured(name, int8_path, best.macs))
+
+    report = {"batch": batch, "max_accuracy_drop_points": max_accuracy_drop, "quantize": quantize,
+              "calibration": calibration if quantize == "int8" else None,
+              "calibration_samples": calibration_batches * 64 if quantize == "int8" else 0,
+              "prune": {"ratio": prune, "method": prune_method, "target": prune_target, "scope": prune_scope,
+                        "rounds": prune_steps, "finetune_epochs": finetune_epochs} if prune else None,
+              "steps": [asdict(s) for s in steps], "kept": best.path, "decisions": decisions,
+              "decision": decisions[-1] if decisions else "nothing to compare"}
     rf.write_json(folder / "compress.json", report)
+    from tocha.reports.html import table_html, upsert_section
+
+    rows = [{"step": st.name, "test accuracy": st.accuracy, f"p50 ms @{batch}": st.p50_ms, "MB": st.megabytes,
+             "params": st.params, "MACs": st.macs, "file": st.path} for st in steps]
+    upsert_section(path, "compress", "Compression (tocha compress)",
+                   table_html(rows) + "".join(f"<p>{escape(d)}</p>" for d in decisions))
     return report
 
 
 def table(report: dict) -> str:
-    lines = [f"{'step':<6} {'test acc':>9} {'p50 ms @' + str(report['batch']):>12} {'MB':>7}  file"]
+    lines = [f"{'step':<12} {'test acc':>9} {'p50 ms @' + str(report['batch']):>12} {'MB':>7} {'MACs':>12}  file"]
     for s in report["steps"]:
         acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.4f}"
-        lines.append(f"{s['name']:<6} {acc:>9} {s['p50_ms']:>12.3f} {s['megabytes']:>7.2f}  {s['path']}")
+        macs = "-" if s.get("macs") is None else f"{s['macs']:,}"
+        lines.append(f"{s['name']:<12} {acc:>9} {s['p50_ms']:>12.3f} {s['megabytes']:>7.2f} {macs:>12}  {s['path']}")
     lines.append(f"result: {report['kept']}")
     return "\n".join(lines)
 

@@ -64,8 +64,8 @@ def check_parity(reference: Callable[[torch.Tensor], torch.Tensor], artifact: Ca
     return Parity(len(x), worst, agree / len(x), tolerance)
 
 
-def metadata(meta: dict, run_dir: Path) -> dict:
-    return {"classes": meta["classes"], "mean": meta["mean"], "std": meta["std"], "in_channels": meta["in_channels"],
+def metadata(meta: dict, run_dir: Path, macs: int | None = None) -> dict:
+    return {"macs": macs, "classes": meta["classes"], "mean": meta["mean"], "std": meta["std"], "in_channels": meta["in_channels"],
             "image_size": meta["image_size"], "model": meta["model"], "run": str(run_dir),
             "input": "float32 [batch, C, H, W], scaled to [0, 1] then (x - mean) / std per channel"}
 
@@ -156,7 +156,9 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None
         raise UserError("export supports image models only for now; this run was trained on feature vectors",
                         where="tocha export", fix="use torch.onnx.export on the model from tocha.load_run")
     x = sample_inputs(path, meta, samples)
-    info = metadata(meta, path)
+    from tocha.deploy.prune import count_macs
+
+    info = metadata(meta, path, count_macs(model, x[:1]))
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")  # keeps the extension
     try:
         try:

@@ -7,6 +7,7 @@ call after a warm-up, at each batch size, and reported as p50/p90.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -30,6 +31,7 @@ class Artifact:
     meta: dict
     bytes: int
     params: int
+    macs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Row:
     megabytes: float
     params: int
     accuracy: float | None
+    macs: int | None = None
 
 
 def _onnx_params(path: Path) -> int:
@@ -67,7 +70,7 @@ def open_artifact(spec: str, threads: int | None = None) -> Artifact:
 
         params = sum(p.numel() for p in model.parameters())
         return Artifact(str(path), "torch", run_torch, {**loaded.meta, "run": str(path)},
-                        (path / rf.BEST_WEIGHTS).stat().st_size, params)
+                        (path / rf.BEST_WEIGHTS).stat().st_size, params, run_macs(path))
     if not path.is_file():
         raise UserError(f"artifact '{spec}' does not exist", where="tocha bench-model",
                         fix="pass run folders or files written by 'tocha export' / 'tocha compress'")
@@ -80,7 +83,7 @@ def open_artifact(spec: str, threads: int | None = None) -> Artifact:
         if threads:
             options.intra_op_num_threads = threads
         predict, meta = onnx_predictor(path, options)
-        return Artifact(str(path), "ort", predict, meta, path.stat().st_size, _onnx_params(path))
+        return Artifact(str(path), "ort", predict, meta, path.stat().st_size, _onnx_params(path), meta.get("macs"))
     if path.suffix == ".pt2":
         from tocha.deploy.export import METADATA_KEY
 
@@ -92,10 +95,21 @@ def open_artifact(spec: str, threads: int | None = None) -> Artifact:
                 return module(x).numpy()
 
         params = sum(p.numel() for p in module.parameters())
-        return Artifact(str(path), "torch", run_pt2, json.loads(extra[f"{METADATA_KEY}.json"]), path.stat().st_size,
-                        params)
+        info = json.loads(extra[f"{METADATA_KEY}.json"])
+        return Artifact(str(path), "torch", run_pt2, info, path.stat().st_size, params, info.get("macs"))
     raise UserError(f"cannot benchmark '{spec}'", where="tocha bench-model",
                     allowed="a run folder, a .onnx or a .pt2 file")
+
+
+def run_macs(run_dir: Path) -> int:
+    """MACs of one forward pass of a run's model on one input."""
+    from tocha.deploy.prune import count_macs
+    from tocha.recipes.runs import load_run
+
+    loaded = load_run(run_dir, "best", "cpu")
+    meta = loaded.meta
+    shape = (1, meta["in_channels"]) + ((meta["image_size"],) * 2 if meta["image_size"] else ())
+    return count_macs(loaded.model, torch.zeros(shape))
 
 
 def test_data(meta: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -132,34 +146,103 @@ def latency(predict: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, call
     return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
 
 
-def bench_artifacts(specs: list[str], batches: list[int], *, calls: int = 50, threads: int | None = None
-                    ) -> list[Row]:
-    artifacts = [open_artifact(s, threads) for s in specs]
-    shape = None
+def paired_latency(a: Callable[[torch.Tensor], np.ndarray], b: Callable[[torch.Tensor], np.ndarray],
+                   x: torch.Tensor, rounds: int = 8, calls: int = 5) -> tuple[float, float]:
+    """Median ms per call of `a` and `b`, timed in alternating rounds so that a change in the machine's
+    load hits both alike: the fair way to decide which of two artifacts is faster on a busy machine."""
+    for _ in range(WARMUP_CALLS):
+        a(x), b(x)
+    times: tuple[list[float], list[float]] = ([], [])
+    for r in range(rounds):
+        for which, predict in ((0, a), (1, b)) if r % 2 == 0 else ((1, b), (0, a)):
+            for _ in range(calls):
+                t = time.perf_counter()
+                predict(x)
+                times[which].append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+RUNTIMES = ("torch", "ort")
+
+
+def _as_onnx(run_dir: Path, folder: Path, threads: int | None) -> Artifact:
+    """A run folder's model through ONNX Runtime: exported (with its parity check) into `folder`."""
+    from tocha.deploy.export import export_run
+
+    exported = export_run(run_dir, "onnx", out=folder / f"{run_dir.name}.onnx", samples=64)
+    artifact = open_artifact(str(exported.path), threads)
+    return dataclasses.replace(artifact, name=f"{run_dir} (onnx)")
+
+
+def bench_artifacts(specs: list[str], batches: list[int], *, calls: int = 50, threads: int | None = None,
+                    runtimes: tuple[str, ...] = ()) -> list[Row]:
+    """Rows for every artifact x runtime x batch size; `runtimes` empty = each artifact's own runtime."""
+    import tempfile
+
+    if bad := [r for r in runtimes if r not in RUNTIMES]:
+        raise UserError(f"unknown runtime '{bad[0]}'", where="tocha bench-model --runtime",
+                        allowed=", ".join(RUNTIMES))
     rows = []
-    for a in artifacts:
-        c, s = a.meta["in_channels"], a.meta["image_size"]
-        if shape and shape != (c, s):
-            raise UserError(f"'{a.name}' takes {c}x{s}x{s} inputs, the first artifact {shape[0]}x{shape[1]}",
-                            where="tocha bench-model", fix="compare artifacts of the same task")
-        shape = (c, s)
-        acc = accuracy(a, test_data(a.meta))
-        for b in batches:
-            x = torch.randn(b, c, s, s)
-            p50, p90 = latency(a.predict, x, calls)
-            rows.append(Row(a.name, a.runtime, b, p50, p90, b / (p50 / 1e3), a.bytes / 2**20, a.params, acc))
+    with tempfile.TemporaryDirectory(prefix="tocha-bench-") as tmp:
+        artifacts = []
+        for spec in specs:
+            own = open_artifact(spec, threads)
+            if not runtimes or own.runtime in runtimes:
+                artifacts.append(own)
+            if "ort" in runtimes and own.runtime == "torch" and Path(spec).is_dir():
+                artifacts.append(_as_onnx(Path(spec), Path(tmp), threads))
+        shape = None
+        for a in artifacts:
+            c, s = a.meta["in_channels"], a.meta["image_size"]
+            if shape and shape != (c, s):
+                raise UserError(f"'{a.name}' takes {c}x{s}x{s} inputs, the first artifact {shape[0]}x{shape[1]}",
+                                where="tocha bench-model", fix="compare artifacts of the same task")
+            shape = (c, s)
+            acc = accuracy(a, test_data(a.meta))
+            for b in batches:
+                x = torch.randn(b, c, s, s)
+                p50, p90 = latency(a.predict, x, calls)
+                rows.append(Row(a.name, a.runtime, b, p50, p90, b / (p50 / 1e3), a.bytes / 2**20, a.params, acc,
+                                a.macs))
     return rows
+
+
+def record_in_runs(rows: list[Row], specs: list[str]) -> list[Path]:
+    """Write bench.json and a table into report.html of every run folder among `specs` (or behind a file)."""
+    from tocha import runfolder as rf
+    from tocha.reports.html import table_html, upsert_section
+
+    runs: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if not path.is_dir():
+            continue
+        runs.append(path)
+    written = []
+    for run in dict.fromkeys(runs):
+        rf.write_json(run / "bench.json", [asdict(r) for r in rows])
+        upsert_section(run, "bench-model", "Deployment benchmark (tocha bench-model)",
+                       table_html([_report_row(r) for r in rows]))
+        written.append(run / "bench.json")
+    return written
+
+
+def _report_row(r: Row) -> dict:
+    return {"artifact": r.artifact, "runtime": r.runtime, "batch": r.batch, "p50 ms": r.p50_ms, "p90 ms": r.p90_ms,
+            "samples/s": round(r.samples_per_second), "MB": r.megabytes, "params": r.params,
+            "MACs": r.macs, "test accuracy": r.accuracy}
 
 
 def table(rows: list[Row]) -> str:
     header = (f"{'artifact':<40} {'runtime':<7} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>11} "
-              f"{'MB':>7} {'params':>10} {'test acc':>9}")
+              f"{'MB':>7} {'params':>10} {'MACs':>12} {'test acc':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
         name = r.artifact if len(r.artifact) <= 40 else "..." + r.artifact[-37:]
         acc = "-" if r.accuracy is None else f"{r.accuracy:.4f}"
+        macs = "-" if r.macs is None else f"{r.macs:,}"
         lines.append(f"{name:<40} {r.runtime:<7} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} "
-                     f"{r.samples_per_second:>11,.0f} {r.megabytes:>7.2f} {r.params:>10,} {acc:>9}")
+                     f"{r.samples_per_second:>11,.0f} {r.megabytes:>7.2f} {r.params:>10,} {macs:>12} {acc:>9}")
     return "\n".join(lines)
 
 

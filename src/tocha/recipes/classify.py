@@ -24,7 +24,7 @@ from tocha.engine.batches import DeviceTransform, LoaderBatches, ResidentBatches
 from tocha.engine.checkpoint import load_weights, save_weights
 from tocha.engine.distributed import DistInfo, from_env
 from tocha.engine import resume
-from tocha.engine.loop import NonFiniteLoss, StopRequested, predict_batches, train_loop
+from tocha.engine.loop import NonFiniteLoss, StopRequested, predict_batches, top1_correct, train_loop
 from tocha.engine.optim import build_optimizer, build_scheduler
 from tocha.engine.progress import Progress
 from tocha.errors import UserError
@@ -32,6 +32,7 @@ from tocha.hardware import HardwarePlan, describe_environment, plan, usable_cpus
 from tocha.metrics.classification import ClassificationMetrics, classification_metrics, default_mode
 from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model, check_input_size
 from tocha.models.transfer import Freezing, load_pretrained
+from tocha.recipes.distill import Teacher
 
 log = logging.getLogger("tocha")
 DATA_WAIT_WARN = 0.25  # share of an epoch spent waiting for the DataLoader that earns a warning
@@ -249,7 +250,13 @@ def write_or_explain(write, what: str, run_dir: Path) -> None:
 
 
 def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits | None = None,
-          argv: list[str] | None = None) -> FitResult:
+          argv: list[str] | None = None, spec: ModelSpec | None = None, meta_extra: dict | None = None,
+          teacher: Teacher | None = None) -> FitResult:
+    """Train `cfg`'s model (or `model`) on `cfg`'s data (or `data`); rank 0 writes the run folder.
+
+    `spec` names what a handed-in `model` is built from, and `meta_extra` adds to meta.json: a
+    pruned model is fine-tuned this way and reloads from its run folder. `teacher` distils.
+    """
     dist = from_env()
     seed_everything(cfg.seed, cfg.deterministic)
     data_name_registered = data is None
@@ -271,8 +278,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     cuda_notes = configure_cuda(cfg.deterministic) if device.type == "cuda" else []
 
     dropout = DEFAULT_DROPOUT.get(cfg.model.name, 0.0) if cfg.model.dropout == AUTO else cfg.model.dropout
-    spec = ModelSpec(cfg.model.name if model is None else type(model).__name__, data.in_channels,
-                     len(data.classes), data.image_size, tuple(cfg.model.hidden), cfg.model.width, dropout)
+    spec = spec or ModelSpec(cfg.model.name if model is None else type(model).__name__, data.in_channels,
+                             len(data.classes), data.image_size, tuple(cfg.model.hidden), cfg.model.width, dropout)
     weight_notes: list[str] = []
     if model is None:
         model = build_model(spec)
@@ -312,6 +319,15 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
                                   prepare_once=residency.prepare_once)
                for name, split in (("train", data.train), ("val", data.val), ("test", data.test)) if split is not None}
 
+    loss_fn, correct_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), top1_correct
+    if teacher is not None:  # distillation: the targets carry the teacher's logits; the loop is the same
+        from tocha.recipes.distill import check_compatible
+
+        check_compatible(teacher.meta, data)
+        batches["train"] = teacher.wrap(batches["train"])
+        loss_fn, correct_fn = teacher.loss_fn(cfg.label_smoothing), teacher.correct_fn
+    if freezing.active:  # transfer learning: frozen parameters are set as each epoch starts
+        batches["train"] = freezing.wrap(batches["train"])
     hw, step_model, compile_notes = tune(model, data.train, cfg, transform, device, hw)
     resolved = resolved_config(cfg, hw, data, mode, out, augment, tensorboard, spec)
     resolved = dataclasses.replace(resolved, lr_backbone=freezing.backbone_lr(resolved.lr, cfg.lr_backbone))
@@ -343,7 +359,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
                      loaded.state["position"]["step"])
 
     meta = {"model": spec.to_dict(), "classes": list(data.classes), "mean": data.mean, "std": data.std,
-            "in_channels": data.in_channels, "image_size": data.image_size}
+            "in_channels": data.in_channels, "image_size": data.image_size, **(meta_extra or {})}
     if run_dir is not None:
         from tocha.engine.checkpoint import write_text_atomic
 
@@ -407,8 +423,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     signals = StopSignals() if run_dir is not None else None
     try:
         result = train_loop(
-            step_model, freezing.wrap(batches["train"]) if freezing.active else batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
-            loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), precision=hw.precision,
+            step_model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
+            loss_fn=loss_fn, correct_fn=correct_fn, precision=hw.precision,
             grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
             eval_every_steps=cfg.eval_every_steps, evaluate=evaluate if "val" in batches else None,
             monitor=cfg.monitor, mode=mode, on_log=metrics_log.write if metrics_log else None,

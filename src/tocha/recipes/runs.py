@@ -53,6 +53,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
         raise UserError(f"run '{run_dir}' has no {checkpoint} checkpoint ({weights.name})",
                         fix="the run may have stopped before its first evaluation; train it again")
     model = build_model(ModelSpec.from_dict(meta["model"]))
+    if meta.get("pruned"):  # channels were removed: shrink the freshly built layers to the stored tensors
+        from tocha.deploy.prune import checkpoint_shapes, fit_to_shapes
+
+        fit_to_shapes(model, checkpoint_shapes(weights))
     load_weights(model, weights)
     model.eval()
     return LoadedRun(path, model.to(torch.device(device)), meta, path / rf.CONFIG)

@@ -199,3 +199,36 @@ def write_report(
     out = run_dir / REPORT_NAME
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def table_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A plain HTML table of dict rows (the keys of the first row are the columns)."""
+    if not rows:
+        return _NOT_AVAILABLE
+    columns = list(rows[0])
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>\n" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
+
+
+def upsert_section(run_dir: Path, section_id: str, title: str, inner_html: str) -> bool:
+    """Add (or replace) one `<section id=...>` of a run's report.html; False when the run has no report.
+
+    Later commands (`tocha bench-model`, `tocha compress`) put their tables into the run's one page.
+    """
+    import re
+
+    from tocha.engine.checkpoint import write_text_atomic
+
+    path = Path(run_dir) / REPORT_NAME
+    if not path.is_file():
+        return False
+    page = path.read_text(encoding="utf-8")
+    section = f'<section id="{section_id}">\n<h2>{escape(title)}</h2>\n{inner_html}\n</section>\n'
+    pattern = re.compile(f'<section id="{re.escape(section_id)}">.*?</section>\n', re.S)
+    if pattern.search(page):
+        page = pattern.sub(lambda _m: section, page, count=1)
+    else:
+        page = page.replace("</body>", section + "</body>", 1)
+    write_text_atomic(path, page)
+    return True
