@@ -155,6 +155,9 @@ class Freezing:
         for h in self._bn_hooks:
             h.remove()
         self._bn_hooks = []
+        for m in self.model.modules():  # thawed BatchNorm follows the model's mode again
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train(self.model.training)
         if frozen:  # frozen BatchNorm keeps its running statistics: eval mode whatever model.train() says
             for name, m in self.model.named_modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(
