@@ -91,3 +91,22 @@ def test_seq_len_longer_than_the_text(tmp_path):
     (tmp_path / "short.txt").write_text("just a few words " * 10)
     with pytest.raises(UserError, match=r"seq_len=128 is longer than the validation text .*use seq_len=16"):
         load_corpus(str(tmp_path / "short.txt"), seq_len=128)
+
+
+def test_default_corpus_is_the_english_fortune_files():
+    from tocha.data.text import FORTUNES_DIR, default_corpus_files
+
+    if not FORTUNES_DIR.is_dir():
+        pytest.skip("the Debian package fortunes is not installed")
+    files = default_corpus_files()
+    assert files and all(f.parent == FORTUNES_DIR and f.suffix not in (".dat", ".u8") for f in files)
+    assert not any(f.is_symlink() for f in files)
+
+
+def test_fit_api_trains_the_text_task(tmp_path):
+    import tocha
+
+    (tmp_path / "t.txt").write_text("abcabcabd " * 60)
+    result = tocha.fit({"name": "gru", "hidden": [8], "layers": 1}, task="charlm", data={"path": str(tmp_path / "t.txt")},
+                       seq_len=8, batch_size=8, epochs=1, threads=1, sample_chars=0, log={"progress": False})
+    assert result.run_dir is None and result.val["val.bpc"] > 0 and result.baseline.chars > 0
