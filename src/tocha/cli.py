@@ -335,10 +335,7 @@ def _print_lm_result(result) -> None:
           f"baseline {s['baseline_3gram']['bpc']:.4f} bpc: {abs(gain):.1%} {'lower' if gain >= 0 else 'higher'}")
     print(f"sample at temperature {s['sample']['temperature']}: {s['sample']['word_hit_rate']:.1%} of "
           f"{s['sample']['words']} words occur in the training text")
-    print(f"{s['train_chars_per_second']:,.0f} chars/s, {s['wall_seconds']:.1f} s wall, "
-          f"peak memory {s['peak_memory_mb']:.0f} MB ({s['peak_memory_kind']})")
-    if result.run_dir is not None:
-        print(f"report: {result.run_dir / 'report.html'}")
+    _print_cost(result, f"{s['train_chars_per_second']:,.0f} chars/s")
 
 
 def _cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
@@ -383,8 +380,12 @@ def _print_train_result(result) -> None:
     if result.test is not None:
         print(f"test accuracy {result.test.accuracy:.4f}  (macro F1 {result.test.macro.f1:.4f}, "
               f"{result.test.n_samples} samples)")
-    print(f"{s['train_samples_per_second']:,.0f} samples/s, {s['wall_seconds']:.1f} s wall, "
-          f"peak memory {s['peak_memory_mb']:.0f} MB ({s['peak_memory_kind']})")
+    _print_cost(result, f"{s['train_samples_per_second']:,.0f} samples/s")
+
+
+def _print_cost(result, speed: str) -> None:
+    s = result.summary
+    print(f"{speed}, {s['wall_seconds']:.1f} s wall, peak memory {s['peak_memory_mb']:.0f} MB ({s['peak_memory_kind']})")
     if result.run_dir is not None:
         print(f"report: {result.run_dir / 'report.html'}")
 

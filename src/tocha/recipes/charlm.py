@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -21,20 +20,21 @@ from torch import nn
 
 from tocha import runfolder as rf
 from tocha.config import AUTO, DEFAULT_LR, TrainConfig, dump_yaml
-from tocha.data.text import TextBatches, TextCorpus, load_corpus
+from tocha.data.text import TextBatches, load_corpus
 from tocha.engine import resume
 from tocha.engine.checkpoint import load_weights, save_weights
 from tocha.engine.distributed import from_env
-from tocha.engine.loop import AMP_DTYPES, NonFiniteLoss, StopRequested, train_loop
+from tocha.engine.loop import AMP_DTYPES, train_loop
 from tocha.engine.optim import build_optimizer, build_scheduler
 from tocha.engine.progress import Progress
 from tocha.errors import UserError
-from tocha.hardware import describe_environment, plan, usable_cpus
+from tocha.hardware import plan, usable_cpus
 from tocha.metrics.names import default_mode
 from tocha.metrics.text import LMScore, trigram_add_one, word_hit_rate, words
 from tocha.models.text import CharRNN, TextModelSpec, build_text_model, sample
-from tocha.recipes.classify import (Interrupted, StopSignals, configure_cuda, find_resume_point, nonfinite_error,
-                                    peak_memory_mb, restore, seed_everything, write_or_explain)
+from tocha.recipes.classify import (StopSignals, configure_cuda, find_resume_point, load_best, peak_memory_mb,
+                                    restore, seed_everything, training_guard, write_or_explain,
+                                    write_run_start)
 
 log = logging.getLogger("tocha")
 SAMPLES = "samples.txt"
@@ -174,13 +174,7 @@ def train(cfg: TrainConfig, *, argv: list[str] | None = None) -> LMResult:
             "precision": hw.precision, "baseline_3gram_bpc": baseline.bpc}
     weights_metadata = checkpoint_metadata(meta)
     if run_dir is not None:
-        from tocha.engine.checkpoint import write_text_atomic
-
-        write_text_atomic(run_dir / rf.CONFIG, dump_yaml(resolved))
-        rf.write_json(run_dir / rf.META, meta)
-        rf.write_json(run_dir / rf.ENV, {**describe_environment(), "device": hw.device,
-                                         "command": argv if argv is not None else sys.argv, "git_sha": rf.git_sha(),
-                                         "hardware_reasons": hw.reasons})
+        write_run_start(run_dir, resolved, meta, hw, argv)
 
     optimizer = build_optimizer(model, cfg.optimizer, lr=resolved.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                 weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
@@ -233,7 +227,7 @@ def train(cfg: TrainConfig, *, argv: list[str] | None = None) -> LMResult:
             metrics_log.restart(start["history"])
     progress = Progress(epochs=cfg.epochs, steps_per_epoch=len(batches["train"]), enabled=cfg.log.progress)
     signals = StopSignals() if run_dir is not None else None
-    try:
+    with training_guard(run_dir, resolved, signals, metrics_log):
         result = train_loop(
             model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
             loss_fn=lm_loss, precision=hw.precision, grad_accum_steps=cfg.grad_accum_steps, grad_clip=cfg.grad_clip,
@@ -243,20 +237,8 @@ def train(cfg: TrainConfig, *, argv: list[str] | None = None) -> LMResult:
             on_checkpoint=on_checkpoint if run_dir else None, stop_signal=signals.pending if signals else None,
             patience=cfg.early_stop.patience, min_delta=cfg.early_stop.min_delta,
             skip_nonfinite=cfg.on_nonfinite == "skip")
-    except NonFiniteLoss as exc:
-        raise nonfinite_error(exc, run_dir, resolved) from None
-    except StopRequested as exc:
-        raise Interrupted(exc.signum, exc.step, run_dir) from None
-    finally:
-        if signals:
-            signals.uninstall()
-        if metrics_log:
-            metrics_log.close()
 
-    if run_dir is not None and (run_dir / rf.BEST_WEIGHTS).exists():
-        load_weights(model, run_dir / rf.BEST_WEIGHTS)
-    elif best_state is not None:
-        model.load_state_dict(best_state)
+    load_best(model, run_dir, best_state)
     model.reset_state()
     val = score(model, batches["val"], precision=hw.precision)
     text = generate_text(model, vocab.chars, corpus.val_text[:1], HIT_RATE_CHARS, seed=cfg.seed)

@@ -6,11 +6,13 @@ everything takes plain arguments.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import random
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +241,42 @@ def nonfinite_error(exc: NonFiniteLoss, run_dir: Path | None, cfg: TrainConfig) 
                          "instead of fp16, or on_nonfinite=skip to drop such batches")
 
 
+@contextlib.contextmanager
+def training_guard(run_dir: Path | None, cfg: TrainConfig, signals: StopSignals | None, metrics_log) -> Iterator[None]:
+    """Around `train_loop`: a diverged loss or a stop signal becomes the user-facing error; the signal
+    handlers and the metrics files are released however the loop ends."""
+    try:
+        yield
+    except NonFiniteLoss as exc:
+        raise nonfinite_error(exc, run_dir, cfg) from None
+    except StopRequested as exc:
+        raise Interrupted(exc.signum, exc.step, run_dir) from None
+    finally:
+        if signals:
+            signals.uninstall()
+        if metrics_log:
+            metrics_log.close()
+
+
+def load_best(model: nn.Module, run_dir: Path | None, best_state: dict[str, torch.Tensor] | None) -> None:
+    """The best evaluation's weights: the run folder's best checkpoint, or the copy kept in memory without one."""
+    if run_dir is not None and (run_dir / rf.BEST_WEIGHTS).exists():
+        load_weights(model, run_dir / rf.BEST_WEIGHTS)
+    elif best_state is not None:
+        model.load_state_dict(best_state)
+
+
+def write_run_start(run_dir: Path, resolved: TrainConfig, meta: dict, hw: HardwarePlan, argv: list[str] | None) -> None:
+    """config.yaml (fully resolved), meta.json (what eval/predict/generate need) and env.json (versions, command)."""
+    from tocha.engine.checkpoint import write_text_atomic
+
+    write_text_atomic(run_dir / rf.CONFIG, dump_yaml(resolved))
+    rf.write_json(run_dir / rf.META, meta)
+    rf.write_json(run_dir / rf.ENV, {**describe_environment(), "device": hw.device,
+                                     "command": argv if argv is not None else sys.argv, "git_sha": rf.git_sha(),
+                                     "hardware_reasons": hw.reasons})
+
+
 def write_or_explain(write, what: str, run_dir: Path) -> None:
     """Run a checkpoint write; a full disk or lost permission becomes one clear error (earlier files stay)."""
     try:
@@ -361,13 +399,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     meta = {"model": spec.to_dict(), "classes": list(data.classes), "mean": data.mean, "std": data.std,
             "in_channels": data.in_channels, "image_size": data.image_size, **(meta_extra or {})}
     if run_dir is not None:
-        from tocha.engine.checkpoint import write_text_atomic
-
-        write_text_atomic(run_dir / rf.CONFIG, dump_yaml(resolved))
-        rf.write_json(run_dir / rf.META, meta)
-        rf.write_json(run_dir / rf.ENV, {**describe_environment(), "device": hw.device,
-                                         "command": argv if argv is not None else sys.argv, "git_sha": rf.git_sha(),
-                                         "hardware_reasons": hw.reasons})
+        write_run_start(run_dir, resolved, meta, hw, argv)
 
     optimizer = build_optimizer(model, cfg.optimizer, lr=resolved.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                 weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None,
@@ -421,7 +453,7 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
     progress = Progress(epochs=cfg.epochs, steps_per_epoch=len(batches["train"]),
                         enabled=dist.is_main and cfg.log.progress)
     signals = StopSignals() if run_dir is not None else None
-    try:
+    with training_guard(run_dir, resolved, signals, metrics_log):
         result = train_loop(
             step_model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
             loss_fn=loss_fn, correct_fn=correct_fn, precision=hw.precision,
@@ -432,21 +464,9 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, data: DataSplits 
             checkpoint_every=cfg.checkpoint.every_steps, on_checkpoint=on_checkpoint if run_dir else None,
             stop_signal=signals.pending if signals else None, patience=cfg.early_stop.patience,
             min_delta=cfg.early_stop.min_delta, skip_nonfinite=cfg.on_nonfinite == "skip")
-    except NonFiniteLoss as exc:
-        raise nonfinite_error(exc, run_dir, resolved) from None
-    except StopRequested as exc:
-        raise Interrupted(exc.signum, exc.step, run_dir) from None
-    finally:
-        if signals:
-            signals.uninstall()
-        if metrics_log:
-            metrics_log.close()
 
     # Final numbers come from the best checkpoint, which is what `tocha eval` and `predict` use.
-    if run_dir is not None and (run_dir / rf.BEST_WEIGHTS).exists():
-        load_weights(model, run_dir / rf.BEST_WEIGHTS)
-    elif best_state is not None:
-        model.load_state_dict(best_state)
+    load_best(model, run_dir, best_state)
     val_metrics = test_metrics = None
     summary: dict = {"best": result.best, "epochs": cfg.epochs, "steps": result.steps, "device": hw.device,
                      "precision": hw.precision}
