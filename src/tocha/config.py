@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tocha.data import DATASETS
+from tocha.data import DATASETS, TEXT_DATASETS
 from tocha.errors import UserError, UserErrors, did_you_mean
 
 AUTO = "auto"
@@ -33,7 +33,7 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | N
 
 @dataclass
 class DataConfig:
-    name: str = opt("fashion-mnist", "dataset (registry name)", choices=tuple(DATASETS))
+    name: str = opt("fashion-mnist", "dataset (registry name)", choices=(*DATASETS, *TEXT_DATASETS))
     root: str | None = opt(None, "folder with the data files; none = the dataset's standard place")
     download: bool = opt(False, "allow downloading the dataset (needs network); never done otherwise")
     val_fraction: float = opt(0.2, "share of the training split held out for validation (stratified, seeded)",

@@ -9,13 +9,16 @@ from __future__ import annotations
 from tocha.data.types import DataSplits, Split
 from tocha.errors import UserError, did_you_mean
 
-__all__ = ["DATASETS", "DEFAULT_AUGMENT", "DataSplits", "Split", "load_data"]
+__all__ = ["DATASETS", "DEFAULT_AUGMENT", "TEXT_DATASETS", "DataSplits", "Split", "load_data"]
 
 DATASETS: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST, 28x28 grayscale clothing, 10 classes (60k train / 10k test); "
                      "read from the IDX files (apt-get install dataset-fashion-mnist)",
     "digits": "scikit-learn's 8x8 handwritten digits, 10 classes, 1,797 images (fixed 20% test split)",
     "imagefolder": "your images in data.root, one sub-folder per class (optionally under train/ and test/)",
+}
+# Text for task=charlm, read by tocha.data.text (not through load_data: it yields character ids, not images).
+TEXT_DATASETS: dict[str, str] = {
     "text": "task=charlm: UTF-8 text from data.path (a file or folder; default: the Debian fortunes package), "
             "a contiguous 90/10 train/val split",
 }
