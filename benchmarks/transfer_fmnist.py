@@ -34,7 +34,7 @@ ARMS = (("scratch", {"name": "cnn"}, {}),
         ("transfer: frozen 1 epoch, then all", {"name": "cnn", "weights": "", "freeze": ["backbone"]},
          {"unfreeze_at_epoch": 2, "lr_backbone": LR}),
         ("transfer: nothing frozen", {"name": "cnn", "weights": ""}, {"lr_backbone": LR}))
-COMMON = {"epochs": 15, "batch_size": 25, "lr": LR, "threads": 2, "log": {"tensorboard": False, "progress": False}}
+COMMON = {"epochs": 15, "batch_size": 25, "lr": LR, "threads": 1, "log": {"tensorboard": False, "progress": False}}
 
 
 def subset(x: torch.Tensor, y: torch.Tensor, classes: tuple[int, ...], per_class: int | None, seed: int):
