@@ -121,3 +121,17 @@ def test_bad_compress_and_bench_model_arguments(run, tmp_path, capsys, monkeypat
     assert cli([str(run) if a == "RUN" else a for a in args]) == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words) and "Traceback" not in err, err
+
+
+def test_a_quantizer_failure_is_a_clear_error(run, tmp_path, monkeypatch, capsys):
+    """An operator the quantizer cannot handle ends with exit 2 and a way forward, not a traceback."""
+    from tocha.deploy import compress
+
+    def unsupported(*_a, **_k):
+        raise RuntimeError("Unsupported operator: FancyOp\nmore detail")
+
+    monkeypatch.setattr(compress, "quantize_onnx", unsupported)
+    assert cli(["compress", str(run), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "int8 quantization" in err and "FancyOp" in err and "int8-dynamic" in err and "Traceback" not in err
+    assert (tmp_path / "c" / "model-fp32.onnx").exists()  # the fp32 export stays usable

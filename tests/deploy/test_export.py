@@ -35,6 +35,20 @@ def test_every_format_passes_parity_and_records_it(run, fmt, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+@pytest.mark.parametrize("fmt, precision", [("onnx", "fp16"), ("pt2", "bf16"), ("torchscript", "fp16")])
+def test_half_precision_exports_are_half_the_size_and_checked(run, tmp_path, fmt, precision):
+    full = export.export_run(run, fmt, out=tmp_path / f"full{export.FORMATS[fmt]}", samples=100)
+    half = export.export_run(run, fmt, out=tmp_path / f"half{export.FORMATS[fmt]}", samples=100, precision=precision)
+    assert half.parity.ok and half.parity.min_agreement < 1.0 and half.parity.tolerance > export.FP32_TOLERANCE
+    assert 0 < half.parity.max_abs_diff  # really computed in half precision
+    if fmt == "onnx":  # pt2/TorchScript archives carry more than weights
+        assert half.bytes < 0.85 * full.bytes  # a width-4 net: graph overhead weighs; 0.55x on the default CNN
+        from tocha.deploy.measure import open_artifact
+
+        artifact = open_artifact(str(half.path))  # float32 in, float32 out, like every export
+        assert artifact.meta["precision"] == "fp16" and artifact.predict(torch.randn(3, 1, 8, 8)).dtype == np.float32
+
+
 def test_parity_check_catches_a_wrong_artifact():
     model = torch.nn.Linear(4, 3)
     x = torch.randn(50, 4)
@@ -81,6 +95,8 @@ def test_onnx_file_alone_predicts_like_the_run(run, tmp_path, capsys):
     (["--format", "keras"], ["unknown export format", "onnx, pt2"]),
     (["--out", "EXISTING"], ["already exists", "--overwrite"]),
     (["--out", "nowhere/m.onnx"], ["does not exist"]),
+    (["--precision", "int4"], ["unknown precision", "fp32, fp16, bf16"]),
+    (["--precision", "bf16"], ["bf16 ONNX", "--precision fp16"]),
 ])
 def test_bad_export_arguments(run, tmp_path, capsys, args, words):
     existing = tmp_path / "old.onnx"

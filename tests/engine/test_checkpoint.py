@@ -55,3 +55,15 @@ def test_plain_torch_state_dict_loads(tmp_path):
     a = nn.Linear(2, 2)
     torch.save(a.state_dict(), tmp_path / "w.pth")
     assert set(read_state_dict(tmp_path / "w.pth")) == {"weight", "bias"}
+
+
+def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from tocha.engine.checkpoint import write_text_atomic
+
+    write_text_atomic(tmp_path / "a.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~mask

@@ -25,6 +25,9 @@ from tocha.errors import UserError
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "safetensors": ".safetensors"}
 FP32_TOLERANCE = 1e-4       # max abs logit difference an fp32 export may show
+# Half precision: 10-bit (fp16) or 7-bit (bf16) mantissas move logits by ~1e-2; near-ties may flip.
+HALF = {"fp16": (torch.float16, 0.1, 0.99), "bf16": (torch.bfloat16, 0.5, 0.98)}  # dtype, tolerance, agreement
+PRECISIONS = ("fp32", *HALF)
 METADATA_KEY = "tocha"
 
 
@@ -34,10 +37,11 @@ class Parity:
     max_abs_diff: float
     top1_agreement: float
     tolerance: float
+    min_agreement: float = 1.0
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance and self.top1_agreement == 1.0
+        return self.max_abs_diff <= self.tolerance and self.top1_agreement >= self.min_agreement
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class ExportResult:
 
 
 def check_parity(reference: Callable[[torch.Tensor], torch.Tensor], artifact: Callable[[torch.Tensor], np.ndarray],
-                 x: torch.Tensor, *, tolerance: float = FP32_TOLERANCE, batch: int = 256) -> Parity:
+                 x: torch.Tensor, *, tolerance: float = FP32_TOLERANCE, min_agreement: float = 1.0,
+                 batch: int = 256) -> Parity:
     """Run `x` through both and compare logits (max abs difference) and predicted classes."""
     worst, agree = 0.0, 0
     for i in range(0, len(x), batch):
@@ -58,14 +63,14 @@ def check_parity(reference: Callable[[torch.Tensor], torch.Tensor], artifact: Ca
             want = reference(xb).float().numpy()
         got = np.asarray(artifact(xb), dtype=np.float32)
         if got.shape != want.shape:
-            return Parity(len(x), float("inf"), 0.0, tolerance)
+            return Parity(len(x), float("inf"), 0.0, tolerance, min_agreement)
         worst = max(worst, float(np.abs(got - want).max()))
         agree += int((got.argmax(1) == want.argmax(1)).sum())
-    return Parity(len(x), worst, agree / len(x), tolerance)
+    return Parity(len(x), worst, agree / len(x), tolerance, min_agreement)
 
 
-def metadata(meta: dict, run_dir: Path, macs: int | None = None) -> dict:
-    return {"macs": macs, "classes": meta["classes"], "mean": meta["mean"], "std": meta["std"], "in_channels": meta["in_channels"],
+def metadata(meta: dict, run_dir: Path, macs: int | None = None, precision: str = "fp32") -> dict:
+    return {"macs": macs, "precision": precision, "classes": meta["classes"], "mean": meta["mean"], "std": meta["std"], "in_channels": meta["in_channels"],
             "image_size": meta["image_size"], "model": meta["model"], "run": str(run_dir),
             "input": "float32 [batch, C, H, W], scaled to [0, 1] then (x - mean) / std per channel"}
 
@@ -81,7 +86,6 @@ def sample_inputs(run_dir: Path, meta: dict, n: int) -> torch.Tensor:
 
 def _onnx(model: nn.Module, x: torch.Tensor, path: Path, info: dict, opset: int, dynamic_batch: bool):
     import onnx
-    import onnxruntime as ort
 
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
     example = x[:2] if dynamic_batch else x[:1]
@@ -92,11 +96,7 @@ def _onnx(model: nn.Module, x: torch.Tensor, path: Path, info: dict, opset: int,
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info)
     onnx.save(proto, str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    if dynamic_batch:
-        return lambda xb: session.run(None, {name: xb.numpy()})[0]
-    return lambda xb: np.concatenate([session.run(None, {name: xb[i:i + 1].numpy()})[0] for i in range(len(xb))])
+    return onnx_predictor(path)[0]
 
 
 def _pt2(model: nn.Module, x: torch.Tensor, path: Path, info: dict, dynamic_batch: bool):
@@ -133,13 +133,34 @@ def _safetensors(model: nn.Module, path: Path, info: dict, run_dir: Path):
     return lambda xb: reloaded(xb).detach().numpy()
 
 
+class _CastInput(nn.Module):
+    """Runs a half-precision model on float32 inputs and returns float32 logits (what every export takes)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model.to(dtype), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
 def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, opset: int = 18,
-               dynamic_batch: bool = True, overwrite: bool = False, samples: int = 512) -> ExportResult:
+               dynamic_batch: bool = True, overwrite: bool = False, samples: int = 512,
+               precision: str = "fp32") -> ExportResult:
     from tocha import runfolder as rf
     from tocha.recipes.runs import load_run
 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'", where="tocha export --format", allowed=", ".join(FORMATS))
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'", where="tocha export --precision",
+                        allowed=", ".join(PRECISIONS))
+    if precision == "bf16" and fmt == "onnx":
+        raise UserError("bf16 ONNX files do not run on ONNX Runtime's CPU or CUDA providers for most operators",
+                        where="tocha export --precision", fix="use --precision fp16 for ONNX, or bf16 with --format pt2")
+    if precision != "fp32" and fmt == "safetensors":
+        raise UserError("safetensors export keeps the trained fp32 weights", where="tocha export --precision",
+                        fix="drop --precision, or use --format onnx/pt2/torchscript")
     path = rf.check_run_dir(run_dir)
     target = Path(out) if out else path / "export" / f"model{FORMATS[fmt]}"
     if target.exists() and not overwrite:
@@ -158,12 +179,18 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None
     x = sample_inputs(path, meta, samples)
     from tocha.deploy.prune import count_macs
 
-    info = metadata(meta, path, count_macs(model, x[:1]))
+    info = metadata(meta, path, count_macs(model, x[:1]), precision)
+    reference = model
+    if precision != "fp32":  # the file holds half weights; the parity check compares it with the fp32 model
+        import copy
+
+        dtype = HALF[precision][0]
+        model = copy.deepcopy(model).to(dtype) if fmt == "onnx" else _CastInput(copy.deepcopy(model), dtype)
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")  # keeps the extension
     try:
         try:
             if fmt == "onnx":
-                artifact = _onnx(model, x, tmp, info, opset, dynamic_batch)
+                artifact = _onnx(model, x.to(next(model.parameters()).dtype), tmp, info, opset, dynamic_batch)
             elif fmt == "pt2":
                 artifact = _pt2(model, x, tmp, info, dynamic_batch)
             elif fmt == "torchscript":
@@ -177,11 +204,13 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None
             raise UserError(f"{fmt} export of '{meta['model']['name']}' failed: {type(exc).__name__}: {first}",
                             where="tocha export", fix="try another --format (pt2, torchscript, safetensors), "
                                                       "or --opset; --debug shows the traceback") from None
-        parity = check_parity(model, artifact, x)
+        tolerance, agreement = HALF[precision][1:] if precision != "fp32" else (FP32_TOLERANCE, 1.0)
+        parity = check_parity(reference, artifact, x, tolerance=tolerance, min_agreement=agreement)
         if not parity.ok:
             raise UserError(f"the {fmt} export does not match the PyTorch model on {parity.samples} test samples: "
                             f"max abs logit difference {parity.max_abs_diff:.3g} (allowed {parity.tolerance:g}), "
-                            f"top-1 agreement {parity.top1_agreement:.2%}; nothing was written",
+                            f"top-1 agreement {parity.top1_agreement:.2%} (required {parity.min_agreement:.0%}); "
+                            "nothing was written",
                             where="tocha export parity check", fix="try another --format or --opset")
         os.replace(tmp, target)
     finally:
@@ -207,10 +236,15 @@ def onnx_predictor(path: str | Path, options=None) -> tuple[Callable[[torch.Tens
                         fix="export it with 'tocha export RUN --format onnx'")
     name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0] == 1
+    half = session.get_inputs()[0].type == "tensor(float16)"  # an fp16 export: cast in, float32 out
+
+    def call(x: torch.Tensor) -> np.ndarray:
+        out = session.run(None, {name: (x.half() if half else x).numpy()})[0]
+        return out.astype(np.float32) if half else out
 
     def run(x: torch.Tensor) -> np.ndarray:
         if fixed:
-            return np.concatenate([session.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(len(x))])
-        return session.run(None, {name: x.numpy()})[0]
+            return np.concatenate([call(x[i:i + 1]) for i in range(len(x))])
+        return call(x)
 
     return run, json.loads(raw)
