@@ -38,3 +38,13 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     echo "setup: not root, cannot apt-get install dataset-fashion-mnist; tocha will fall back to the digits dataset"
   fi
 fi
+# The default text corpus of `tocha train task=charlm`: the English files of Debian's fortunes package.
+if [ ! -d /usr/share/games/fortunes ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing the Debian package fortunes (default text for task=charlm)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes) >/dev/null \
+      || echo "setup: could not install fortunes; task=charlm will need data.path=FILE"
+  else
+    echo "setup: not root, cannot apt-get install fortunes; task=charlm will need data.path=FILE"
+  fi
+fi

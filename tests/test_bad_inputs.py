@@ -106,6 +106,19 @@ CASES = {
     "weights of another architecture": (lambda t: ["train", "data=digits", "model=mlp",
                                                    f"model.weights={weights_of_another_model(t / 'w.pt')}", *QUICK],
                                         ["no tensor", "w.pt", "fits the model"]),
+    "empty text file": (lambda t: (t / "empty.txt").write_text("") or ["train", "task=charlm", "data.path=empty.txt",
+                                                                       *QUICK], ["empty.txt", "empty"]),
+    "binary text file": (lambda t: (t / "img.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 50)
+                         and ["train", "task=charlm", "data.path=img.txt", *QUICK], ["img.txt", "binary"]),
+    "seq_len longer than the text": (lambda t: (t / "short.txt").write_text("a short text. " * 20) and
+                                     ["train", "task=charlm", "data.path=short.txt", "seq_len=500", *QUICK],
+                                     ["seq_len=500", "longer than", "use seq_len="]),
+    "text model weights of another architecture": (
+        lambda t: (t / "text.txt").write_text("some words here. " * 100) and
+        ["train", "task=charlm", "data.path=text.txt", "model.hidden=8", f"model.weights={weights_of_another_model(t / 'w.pt')}",
+         *QUICK], ["no tensor", "w.pt", "fits the model"]),
+    "image data for the text task": (lambda t: ["train", "task=charlm", "data=digits", *QUICK],
+                                     ["task=charlm", "data=text"]),
     "out not writable": (lambda t: (t / "afile").write_text("x") and ["train", "data=digits", "out=afile/run",
                                                                       *QUICK], ["cannot write the run folder"]),
     "run folder already there": (lambda t: (t / "old").mkdir() or (t / "old" / "keep.txt").write_text("keep")

@@ -50,7 +50,8 @@ def fit(model: Any = None, train_data: Any = "fashion-mnist", val_data: Any = No
     `train_data`: an ``(x, y)`` pair of tensors, a ``torch.utils.data.Dataset`` or a registered
     dataset name. Options are the `tocha train` config keys (``epochs=3``, ``lr=0.1``,
     ``data={"val_fraction": 0.1}``) and are validated the same way. A run folder is written only
-    when ``out=...`` is given. Returns a :class:`tocha.recipes.classify.FitResult`.
+    when ``out=...`` is given. Returns a :class:`tocha.recipes.classify.FitResult`; with ``task="charlm"``
+    (a character language model of ``data={"path": ...}``) a :class:`tocha.recipes.charlm.LMResult`.
     """
     from tocha import config as config_module
 
@@ -63,6 +64,14 @@ def fit(model: Any = None, train_data: Any = "fashion-mnist", val_data: Any = No
         values["model"] = {**values.get("model", {}), "name": model} if isinstance(values.get("model"), dict) \
             else model
         model = None
+    if values.get("task") == "charlm":  # the text task reads data.path (a file or folder), not a dataset name
+        if model is not None:
+            raise UserError("task=charlm builds its own lstm/gru", where="tocha.fit",
+                            fix='pass model options instead, e.g. tocha.fit({"name": "gru", "hidden": [256]}, '
+                                'task="charlm", data={"path": "corpus.txt"})')
+        from tocha.recipes.charlm import train as train_lm
+
+        return train_lm(config_module.load(config, values=values))
     if isinstance(train_data, str):
         values["data"] = {**values.get("data", {}), "name": train_data} if isinstance(values.get("data"), dict) \
             else train_data

@@ -27,6 +27,8 @@ examples:
   tocha train out=runs/job resume=auto            # resume if runs/job has a checkpoint, else start
   tocha train data=digits model=mlp --nproc 2 out=runs/ddp   # 2 processes (DDP) through torchrun's launcher
   torchrun --nproc-per-node 2 -m tocha train data=digits model=mlp out=runs/ddp   # the same, by torchrun
+  tocha train task=charlm out=runs/lm             # character LSTM on the fortunes package's English text
+  tocha train task=charlm data.path=corpus.txt model=gru model.hidden=512 seq_len=128 out=runs/lm
 
 `data=NAME` and `model=NAME` are short for data.name=NAME and model.name=NAME.
 Config keys (key=value; YAML files use the same names, nested by section):"""
@@ -216,6 +218,26 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="also write the medians as JSON")
     bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
+    gen = sub.add_parser("generate", help="generate text from a character language model (task=charlm)",
+                         description="Stream characters sampled from a task=charlm run (or its .safetensors "
+                                     "checkpoint alone) to the terminal.",
+                         epilog="examples:\n  tocha generate runs/lm --prompt 'The ' --length 400\n"
+                                "  tocha generate runs/lm/checkpoints/best.safetensors --temperature 0.5 --top-k 20 "
+                                "--seed 1", formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("run", help="run folder written by 'tocha train task=charlm', or one of its .safetensors files")
+    gen.add_argument("--prompt", default="", help="text to start from (default: a new line)")
+    gen.add_argument("--length", type=_positive_int, default=400, help="characters to generate (default 400)")
+    gen.add_argument("--temperature", type=float, default=0.8,
+                     help="softmax temperature: lower is safer, higher more varied; 0 = always the likeliest "
+                          "(default 0.8)")
+    gen.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest characters (0 = all)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
+    gen.add_argument("--skip-unknown", action="store_true",
+                     help="drop prompt characters the model never saw instead of stopping")
+    gen.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    gen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+
     env = sub.add_parser("env", help="versions, devices, threads, and what tocha would choose and why")
     env.add_argument("--json", action="store_true", help="print JSON")
     env.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
@@ -336,9 +358,14 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         from tocha.launch import check_nproc, launch
 
         check_nproc(args.nproc, cfg.device)
+        if cfg.task == "charlm":
+            raise UserError("task=charlm runs in one process", where="tocha train --nproc",
+                            fix="drop --nproc (a character model of this size trains fastest in one process)")
         return launch(args.nproc, _without_nproc(argv), debug=args.debug)
     from tocha.recipes.classify import Interrupted, train
 
+    if cfg.task == "charlm":
+        from tocha.recipes.charlm import train  # noqa: F811 - the text task's recipe, on the same engine
     try:
         result = train(cfg, argv=["tocha", *argv])
     except Interrupted as stop:
@@ -346,7 +373,37 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"tocha train: stopped by {stop}", file=sys.stderr)
         return 128 + stop.signum
     if _rank() == 0:
-        _print_train_result(result)
+        if cfg.task == "charlm":
+            _print_lm_result(result)
+        else:
+            _print_train_result(result)
+    return 0
+
+
+def _print_lm_result(result) -> None:
+    s = result.summary
+    gain = s["bpc_reduction_vs_3gram"]
+    print(f"val bpc {s['val']['val.bpc']:.4f} (perplexity {s['val']['val.perplexity']:.2f}); character 3-gram "
+          f"baseline {s['baseline_3gram']['bpc']:.4f} bpc: {abs(gain):.1%} {'lower' if gain >= 0 else 'higher'}")
+    print(f"sample at temperature {s['sample']['temperature']}: {s['sample']['word_hit_rate']:.1%} of "
+          f"{s['sample']['words']} words occur in the training text")
+    _print_cost(result, f"{s['train_chars_per_second']:,.0f} chars/s")
+
+
+def _cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be 0 or more, got {args.temperature:g}", where="tocha generate")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be 0 (off) or more, got {args.top_k}", where="tocha generate")
+    from tocha.recipes.generate import generate
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    generate(args.run, args.prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+             checkpoint=args.checkpoint, device=args.device, skip_unknown=args.skip_unknown, on_text=write)
+    sys.stdout.write("\n")
     return 0
 
 
@@ -388,8 +445,12 @@ def _print_train_result(result) -> None:
     if result.test is not None:
         print(f"test accuracy {result.test.accuracy:.4f}  (macro F1 {result.test.macro.f1:.4f}, "
               f"{result.test.n_samples} samples)")
-    print(f"{s['train_samples_per_second']:,.0f} samples/s, {s['wall_seconds']:.1f} s wall, "
-          f"peak memory {s['peak_memory_mb']:.0f} MB ({s['peak_memory_kind']})")
+    _print_cost(result, f"{s['train_samples_per_second']:,.0f} samples/s")
+
+
+def _print_cost(result, speed: str) -> None:
+    s = result.summary
+    print(f"{speed}, {s['wall_seconds']:.1f} s wall, peak memory {s['peak_memory_mb']:.0f} MB ({s['peak_memory_kind']})")
     if result.run_dir is not None:
         print(f"report: {result.run_dir / 'report.html'}")
 
@@ -534,7 +595,8 @@ def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "env": _cmd_env, "bench": _cmd_bench,
-            "export": _cmd_export, "compress": _cmd_compress, "distill": _cmd_distill, "bench-model": _cmd_bench_model}
+            "export": _cmd_export, "generate": _cmd_generate, "compress": _cmd_compress, "distill": _cmd_distill,
+            "bench-model": _cmd_bench_model}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tocha.data import DATASETS
+from tocha.data import DATASETS, TEXT_DATASETS
 from tocha.errors import UserError, UserErrors, did_you_mean
 
 AUTO = "auto"
@@ -33,7 +33,7 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | N
 
 @dataclass
 class DataConfig:
-    name: str = opt("fashion-mnist", "dataset (registry name)", choices=tuple(DATASETS))
+    name: str = opt("fashion-mnist", "dataset (registry name)", choices=(*DATASETS, *TEXT_DATASETS))
     root: str | None = opt(None, "folder with the data files; none = the dataset's standard place")
     download: bool = opt(False, "allow downloading the dataset (needs network); never done otherwise")
     val_fraction: float = opt(0.2, "share of the training split held out for validation (stratified, seeded)",
@@ -48,17 +48,25 @@ class DataConfig:
     workers: int | str = opt(AUTO, "DataLoader worker processes (file datasets)", min=0, auto=True)
     resident: bool | str = opt(AUTO, "hold the data as tensors on the training device, batches as index slices "
                                "(auto = when it fits the memory budget; false = always a DataLoader)", auto=True)
+    path: str | None = opt(None, "data=text: a UTF-8 text file or a folder of them (none = the English files of "
+                           "the Debian package fortunes)")
 
 
 @dataclass
 class ModelConfig:
     name: str = opt("cnn", "model: cnn, mlp, resnet18, mobilenet_v3_small, vgg11_bn, any torchvision "
-                    "classifier name, or package.module:function")
-    hidden: list[int] = opt([32], "mlp hidden layer sizes", min=1)
+                    "classifier name, or package.module:function; task=charlm: lstm, gru")
+    hidden: list[int] = opt([32], "mlp hidden layer sizes; lstm/gru: the state size (one value)", min=1)
+    layers: int = opt(2, "lstm/gru: stacked recurrent layers", min=1)
+    tie_weights: bool = opt(False, "lstm/gru: the output layer reuses the embedding matrix")
     width: int = opt(16, "cnn channels of the first conv layer (then 2x, 2x)", min=1)
     dropout: float | str = opt(AUTO, "dropout before the classifier (auto: 0.25 for cnn, 0 for mlp)", min=0.0,
                                max=1.0, max_open=True, auto=True)
-    weights: str | None = opt(None, "local weights file (.pt/.pth state dict or .safetensors) to start from")
+    weights: str | None = opt(None, "weights to start from: a torchvision-format state dict (.pt/.pth), a "
+                              ".safetensors file or a tocha run folder; the head is replaced when it does not fit, "
+                              "a first conv of another channel count adapted")
+    freeze: list[str] = opt([], "parameters not trained: backbone (all but the last Linear layer), none, or "
+                            "module prefixes, e.g. [conv1,layer1]; BatchNorm there stays in eval mode")
 
 
 @dataclass
@@ -96,6 +104,8 @@ class DistConfig:
 
 @dataclass
 class TrainConfig:
+    task: str = opt("classify", "what to learn: classify (images, features) or charlm (a character-level "
+                    "language model of a text; sets the defaults listed under TASK DEFAULTS)", choices=("classify", "charlm"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -140,9 +150,27 @@ class TrainConfig:
     on_nonfinite: str = opt("stop", "a NaN/Inf loss: stop (found at the next log read, no per-step sync) or skip "
                             "that batch (checks every step: one host sync per step)", choices=("stop", "skip"))
     overwrite: bool = opt(False, "allow writing into an existing run folder")
+    unfreeze_at_epoch: int = opt(0, "with model.freeze: the first epoch (counting from 1) that trains everything; "
+                                 "0 = stay frozen", min=0)
+    lr_backbone: float | str = opt(AUTO, "learning rate of the backbone (all but the head) when model.freeze or "
+                                   "model.weights is set (auto = lr / 10 with model.weights, else lr)", min=0.0,
+                                   min_open=True, auto=True)
+    seq_len: int = opt(128, "task=charlm: characters per training window", min=1)
+    tbptt: bool = opt(False, "task=charlm: carry the hidden state across consecutive windows (truncated BPTT); "
+                      "batches then hold contiguous streams instead of shuffled windows")
+    sample_chars: int = opt(300, "task=charlm: characters generated at each evaluation (samples.txt, report)", min=0)
 
 
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1}
+
+# Defaults that differ by task; a key given in a file, an option or on the command line wins.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Many small steps: one epoch of the fortunes text (2.3M characters) is 1,132 steps of 32 x 64 characters.
+    "charlm": {"data.name": "text", "data.val_fraction": 0.1, "model.name": "lstm", "model.hidden": [256],
+               "model.layers": 1, "model.dropout": 0.0, "seq_len": 64, "epochs": 1, "batch_size": 32, "lr": 5e-3,
+               "weight_decay": 0.0, "grad_clip": 1.0, "monitor": "val.bpc", "log_every": 50, "top_k": 1},
+}
+TEXT_TASKS = ("charlm",)
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "log": LogConfig, "checkpoint": CheckpointConfig,
             "early_stop": EarlyStopConfig, "dist": DistConfig}
@@ -228,6 +256,9 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
                                     fix="write overrides as key=value, e.g. epochs=5 or data.root=/path"))
             continue
         raw[SHORTHANDS.get(key.strip(), key.strip())] = (value.strip(), "command line")
+    task = str(raw.get("task", ("classify", ""))[0]).strip()
+    for key, value in TASK_DEFAULTS.get(task, {}).items():
+        raw.setdefault(key, (value, f"task={task} default"))
     return _build(raw, errors)
 
 
@@ -400,10 +431,41 @@ def _cross_checks(cfg: TrainConfig) -> list[UserError]:
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         errors.append(UserError("data=imagefolder needs a folder", where="config key data.root",
                                 fix="pass data.root=PATH/TO/FOLDERS (one sub-folder per class)"))
-    from tocha.models import check_model_name  # imports torchvision only for names outside the registry
+    from tocha.models import TEXT_MODELS, check_model_name  # imports torchvision only for names outside the registry
 
-    if (model_error := check_model_name(cfg.model.name)) is not None:
-        errors.append(model_error)
+    if cfg.task in TEXT_TASKS:
+        if cfg.data.name != "text":
+            errors.append(UserError(f"task={cfg.task} learns from text, not data={cfg.data.name}",
+                                    where="config keys task, data.name", fix="use data=text data.path=FILE_OR_FOLDER"))
+        if cfg.model.name not in TEXT_MODELS:
+            errors.append(UserError(f"model '{cfg.model.name}' is not a text model", where="config key model.name",
+                                    allowed=", ".join(TEXT_MODELS),
+                                    fix=did_you_mean(cfg.model.name, TEXT_MODELS) or "use model=lstm"))
+        if len(cfg.model.hidden) != 1:
+            errors.append(UserError(f"model.hidden={cfg.model.hidden} gives several sizes; a {cfg.model.name} has "
+                                    "one state size", where="config key model.hidden", fix="e.g. model.hidden=512"))
+        if cfg.data.val_fraction == 0:
+            errors.append(UserError(f"task={cfg.task} needs a validation split", where="config key data.val_fraction",
+                                    fix="use data.val_fraction=0.1 (the default for text)"))
+    else:
+        if cfg.data.name == "text":
+            errors.append(UserError("data=text is for the text task", where="config keys data.name, task",
+                                    fix="add task=charlm"))
+        if cfg.model.name in TEXT_MODELS:
+            errors.append(UserError(f"model={cfg.model.name} is a text model", where="config keys model.name, task",
+                                    fix="add task=charlm, or choose an image model"))
+        elif (model_error := check_model_name(cfg.model.name)) is not None:
+            errors.append(model_error)
+    if cfg.unfreeze_at_epoch and not cfg.model.freeze:
+        errors.append(UserError(f"unfreeze_at_epoch={cfg.unfreeze_at_epoch} has nothing to unfreeze",
+                                where="config keys unfreeze_at_epoch, model.freeze", fix="add model.freeze=backbone"))
+    if cfg.unfreeze_at_epoch > cfg.epochs:
+        errors.append(UserError(f"unfreeze_at_epoch={cfg.unfreeze_at_epoch} comes after the last epoch ({cfg.epochs})",
+                                where="config keys unfreeze_at_epoch, epochs",
+                                fix=f"use unfreeze_at_epoch between 2 and {cfg.epochs}, or 0 to stay frozen"))
+    if "backbone" in cfg.model.freeze and len(cfg.model.freeze) > 1:
+        errors.append(UserError("model.freeze=backbone cannot be combined with module prefixes",
+                                where="config key model.freeze", fix="use backbone alone, or list prefixes only"))
     if cfg.nesterov and cfg.optimizer == "sgd" and cfg.momentum == 0:
         errors.append(UserError("nesterov=true needs momentum > 0", where="config keys nesterov, momentum",
                                 fix="set momentum=0.9, or nesterov=false"))
@@ -438,4 +500,8 @@ def help_text() -> str:
         extra = f"  [{allowed}]" if allowed != spec.type_name else ""
         lines.append(f"  {spec.key:<24} {spec.type_name:<14} default {default}{extra}")
         lines.append(f"      {spec.help}")
+    lines.append("\nTASK DEFAULTS (used when the key is not given):")
+    for task, defaults in TASK_DEFAULTS.items():
+        shown = (f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in defaults.items())
+        lines.append(f"  task={task}: " + " ".join(shown))
     return "\n".join(lines)

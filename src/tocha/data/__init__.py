@@ -9,13 +9,18 @@ from __future__ import annotations
 from tocha.data.types import DataSplits, Split
 from tocha.errors import UserError, did_you_mean
 
-__all__ = ["DATASETS", "DEFAULT_AUGMENT", "DataSplits", "Split", "load_data"]
+__all__ = ["DATASETS", "DEFAULT_AUGMENT", "TEXT_DATASETS", "DataSplits", "Split", "load_data"]
 
 DATASETS: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST, 28x28 grayscale clothing, 10 classes (60k train / 10k test); "
                      "read from the IDX files (apt-get install dataset-fashion-mnist)",
     "digits": "scikit-learn's 8x8 handwritten digits, 10 classes, 1,797 images (fixed 20% test split)",
     "imagefolder": "your images in data.root, one sub-folder per class (optionally under train/ and test/)",
+}
+# Text for task=charlm, read by tocha.data.text (not through load_data: it yields character ids, not images).
+TEXT_DATASETS: dict[str, str] = {
+    "text": "task=charlm: UTF-8 text from data.path (a file or folder; default: the Debian fortunes package), "
+            "a contiguous 90/10 train/val split",
 }
 
 # Augmentations that suit each dataset when data.augment is auto. Digits get none: a flipped or
@@ -53,6 +58,9 @@ def load_data(name: str, *, root: str | None = None, val_fraction: float = 0.2, 
 
         splits = image_folder.load(root=root, val_fraction=val_fraction, seed=seed, image_size=image_size,
                                    channels=channels, on_bad_file=on_bad_file)
+    elif name == "text":
+        raise UserError("data=text is read by the text task, not as images", where="config keys data.name, task",
+                        fix="add task=charlm")
     else:
         raise UserError(f"unknown dataset '{name}'", where="config key data.name", allowed=", ".join(DATASETS),
                         fix=did_you_mean(name, DATASETS) or "use one of the names above")

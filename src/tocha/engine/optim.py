@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 
 def build_optimizer(model: nn.Module, name: str, *, lr: float, momentum: float = 0.9, nesterov: bool = False,
-                    weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.Optimizer:
+                    weight_decay: float = 0.0, fused: bool | None = None,
+                    lr_of: Callable[[str], float] | None = None) -> torch.optim.Optimizer:
+    """`lr_of` (parameter name -> learning rate) gives discriminative rates; it also brings frozen parameters
+    in, so that they train once unfrozen (until then they have no gradient and the optimizer skips them)."""
+    if lr_of is not None:
+        by_rate: dict[float, list[tuple[str, nn.Parameter]]] = {}
+        for n, p in model.named_parameters():
+            by_rate.setdefault(lr_of(n), []).append((n, p))
+        groups = [{"params": [p for _, p in named if (p.ndim > 1) == matrix], "lr": rate,
+                   "weight_decay": weight_decay if matrix else 0.0}
+                  for rate, named in by_rate.items() for matrix in (True, False)]
+        groups = [g for g in groups if g["params"]]
     # Decay only weight matrices/kernels: decaying biases and norm scales hurts and helps nothing.
-    params = [p for p in model.parameters() if p.requires_grad]
-    if weight_decay:
+    elif weight_decay:
+        params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
     else:  # one group: each group is a separate multi-tensor kernel launch per step
-        groups = [{"params": params, "weight_decay": 0.0}]
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, fused=fused)
     if name == "adamw":

@@ -22,10 +22,12 @@ METRIC_NAMES: tuple[str, ...] = (
     "f1_weighted",
     "roc_auc",
     "pr_auc",
+    "bpc",          # text: bits per character on the validation split
+    "perplexity",   # text: exp(nats per character)
 )
 
 
 def default_mode(metric_name: str) -> Literal["max", "min"]:
     """'min' for losses, 'max' for everything else; accepts 'loss' or a prefixed 'val.loss'."""
     suffix = metric_name.rsplit(".", 1)[-1]
-    return "min" if suffix == "loss" else "max"
+    return "min" if suffix in ("loss", "bpc", "perplexity") else "max"

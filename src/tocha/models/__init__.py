@@ -20,6 +20,12 @@ MODELS: dict[str, tuple[str, str]] = {
     "vgg11_bn": ("tocha.models.vision:build_torchvision", "torchvision VGG-11 with BatchNorm (needs image_size >= 32)"),
 }
 
+# Character language models (task=charlm): Embedding -> LSTM/GRU -> Linear, built from a TextModelSpec.
+TEXT_MODELS: dict[str, str] = {
+    "lstm": "Embedding -> stacked LSTM with dropout -> Linear (seed 002's text RNN); model.hidden, model.layers",
+    "gru": "the same with GRU layers",
+}
+
 # What `model.dropout=auto` means: the seeds' CNN uses dropout; a 32-unit MLP only underfits with it.
 DEFAULT_DROPOUT: dict[str, float] = {"cnn": 0.25}
 

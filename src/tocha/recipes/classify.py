@@ -6,11 +6,13 @@ everything takes plain arguments.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import random
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,6 +35,7 @@ from tocha.errors import UserError
 from tocha.hardware import HardwarePlan, describe_environment, plan, usable_cpus
 from tocha.metrics.classification import ClassificationMetrics, classification_metrics, default_mode
 from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model, check_input_size
+from tocha.models.transfer import Freezing, load_pretrained
 from tocha.recipes import scale
 from tocha.recipes.distill import Teacher
 
@@ -256,6 +259,44 @@ def nonfinite_error(exc: NonFiniteLoss, run_dir: Path | None, cfg: TrainConfig) 
                          "instead of fp16, or on_nonfinite=skip to drop such batches")
 
 
+@contextlib.contextmanager
+def training_guard(run_dir: Path | None, cfg: TrainConfig, signals: StopSignals | None, metrics_log,
+                   world_size: int = 1) -> Iterator[None]:
+    """Around `train_loop`: a diverged loss or a stop signal becomes the user-facing error; the signal
+    handlers and the metrics files are released however the loop ends."""
+    try:
+        yield
+    except NonFiniteLoss as exc:
+        raise nonfinite_error(exc, run_dir, cfg) from None
+    except StopRequested as exc:
+        raise Interrupted(exc.signum, exc.step, run_dir, world_size) from None
+    finally:
+        if signals:
+            signals.uninstall()
+        if metrics_log:
+            metrics_log.close()
+
+
+def load_best(model: nn.Module, run_dir: Path | None, best_state: dict[str, torch.Tensor] | None) -> None:
+    """The best evaluation's weights: the run folder's best checkpoint, or the copy kept in memory without one."""
+    if run_dir is not None and (run_dir / rf.BEST_WEIGHTS).exists():
+        load_weights(model, run_dir / rf.BEST_WEIGHTS)
+    elif best_state is not None:
+        model.load_state_dict(best_state)
+
+
+def write_run_start(run_dir: Path, resolved: TrainConfig, meta: dict, hw: HardwarePlan, argv: list[str] | None,
+                    world_size: int = 1) -> None:
+    """config.yaml (fully resolved), meta.json (what eval/predict/generate need) and env.json (versions, command)."""
+    from tocha.engine.checkpoint import write_text_atomic
+
+    write_text_atomic(run_dir / rf.CONFIG, dump_yaml(resolved))
+    rf.write_json(run_dir / rf.META, meta)
+    rf.write_json(run_dir / rf.ENV, {**describe_environment(), "device": hw.device,
+                                     "command": argv if argv is not None else sys.argv, "git_sha": rf.git_sha(),
+                                     "world_size": world_size, "hardware_reasons": hw.reasons})
+
+
 def write_or_explain(write, what: str, run_dir: Path) -> None:
     """Run a checkpoint write; a full disk or lost permission becomes one clear error (earlier files stay)."""
     try:
@@ -315,7 +356,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, data: DataSplits | None, a
     if model is None:
         model = build_model(spec)
         if cfg.model.weights:
-            weight_notes = load_weights(model, Path(cfg.model.weights), strict=False)
+            weight_notes = load_pretrained(model, cfg.model.weights, classes=tuple(data.classes))
     else:
         check_input_size(model, spec)  # a model handed to tocha.fit: check it against the data too
     # channels_last suits the convolution kernels (oneDNN on CPU: 1.7x for the default CNN here; cuDNN on GPU).
@@ -323,6 +364,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, data: DataSplits | None, a
     model, sync_note = scale.sync_batchnorm(model, cfg.dist.sync_batchnorm, dist, device)
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     mode = default_mode(cfg.monitor.partition(".")[2]) if cfg.mode == AUTO else cfg.mode
+    freezing = Freezing(model, cfg.model.freeze, cfg.unfreeze_at_epoch, pretrained=bool(cfg.model.weights))
 
     # Rank 0 alone owns the run folder; the others get its name and the checkpoint to resume from.
     writes_run = cfg.out is not None or argv is not None
@@ -363,9 +405,12 @@ def _train(cfg: TrainConfig, model: nn.Module | None, data: DataSplits | None, a
         check_compatible(teacher.meta, data)
         batches["train"] = teacher.wrap(batches["train"])
         loss_fn, correct_fn = teacher.loss_fn(cfg.label_smoothing), teacher.correct_fn
+    if freezing.active:  # transfer learning: frozen parameters are set as each epoch starts
+        batches["train"] = freezing.wrap(batches["train"])
     hw, step_model, compile_notes = tune(model, data.train, cfg, transform, device, hw, batch_size=per_process,
                                          dist=dist)
     resolved = resolved_config(cfg, hw, data, mode, out, augment, tensorboard, spec)
+    resolved = dataclasses.replace(resolved, lr_backbone=freezing.backbone_lr(resolved.lr, cfg.lr_backbone))
 
     if dist.is_main:
         log.info("data       %s: %d train / %d val / %s test samples, %d classes, from %s", cfg.data.name,
@@ -388,6 +433,11 @@ def _train(cfg: TrainConfig, model: nn.Module | None, data: DataSplits | None, a
         log.info("model      %s: %s parameters", spec.name, f"{n_params:,}")
         for note in weight_notes:
             log.info("weights    %s", note)
+        if freezing.active:
+            log.info("freeze     %s", freezing.describe())
+        if resolved.lr_backbone != resolved.lr and freezing.head:
+            log.info("lr         %g for the head '%s', %g for the rest (lr_backbone)", resolved.lr, freezing.head,
+                     resolved.lr_backbone)
         if run_dir is not None:
             log.info("run folder %s", run_dir)
         if loaded:
@@ -397,17 +447,11 @@ def _train(cfg: TrainConfig, model: nn.Module | None, data: DataSplits | None, a
     meta = {"model": spec.to_dict(), "classes": list(data.classes), "mean": data.mean, "std": data.std,
             "in_channels": data.in_channels, "image_size": data.image_size, **(meta_extra or {})}
     if run_dir is not None:
-        from tocha.engine.checkpoint import write_text_atomic
-
-        write_text_atomic(run_dir / rf.CONFIG, dump_yaml(resolved))
-        rf.write_json(run_dir / rf.META, meta)
-        rf.write_json(run_dir / rf.ENV, {**describe_environment(), "device": hw.device,
-                                         "command": argv if argv is not None else sys.argv, "git_sha": rf.git_sha(),
-                                         "world_size": dist.world_size,
-                                         "hardware_reasons": hw.reasons})
+        write_run_start(run_dir, resolved, meta, hw, argv, world_size=dist.world_size)
 
     optimizer = build_optimizer(model, cfg.optimizer, lr=resolved.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+                                weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None,
+                                lr_of=freezing.lr_of(resolved.lr, resolved.lr_backbone))
     steps_per_epoch = math.ceil(len(batches["train"]) / cfg.grad_accum_steps)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
                                 steps_per_epoch=steps_per_epoch,
@@ -459,7 +503,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, data: DataSplits | None, a
     progress = Progress(epochs=cfg.epochs, steps_per_epoch=len(batches["train"]),
                         enabled=dist.is_main and cfg.log.progress)
     signals = StopSignals(announce=dist.is_main) if writes_run else None
-    try:
+    with training_guard(run_dir, resolved, signals, metrics_log, world_size=dist.world_size):
         result = train_loop(
             step_model, batches["train"], device=device, optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs,
             loss_fn=loss_fn, correct_fn=correct_fn, precision=hw.precision,
@@ -470,21 +514,9 @@ def _train(cfg: TrainConfig, model: nn.Module | None, data: DataSplits | None, a
             checkpoint_every=cfg.checkpoint.every_steps, on_checkpoint=on_checkpoint if writes_run else None,
             stop_signal=signals.pending if signals else None, patience=cfg.early_stop.patience,
             min_delta=cfg.early_stop.min_delta, skip_nonfinite=cfg.on_nonfinite == "skip")
-    except NonFiniteLoss as exc:
-        raise nonfinite_error(exc, run_dir, resolved) from None
-    except StopRequested as exc:
-        raise Interrupted(exc.signum, exc.step, run_dir, dist.world_size) from None
-    finally:
-        if signals:
-            signals.uninstall()
-        if metrics_log:
-            metrics_log.close()
 
     # Final numbers come from the best checkpoint, which is what `tocha eval` and `predict` use.
-    if run_dir is not None and (run_dir / rf.BEST_WEIGHTS).exists():
-        load_weights(model, run_dir / rf.BEST_WEIGHTS)
-    elif best_state is not None:
-        model.load_state_dict(best_state)
+    load_best(model, run_dir, best_state)
     val_metrics = test_metrics = None
     summary: dict = {"best": result.best, "epochs": cfg.epochs, "steps": result.steps, "device": hw.device,
                      "precision": hw.precision}

@@ -13,6 +13,9 @@ from tocha.errors import UserError
 from tocha.metrics.classification import ClassificationMetrics
 
 
+PREDICT_BATCH = 256  # images decoded and run together by `tocha predict`
+
+
 @dataclass(frozen=True)
 class LoadedRun:
     run_dir: Path
@@ -42,6 +45,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
 
     path = rf.check_run_dir(run_dir)
     meta = rf.read_json(path / rf.META)
+    if meta.get("task") == "charlm":
+        raise UserError(f"'{run_dir}' is a character language model (task=charlm), not an image classifier",
+                        fix=f"use: tocha generate {run_dir} --prompt TEXT")
     weights = path / (rf.BEST_WEIGHTS if checkpoint == "best" else rf.LAST_WEIGHTS)
     if not weights.is_file():
         raise UserError(f"run '{run_dir}' has no {checkpoint} checkpoint ({weights.name})",
@@ -146,18 +152,29 @@ def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, devi
         logits_of, meta = onnx_predictor(run_dir)
         dev = torch.device("cpu")
     else:
+        from tocha import config
+        from tocha.engine.loop import AMP_DTYPES
+
         hw = plan(device, "auto", "auto", "auto", file_data=False)
         loaded = load_run(run_dir, checkpoint, hw.device)
         meta, dev = loaded.meta, torch.device(hw.device)
+        trained = config.load(loaded.config_path)
+        # The run's precision on the kind of device it trained on (bf16 on CUDA, say); fp32 elsewhere.
+        amp_dtype = AMP_DTYPES.get(trained.precision) if torch.device(trained.device).type == dev.type else None
 
         def logits_of(x: torch.Tensor) -> torch.Tensor:
-            return loaded.model(x).float()
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                return loaded.model(x).float()
     if not meta["image_size"]:
         raise UserError("this run was trained on feature vectors, not images", fix="use the Python API to predict")
-    x = torch.stack([load_image(f, meta["in_channels"], meta["image_size"]) for f in files])
     transform = DeviceTransform(meta["mean"], meta["std"], device=dev)
+    chunks = []
     with torch.inference_mode():
-        probs = torch.as_tensor(logits_of(transform(x.to(dev), train=False))).float().softmax(1).cpu()
+        for start in range(0, len(files), PREDICT_BATCH):
+            x = torch.stack([load_image(f, meta["in_channels"], meta["image_size"])
+                             for f in files[start:start + PREDICT_BATCH]])
+            chunks.append(torch.as_tensor(logits_of(transform(x.to(dev), train=False))).float().softmax(1).cpu())
+    probs = torch.cat(chunks)
     classes = meta["classes"]
     k = min(top_k, len(classes))
     values, indices = probs.topk(k, dim=1)
