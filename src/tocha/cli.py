@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
                          "across layers)")
     co.add_argument("--prune-steps", type=_positive_int, default=1,
                     help="iterative pruning: reach the ratio in N prune + fine-tune rounds (default 1)")
+    co.add_argument("--prune-round-to", type=_positive_int, default=8,
+                    help="keep channel counts multiples of this (default 8: CPU kernels work in blocks of 8 "
+                         "channels; odd counts can make a pruned model slower); 1 = exact")
     co.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs after pruning (default 2)")
     co.add_argument("--finetune-lr", type=_positive_float, default=None,
                     help="fine-tuning learning rate (default: a tenth of the run's)")
@@ -535,6 +538,7 @@ def _cmd_compress(args: argparse.Namespace, argv: list[str]) -> int:
         raise UserError(f"--finetune-epochs must be 0 or more, got {args.finetune_epochs}", where="tocha compress")
     report = compress_run(args.run, out=args.out, prune=args.prune, prune_method=args.prune_method,
                           prune_target=args.prune_target, prune_scope=args.prune_scope, prune_steps=args.prune_steps,
+                          prune_round_to=args.prune_round_to,
                           finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, quantize=args.quantize,
                           calibration_batches=args.calibration_batches, calibration=args.calibration,
                           max_accuracy_drop=args.max_accuracy_drop, batch=args.batch,

@@ -118,7 +118,7 @@ def quantize_onnx(fp32: Path, int8: Path, *, dynamic: bool, calibration: torch.T
 
 
 def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: str, target: str, scope: str,
-                       rounds: int, epochs: int, lr: float | None, echo) -> dict:
+                       rounds: int, epochs: int, lr: float | None, echo, round_to: int = 8) -> dict:
     """Prune the run's best model and fine-tune it with `tocha train`'s engine into the run folder `out_dir`."""
     from tocha import config
     from tocha import runfolder as rf
@@ -139,7 +139,8 @@ def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: st
     per_round = 1 - (1 - ratio) ** (1 / rounds)   # the same share of what is left, each round
     result = None
     for k in range(1, rounds + 1):
-        pruned = prune_model(model, example, per_round, method=method, target=target, scope=scope)
+        pruned = prune_model(model, example, per_round, method=method, target=target, scope=scope,
+                             round_to=round_to)
         echo(f"round {k}/{rounds}: {pruned.summary()}")
         last = k == rounds
         overrides = [f"epochs={max(1, epochs // rounds) if not last else max(1, epochs - (rounds - 1) * (epochs // rounds))}",
@@ -150,7 +151,8 @@ def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: st
         try:
             result = train(cfg, model=pruned.model.train(), spec=ModelSpec.from_dict(meta["model"]),
                            meta_extra={"pruned": {"from": str(run_dir), "method": method, "target": target,
-                                                  "scope": scope, "ratio": ratio, "rounds": rounds}})
+                                                  "scope": scope, "ratio": ratio, "rounds": rounds,
+                                                  "round_to": round_to}})
         finally:
             for hook in hooks:
                 hook.remove()
@@ -166,7 +168,8 @@ def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: st
 
 def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: float = 0.0,
                  prune_method: str = "channels", prune_target: str = "macs", prune_scope: str = "uniform",
-                 prune_steps: int = 1, finetune_epochs: int = 2, finetune_lr: float | None = None,
+                 prune_steps: int = 1, prune_round_to: int = 8, finetune_epochs: int = 2,
+                 finetune_lr: float | None = None,
                  quantize: str = "int8", calibration_batches: int = 8, calibration: str = "minmax",
                  max_accuracy_drop: float = 1.0, batch: int = 64, quantize_edges: bool = False,
                  overwrite: bool = False, echo=print) -> dict:
@@ -238,7 +241,7 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: f
         pruned_run = folder / "pruned"
         info = prune_and_finetune(path, pruned_run, ratio=prune, method=prune_method, target=prune_target,
                                   scope=prune_scope, rounds=prune_steps, epochs=finetune_epochs, lr=finetune_lr,
-                                  echo=echo)
+                                  echo=echo, round_to=prune_round_to)
         exported = export_run(pruned_run, "onnx", out=folder / "model-pruned.onnx")
         consider(measured("pruned", exported.path, info["macs_after"]))
 
@@ -266,7 +269,8 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: f
               "calibration": calibration if quantize == "int8" else None,
               "calibration_samples": calibration_batches * 64 if quantize == "int8" else 0,
               "prune": {"ratio": prune, "method": prune_method, "target": prune_target, "scope": prune_scope,
-                        "rounds": prune_steps, "finetune_epochs": finetune_epochs} if prune else None,
+                        "rounds": prune_steps, "round_to": prune_round_to,
+                        "finetune_epochs": finetune_epochs} if prune else None,
               "steps": [asdict(s) for s in steps], "kept": best.path, "decisions": decisions,
               "decision": decisions[-1] if decisions else "nothing to compare"}
     rf.write_json(folder / "compress.json", report)
