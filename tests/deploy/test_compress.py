@@ -7,18 +7,15 @@ import json
 import numpy as np
 import pytest
 
-import tocha
 from tocha.cli import main as cli
 from tocha.deploy import measure
 from tocha.deploy.compress import Step, compress_run, judge
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, train_digits_cnn):
     out = tmp_path_factory.mktemp("compress") / "run"
-    tocha.fit({"name": "cnn", "width": 16}, "digits", epochs=20, threads=1, out=str(out),  # confident enough for int8
-              log={"tensorboard": False, "progress": False})
-    return out
+    return train_digits_cnn(out, width=16, epochs=20)  # confident enough for int8
 
 
 def step(name, acc, ms, mb=1.0):

@@ -10,18 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-import tocha
 from tocha.cli import main as cli
 from tocha.deploy import export
 from tocha.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, train_digits_cnn):
     out = tmp_path_factory.mktemp("export") / "run"
-    tocha.fit({"name": "cnn", "width": 4}, "digits", epochs=1, threads=1, out=str(out),
-              log={"tensorboard": False, "progress": False})
-    return out
+    return train_digits_cnn(out, width=4, epochs=1)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript", "safetensors"])

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tocha
 from tocha.recipes.distill import Teacher
 
 TOCHA = [sys.executable, "-m", "tocha.cli"]
@@ -34,11 +33,9 @@ def test_kd_loss_matches_a_hand_computation():
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
+def teacher_run(tmp_path_factory, train_digits_cnn):
     out = tmp_path_factory.mktemp("kd") / "teacher"
-    tocha.fit({"name": "cnn", "width": 16}, "digits", epochs=8, threads=1, out=str(out),
-              log={"tensorboard": False, "progress": False})
-    return out
+    return train_digits_cnn(out, width=16, epochs=8)
 
 
 @pytest.mark.parametrize("augment", ["none", "flip"])
