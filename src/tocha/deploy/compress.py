@@ -145,7 +145,9 @@ def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: st
         last = k == rounds
         overrides = [f"epochs={max(1, epochs // rounds) if not last else max(1, epochs - (rounds - 1) * (epochs // rounds))}",
                      f"lr={base_lr:g}", "scheduler=cosine", "warmup_epochs=0", "resume=none", "overwrite=true",
-                     "early_stop.patience=0", f"out={out_dir}" if last else "out=none"]
+                     "early_stop.patience=0", f"out={out_dir}" if last else "out=none",
+                     # the pruned net is the starting point: no weights to load, nothing frozen
+                     "model.weights=none", "model.freeze=none", "unfreeze_at_epoch=0", "lr_backbone=auto"]
         cfg = config.load(run_dir / rf.CONFIG, overrides)
         hooks = [p.register_hook(lambda g, m=mask: g * m) for p, mask in pruned.masks]  # masks stay zero
         try:
