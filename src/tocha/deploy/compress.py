@@ -143,7 +143,8 @@ def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: st
                              round_to=round_to)
         echo(f"round {k}/{rounds}: {pruned.summary()}")
         last = k == rounds
-        overrides = [f"epochs={max(1, epochs // rounds) if not last else max(1, epochs - (rounds - 1) * (epochs // rounds))}",
+        round_epochs = max(1, epochs - (rounds - 1) * (epochs // rounds) if last else epochs // rounds)
+        overrides = [f"epochs={round_epochs}",
                      f"lr={base_lr:g}", "scheduler=cosine", "warmup_epochs=0", "resume=none", "overwrite=true",
                      "early_stop.patience=0", f"out={out_dir}" if last else "out=none",
                      # the pruned net is the starting point: no weights to load, nothing frozen

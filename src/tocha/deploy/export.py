@@ -70,7 +70,8 @@ def check_parity(reference: Callable[[torch.Tensor], torch.Tensor], artifact: Ca
 
 
 def metadata(meta: dict, run_dir: Path, macs: int | None = None, precision: str = "fp32") -> dict:
-    return {"macs": macs, "precision": precision, "classes": meta["classes"], "mean": meta["mean"], "std": meta["std"], "in_channels": meta["in_channels"],
+    return {"macs": macs, "precision": precision, "classes": meta["classes"], "mean": meta["mean"], "std": meta["std"],
+            "in_channels": meta["in_channels"],
             "image_size": meta["image_size"], "model": meta["model"], "run": str(run_dir),
             "input": "float32 [batch, C, H, W], scaled to [0, 1] then (x - mean) / std per channel"}
 
@@ -157,7 +158,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None
                         allowed=", ".join(PRECISIONS))
     if precision == "bf16" and fmt == "onnx":
         raise UserError("bf16 ONNX files do not run on ONNX Runtime's CPU or CUDA providers for most operators",
-                        where="tocha export --precision", fix="use --precision fp16 for ONNX, or bf16 with --format pt2")
+                        where="tocha export --precision",
+                        fix="use --precision fp16 for ONNX, or bf16 with --format pt2")
     if precision != "fp32" and fmt == "safetensors":
         raise UserError("safetensors export keeps the trained fp32 weights", where="tocha export --precision",
                         fix="drop --precision, or use --format onnx/pt2/torchscript")

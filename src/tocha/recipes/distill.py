@@ -125,7 +125,8 @@ def check_compatible(teacher_meta: dict | None, data) -> None:
     for key, value in (("in_channels", data.in_channels), ("image_size", data.image_size)):
         if teacher_meta[key] != value:
             problems.append(f"{key} {teacher_meta[key]} vs {value}")
-    if not (_same_normalisation(teacher_meta["mean"], data.mean) and _same_normalisation(teacher_meta["std"], data.std)):
+    if not (_same_normalisation(teacher_meta["mean"], data.mean)
+            and _same_normalisation(teacher_meta["std"], data.std)):
         problems.append("a different input normalisation")
     if problems:
         raise UserError("the teacher was trained on other data than the student's: " + "; ".join(problems),
