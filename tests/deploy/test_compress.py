@@ -132,3 +132,14 @@ def test_a_quantizer_failure_is_a_clear_error(run, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "int8 quantization" in err and "FancyOp" in err and "int8-dynamic" in err and "Traceback" not in err
     assert (tmp_path / "c" / "model-fp32.onnx").exists()  # the fp32 export stays usable
+
+
+def test_compressing_a_language_model_run_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "lm"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: charlm\n")
+    (run / "meta.json").write_text('{"task": "charlm"}')
+    assert cli(["compress", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "character language model" in err and "Traceback" not in err
+    assert not (run / "compressed").exists()

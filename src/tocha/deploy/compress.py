@@ -198,6 +198,9 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: f
         raise UserError("nothing to do: no --prune and --quantize none", where="tocha compress",
                         fix="pass --prune RATIO and/or --quantize int8")
     path = rf.check_run_dir(run_dir)
+    from tocha.recipes.runs import load_run
+
+    load_run(path)  # an image classifier with a best checkpoint, before anything is written
     folder = Path(out) if out else path / "compressed"
     if folder.exists() and any(folder.iterdir()):
         if not overwrite:
