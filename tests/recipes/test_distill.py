@@ -96,3 +96,13 @@ def test_missing_teacher_run_is_a_clear_error(tmp_path):
     proc = subprocess.run([*TOCHA, "distill", "--teacher", str(tmp_path / "nope"), "epochs=1"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_language_model_teacher_is_a_clear_error(tmp_path):
+    run = tmp_path / "lm"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: charlm\n")
+    (run / "meta.json").write_text('{"task": "charlm"}')
+    proc = subprocess.run([*TOCHA, "distill", "--teacher", str(run), "epochs=1"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "not an image classifier" in proc.stderr and "Traceback" not in proc.stderr

@@ -149,6 +149,10 @@ def distill_run(teacher_run: str, overrides: list[str], *, temperature: float, a
         raise UserError(f"--alpha must be between 0 and 1, got {alpha:g}", where="tocha distill",
                         allowed="0 (labels only) to 1 (teacher only)")
     path = rf.check_run_dir(teacher_run)
+    if rf.read_json(path / rf.META).get("task", "classify") != "classify":
+        raise UserError(f"'{teacher_run}' is not an image classifier run; distillation teaches classifiers",
+                        where="tocha distill --teacher", fix="pass a run folder written by 'tocha train' "
+                                                             "for classification")
     teacher_cfg = config.to_dict(config.load(path / rf.CONFIG))
     inherited = {"data": {k: teacher_cfg["data"][k] for k in ("name", "root", "val_fraction", "channels")},
                  "image_size": teacher_cfg["image_size"], "seed": teacher_cfg["seed"]}
