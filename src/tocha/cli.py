@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     from tocha import __version__
 
     parser = argparse.ArgumentParser(
-        prog="tocha", description="Train, evaluate and use PyTorch classifiers with the right defaults.",
+        prog="tocha", description="Train, evaluate, compress and deploy PyTorch models (image classifiers, character "
+                    "language models) with the right defaults.",
         epilog="Run 'tocha COMMAND --help' for a command's options.")
     parser.add_argument("--version", action="version", version=f"tocha {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
