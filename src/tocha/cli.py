@@ -57,8 +57,6 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=int, metavar="N", help="train on N processes of this machine "
                        "(DistributedDataParallel started through torchrun's launcher; one per GPU on CUDA). "
                        "batch_size stays the global batch")
-    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks "
-                       "(and the output of every rank, not only rank 0's)")
 
     ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
     ev.add_argument("run", help="run folder written by 'tocha train'")
@@ -66,7 +64,6 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     ev.add_argument("--batch-size", type=int, default=512, help="evaluation batch size (default 512)")
-    ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     pr = sub.add_parser("predict", help="top-k classes with probabilities for image files")
     pr.add_argument("run", help="run folder written by 'tocha train', or an ONNX file from 'tocha export'")
@@ -75,7 +72,6 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     ex = sub.add_parser("export", help="export a run's best model (ONNX, torch.export, TorchScript, safetensors) "
                         "with a parity check", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -99,7 +95,6 @@ def _parser() -> argparse.ArgumentParser:
                          "for GPUs; parity then allows a 0.1 (fp16) / 0.5 (bf16) logit difference and 99%%/98%% "
                          "top-1 agreement")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     co = sub.add_parser("compress", help="prune and/or int8-quantize a run's model; each step kept only if it pays",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -145,7 +140,6 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--batch", type=_positive_int, default=64, help="batch size for the latency check (default 64)")
     co.add_argument("--out", help="output folder (default RUN/compressed)")
     co.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    co.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     ds = sub.add_parser("distill", help="train a student model from a teacher run (knowledge distillation)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -165,7 +159,6 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--alpha", type=float, default=0.7, help="weight of the teacher's soft targets (default 0.7)")
     ds.add_argument("--cache", choices=("auto", "true", "false"), default="auto",
                     help="compute the teacher's logits once when the training data is not augmented (default auto)")
-    ds.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     bm = sub.add_parser("bench-model", help="latency, throughput, size and accuracy of runs and exported files",
                         description="Time each artifact (a run folder, or a .onnx/.pt2 file from tocha export/"
@@ -179,7 +172,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="comma-separated runtimes: torch, ort (a run folder is exported to ONNX for ort); "
                          "default: each artifact's own")
     bm.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
-    bm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     bench = sub.add_parser(
         "bench", help="time the tutorial loop, a raw loop, tocha and Lightning on the same workload",
@@ -220,7 +212,6 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass")
     bench.add_argument("--quick", action="store_true", help="a smoke run: 6000 images, 1 epoch, 1 repeat")
     bench.add_argument("--json", metavar="PATH", help="also write the medians as JSON")
-    bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     gen = sub.add_parser("generate", help="generate text from a character language model (task=charlm)",
                          description="Stream characters sampled from a task=charlm run (or its .safetensors "
@@ -240,11 +231,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="drop prompt characters the model never saw instead of stopping")
     gen.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
-    gen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
     env = sub.add_parser("env", help="versions, devices, threads, and what tocha would choose and why")
     env.add_argument("--json", action="store_true", help="print JSON")
-    env.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+
+    # `tocha COMMAND --debug` works as well as `tocha --debug COMMAND`.
+    for name, command in sub.choices.items():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show full tracebacks" + (" (and the output of every rank, not only rank 0's)"
+                                                            if name == "train" else ""))
     return parser
 
 

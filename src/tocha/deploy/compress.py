@@ -212,18 +212,19 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: f
     x_bench = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"])
     data, artifacts = None, {}
 
-    def measured(name: str, file: Path, macs: int | None) -> Step:
+    def measured(name: str, file: Path, macs: int | None, timed: bool = False) -> Step:
+        """Accuracy, size and counts of one file; its latency is timed beside the best so far in `consider`."""
         nonlocal data
         artifact = artifacts[str(file)] = measure.open_artifact(str(file))
         data = data or measure.test_data(artifact.meta)
-        p50, _ = measure.latency(artifact.predict, x_bench, 30)
+        p50 = measure.latency(artifact.predict, x_bench, 30)[0] if timed else float("nan")
         return Step(name, str(file), measure.accuracy(artifact, data), p50, artifact.bytes / 2**20, artifact.params,
                     macs)
 
     fp32 = export_run(path, "onnx", out=folder / "model-fp32.onnx")
     echo(f"fp32 ONNX: {fp32.path} (parity: max abs diff {fp32.parity.max_abs_diff:.1e}, "
          f"top-1 {fp32.parity.top1_agreement:.2%})")
-    steps = [measured("fp32", fp32.path, measure.run_macs(path))]
+    steps = [measured("fp32", fp32.path, measure.run_macs(path), timed=True)]
     best, decisions = steps[0], []
 
     def consider(step: Step) -> bool:

@@ -208,18 +208,12 @@ def bench_artifacts(specs: list[str], batches: list[int], *, calls: int = 50, th
 
 
 def record_in_runs(rows: list[Row], specs: list[str]) -> list[Path]:
-    """Write bench.json and a table into report.html of every run folder among `specs` (or behind a file)."""
+    """Write bench.json and a table into report.html of every run folder among `specs`."""
     from tocha import runfolder as rf
     from tocha.reports.html import table_html, upsert_section
 
-    runs: list[Path] = []
-    for spec in specs:
-        path = Path(spec)
-        if not path.is_dir():
-            continue
-        runs.append(path)
     written = []
-    for run in dict.fromkeys(runs):
+    for run in dict.fromkeys(Path(spec) for spec in specs if Path(spec).is_dir()):
         rf.write_json(run / "bench.json", [asdict(r) for r in rows])
         upsert_section(run, "bench-model", "Deployment benchmark (tocha bench-model)",
                        table_html([_report_row(r) for r in rows]))

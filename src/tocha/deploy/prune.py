@@ -119,19 +119,18 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, *, tar
     base = measure(model, example)
     goal = base * (1 - ratio)
     lo, hi = 0.0, MAX_LAYER_RATIO
-    best: tuple[float, float, nn.Module] | None = None   # (distance to goal, channel ratio, model)
+    best: tuple[float, float, float, nn.Module] | None = None   # (distance to goal, value, channel ratio, model)
     for _ in range(SEARCH_STEPS):
         mid = (lo + hi) / 2
         candidate = _channel_prune(model, example, mid, scope, round_to)
         value = measure(candidate, example)
         if best is None or abs(value - goal) < best[0]:
-            best = (abs(value - goal), mid, candidate)
+            best = (abs(value - goal), value, mid, candidate)
         if abs(value - goal) <= CLOSE_ENOUGH * base:
             break
         lo, hi = (mid, hi) if value > goal else (lo, mid)
     assert best is not None
-    _, channel_ratio, pruned = best
-    after = measure(pruned, example)
+    _, after, channel_ratio, pruned = best
     return PruneResult(pruned, "channels", target, ratio, 1 - after / base, channel_ratio,
                        count_macs(model, example), count_macs(pruned, example), count_params(model),
                        count_params(pruned))

@@ -1,9 +1,10 @@
 """The one training loop. The step is on one screen: `train_loop` below.
 
-A task supplies `loss_fn(logits, y)`, optionally `correct_fn(logits, y)` for the running train accuracy, and an
-`evaluate()` that returns a dict of metrics; it never brings its own loop. `y` is whatever the task's batches
-carry (labels, next-character targets, labels with teacher logits). Nothing in the step reads a value back to the host: the running loss and
-correct count stay on the device and are read once per `log_every` optimizer steps.
+A task supplies `loss_fn(logits, y)`, optionally `correct_fn(logits, y)` for the running train
+accuracy, and an `evaluate()` that returns a dict of metrics; it never brings its own loop. `y` is
+whatever the task's batches carry (labels, next-character targets, labels with teacher logits).
+Nothing in the step reads a value back to the host: the running loss and correct count stay on
+the device and are read once per `log_every` optimizer steps.
 
 On several processes `model` is the DistributedDataParallel wrapper: gradients are averaged in
 backward, except on micro-batches that only accumulate (`no_sync`); the running sums are
@@ -121,11 +122,14 @@ def train_loop(
         scaler.load_state_dict(start["scaler"])
     log_clock, log_seen = time.perf_counter(), samples_total
 
+    def running_totals(dtype: torch.dtype = torch.float32) -> list[float]:
+        """[loss sum, correct, samples, scored targets] since the last evaluation, summed over ranks (a host sync)."""
+        counts = torch.tensor([float(seen), float(scored)], device=device, dtype=dtype)
+        return all_reduce_sum(torch.cat([torch.stack([loss_sum.to(dtype), correct.to(dtype)]), counts]), dist).tolist()
+
     def read_running() -> dict:
         nonlocal last_finite
-        totals = torch.tensor([float(seen), float(scored)], device=device)
-        totals = torch.cat([torch.stack([loss_sum.float(), correct.float()]), totals])
-        loss_total, correct_total, count, scored_total = all_reduce_sum(totals, dist).tolist()  # the one host sync
+        loss_total, correct_total, count, scored_total = running_totals()  # the one host sync
         if not math.isfinite(loss_total):
             raise NonFiniteLoss(step, last_finite)
         last_finite = step
@@ -164,9 +168,7 @@ def train_loop(
         covers the same samples of the epoch's order on any number of ranks, so a checkpoint
         written by N ranks continues on M. Called on every rank (the running sums are all-reduced).
         """
-        totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen),
-                                device=device, dtype=torch.float64), torch.tensor(float(scored), device=device,
-                                dtype=torch.float64)]), dist).tolist() if dist.world_size > 1 else None
+        totals = running_totals(torch.float64) if dist.world_size > 1 else None
         # Never checkpoint a diverged run. On one process a local check (no sync beyond this read); on
         # several, the check reads the all-reduced sum, so every rank reaches the same verdict.
         if not (bool(torch.isfinite(loss_sum)) if totals is None else math.isfinite(totals[0])):
