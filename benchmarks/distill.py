@@ -31,7 +31,8 @@ def main() -> None:
 
     from tocha import config
     from tocha import runfolder as rf
-    from tocha.recipes.classify import train
+    from tocha.harness import train
+    from tocha.tasks import create
     from tocha.recipes.distill import Teacher, load_teacher
 
     teacher_cfg = config.to_dict(config.load(Path(args.teacher) / rf.CONFIG))
@@ -47,7 +48,7 @@ def main() -> None:
                 model, meta = load_teacher(args.teacher, torch.device("cpu"))
                 teacher = Teacher(model, args.temperature, args.alpha, "auto", meta)
             t = time.perf_counter()
-            result = train(cfg, teacher=teacher)
+            result = train(cfg, task=create("classify", teacher=teacher))
             seconds[kind].append(time.perf_counter() - t)
             results[kind].append(result.test.accuracy)
             print(f"seed {seed} {kind:<9} test accuracy {result.test.accuracy:.4f} ({seconds[kind][-1]:.0f} s)",

@@ -64,23 +64,22 @@ def fit(model: Any = None, train_data: Any = "fashion-mnist", val_data: Any = No
         values["model"] = {**values.get("model", {}), "name": model} if isinstance(values.get("model"), dict) \
             else model
         model = None
-    if values.get("task") == "charlm":  # the text task reads data.path (a file or folder), not a dataset name
-        if model is not None:
-            raise UserError("task=charlm builds its own lstm/gru", where="tocha.fit",
-                            fix='pass model options instead, e.g. tocha.fit({"name": "gru", "hidden": [256]}, '
-                                'task="charlm", data={"path": "corpus.txt"})')
-        from tocha.recipes.charlm import train as train_lm
-
-        return train_lm(config_module.load(config, values=values))
-    if isinstance(train_data, str):
+    task = str(values.get("task", "classify"))
+    if isinstance(train_data, str) and task == "classify":
         values["data"] = {**values.get("data", {}), "name": train_data} if isinstance(values.get("data"), dict) \
             else train_data
     cfg = config_module.load(config, values=values)
-    data = _as_splits(train_data, val_data, test_data, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
-                      classes=classes)
-    from tocha.recipes.classify import train
+    if cfg.task == "classify":
+        data = _as_splits(train_data, val_data, test_data, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
+                          classes=classes)
+    else:  # the task reads its own data (data.path) or takes the tensors as they are
+        data = None if isinstance(train_data, str) else (train_data, val_data, test_data)
+    from tocha.harness import train
 
-    return train(cfg, model=model, data=data)
+    result = train(cfg, model=model, data=data)
+    # What evaluate/predict need to prepare inputs as training did (normalisation, size), kept on the model.
+    result.model.tocha_meta = result.meta
+    return result
 
 
 def evaluate(model: Any, data: Any = None, *, split: str = "test", batch_size: int = 512, device: str = "auto",
@@ -92,16 +91,19 @@ def evaluate(model: Any, data: Any = None, *, split: str = "test", batch_size: i
     if isinstance(model, (str, Path)):
         from tocha.recipes.runs import evaluate_run
 
-        return evaluate_run(model, split=split, device=device, batch_size=batch_size)
+        return evaluate_run(model, split=split, device=device, batch_size=batch_size, top_k=top_k)
     import torch
 
     from tocha.data.tensors import splits_from_dataset, splits_from_tensors
-    from tocha.engine.batches import DeviceTransform
-    from tocha.engine.distributed import DistInfo
+    from tocha.engine.batches import DeviceTransform, make_batches
+    from tocha.engine.evaluate import evaluate_classifier
     from tocha.hardware import plan
-    from tocha.recipes.classify import evaluate_split, make_batches
     from tocha.recipes.runs import EvalResult
 
+    meta = getattr(model, "tocha_meta", None) or getattr(getattr(model, "model", None), "tocha_meta", None)
+    module = model.model if hasattr(model, "model") and hasattr(model, "summary") else model  # a FitResult
+    if meta is not None and classes is None:
+        classes = meta.get("classes")
     if isinstance(data, (tuple, list)) and len(data) == 2:
         splits = splits_from_tensors(*data, val_fraction=0.0, classes=classes)
     elif isinstance(data, torch.utils.data.Dataset):
@@ -111,8 +113,11 @@ def evaluate(model: Any, data: Any = None, *, split: str = "test", batch_size: i
                         allowed="an (x, y) tensor pair or a torch.utils.data.Dataset")
     hw = plan(device, "auto", "auto", "auto", file_data=splits.train.inputs is None)
     dev = torch.device(hw.device)
-    batches = make_batches(splits.train, batch_size, device=dev, transform=DeviceTransform(None, None, device=dev),
-                           train=False, hw=hw, seed=0, dist=DistInfo())
-    loss, metrics = evaluate_split(model.to(dev), batches, classes=splits.classes, device=dev,
-                                   precision="fp32", top_k=top_k)
+    # The statistics the model was trained with (tocha.fit keeps them on it); a bare module sees the data as is.
+    mean, std = (meta["mean"], meta["std"]) if meta is not None else (None, None)
+    transform = DeviceTransform(mean, std, device=dev)
+    batches = make_batches(splits.train, batch_size, device=dev, transform=transform, train=False,
+                           workers=hw.workers, pin_memory=hw.pin_memory, seed=0)
+    loss, metrics = evaluate_classifier(module.to(dev), batches, classes=splits.classes, device=dev,
+                                        precision="fp32", top_k=top_k)
     return EvalResult(split, loss, metrics, "given model", None)

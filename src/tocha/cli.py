@@ -357,14 +357,15 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         from tocha.launch import check_nproc, launch
 
         check_nproc(args.nproc, cfg.device)
-        if cfg.task == "charlm":
-            raise UserError("task=charlm runs in one process", where="tocha train --nproc",
-                            fix="drop --nproc (a character model of this size trains fastest in one process)")
-        return launch(args.nproc, _without_nproc(argv), debug=args.debug)
-    from tocha.recipes.classify import Interrupted, train
+        from tocha.tasks import info
 
-    if cfg.task == "charlm":
-        from tocha.recipes.charlm import train  # noqa: F811 - the text task's recipe, on the same engine
+        if info(cfg.task).one_process:
+            raise UserError(f"task={cfg.task} runs in one process", where="tocha train --nproc",
+                            fix="drop --nproc (a model of this size trains fastest in one process)")
+        return launch(args.nproc, _without_nproc(argv), debug=args.debug)
+    from tocha.harness import train
+    from tocha.harness.signals import Interrupted
+
     try:
         result = train(cfg, argv=["tocha", *argv])
     except Interrupted as stop:
@@ -372,21 +373,8 @@ def _cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"tocha train: stopped by {stop}", file=sys.stderr)
         return 128 + stop.signum
     if _rank() == 0:
-        if cfg.task == "charlm":
-            _print_lm_result(result)
-        else:
-            _print_train_result(result)
+        _print_train_result(result)
     return 0
-
-
-def _print_lm_result(result) -> None:
-    s = result.summary
-    gain = s["bpc_reduction_vs_3gram"]
-    print(f"val bpc {s['val']['val.bpc']:.4f} (perplexity {s['val']['val.perplexity']:.2f}); character 3-gram "
-          f"baseline {s['baseline_3gram']['bpc']:.4f} bpc: {abs(gain):.1%} {'lower' if gain >= 0 else 'higher'}")
-    print(f"sample at temperature {s['sample']['temperature']}: {s['sample']['word_hit_rate']:.1%} of "
-          f"{s['sample']['words']} words occur in the training text")
-    _print_cost(result, f"{s['train_chars_per_second']:,.0f} chars/s")
 
 
 def _cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
@@ -437,14 +425,9 @@ def _resume_config(run: str, extra: list[str]):
 
 
 def _print_train_result(result) -> None:
-    s = result.summary
-    if result.best:
-        b = result.best
-        print(f"best {b['metric']} = {b['value']:.4f} at epoch {b['epoch']:g}")
-    if result.test is not None:
-        print(f"test accuracy {result.test.accuracy:.4f}  (macro F1 {result.test.macro.f1:.4f}, "
-              f"{result.test.n_samples} samples)")
-    _print_cost(result, f"{s['train_samples_per_second']:,.0f} samples/s")
+    for line in result.headline[:-1]:
+        print(line)
+    _print_cost(result, result.headline[-1] if result.headline else "")
 
 
 def _print_cost(result, speed: str) -> None:
@@ -544,7 +527,7 @@ def _cmd_compress(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _cmd_distill(args: argparse.Namespace, argv: list[str]) -> int:
-    from tocha.recipes.classify import Interrupted
+    from tocha.harness.signals import Interrupted
     from tocha.recipes.distill import distill_run
 
     overrides = [*args.student, *args.args]

@@ -145,3 +145,11 @@ def describe_environment() -> dict[str, object]:
         except PackageNotFoundError:
             info[name] = None
     return info
+
+
+def inference_precision(trained_precision: str, trained_device: str | None, device: str) -> str:
+    """The one rule for using a finished run: its own precision on the kind of device it trained on
+    (bf16 on CUDA, say), fp32 on any other kind. Device kinds compare without the index (cuda:1 = cuda)."""
+    if trained_device is None:  # a weights file alone: trust its precision off the CPU only
+        return trained_precision if device.split(":")[0] != "cpu" else "fp32"
+    return trained_precision if device.split(":")[0] == trained_device.split(":")[0] else "fp32"

@@ -94,10 +94,13 @@ class MetricsLog:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
+            kind = record["kind"]
             for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                    self.tb.add_scalar(f"{record['kind']}/{key}" if key == "samples_per_second" else key,
-                                       value, record["step"])
+                # An eval row repeats the running train metrics of the last log row: TensorBoard has them.
+                repeated = kind == "eval" and (key.startswith("train.") or key == "lr")
+                if isinstance(value, (int, float)) and key not in ("step", "epoch") and not repeated:
+                    named = key.startswith(("train.", "val.", "test.")) or key == "lr"
+                    self.tb.add_scalar(key if named else f"{kind}/{key}", value, record["step"])
         if self.csv_enabled and record["kind"] == "eval":
             self._write_csv()
 

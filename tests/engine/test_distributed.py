@@ -13,7 +13,7 @@ from tocha.engine.batches import DeviceTransform, LoaderBatches, ResidentBatches
 from tocha.engine.distributed import DistInfo, from_env, shard, unshard
 from tocha.engine.loop import train_loop
 from tocha.errors import UserError
-from tocha.recipes import scale
+from tocha.harness import scale
 
 CPU = torch.device("cpu")
 

@@ -145,3 +145,37 @@ def test_accuracy_counts_every_target_of_a_sequence_model():
     y = torch.tensor([[0, 0, 0]])
     hits, n = top1_correct(logits, y)
     assert (int(hits), n) == (2, 3)
+
+
+def test_accumulation_weights_samples_when_the_last_group_is_short():
+    # 1,000 samples: the epoch's last group is (32, 32, 32, 8); each sample must count once, as in batch 128.
+    x, y = _data(n=1000)
+    a, b = _mlp(), _mlp()
+    _train(a, x, y, batch_size=128, epochs=2)
+    _train(b, x, y, batch_size=32, accum=4, epochs=2)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6, rtol=0), (pa - pb).abs().max()
+
+
+def test_fp16_group_of_skipped_batches_steps_nothing():
+    """precision=fp16 with on_nonfinite=skip: a group whose every micro-batch is NaN takes no step."""
+    from tocha.engine.state import LoopState
+    from tocha.engine.step import Stepper
+
+    x, y = _data(n=64)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    stepper = Stepper(model, opt, sched, device=CPU, loss_fn=nn.CrossEntropyLoss(), precision="fp16",
+                      skip_nonfinite=True)
+    state = LoopState()
+    before = [p.detach().clone() for p in model.parameters()]
+    bad = x[:32].clone()
+    bad[0, 0] = float("nan")
+    scale = stepper.scaler.get_scale()
+    assert stepper.step([(bad, y[:32])], state) == 0
+    assert state.skipped_steps == 1 and state.seen == 0
+    assert stepper.scaler.get_scale() == scale and sched.last_epoch == 0      # no update, no schedule step
+    assert all(torch.equal(p0, p) for p0, p in zip(before, model.parameters()))
+    assert stepper.step([(x[32:], y[32:])], state) == 32                     # a good group still steps
+    assert sched.last_epoch == 1 and not all(torch.equal(p0, p) for p0, p in zip(before, model.parameters()))

@@ -42,7 +42,8 @@ def teacher_run(tmp_path_factory, train_digits_cnn):
 def test_cached_and_per_batch_teacher_logits_train_the_same_student(teacher_run, augment, caplog):
     """Caching is an optimisation only: with nothing random in the batches, both paths give the same weights."""
     from tocha import config
-    from tocha.recipes.classify import train
+    from tocha.harness import train
+    from tocha.tasks import create
     from tocha.recipes.distill import load_teacher
 
     results = []
@@ -51,7 +52,8 @@ def test_cached_and_per_batch_teacher_logits_train_the_same_student(teacher_run,
         cfg = config.load(None, ["data=digits", "model.width=4", "epochs=2", "deterministic=true",
                                  f"data.augment={augment}", *QUIET])
         with caplog.at_level("INFO", logger="tocha"):
-            results.append(train(cfg, teacher=Teacher(model, 4.0, 0.7, cache, meta)).model.state_dict())
+            results.append(train(cfg, task=create("classify", teacher=Teacher(model, 4.0, 0.7, cache, meta)))
+                           .model.state_dict())
     assert ("teacher logits cached" in caplog.text) is (augment == "none")
     same = all(torch.equal(results[0][k], results[1][k]) for k in results[0])
     assert same, "cached and per-batch teacher logits trained different students"

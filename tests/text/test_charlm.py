@@ -8,7 +8,7 @@ from tocha.engine.loop import train_loop
 from tocha.engine.optim import build_optimizer
 from tocha.models import TEXT_MODELS
 from tocha.models.text import TextModelSpec, build_text_model, sample
-from tocha.recipes.charlm import generate_text, lm_loss, score
+from tocha.tasks.charlm import generate_text, lm_loss, score
 
 CPU = torch.device("cpu")
 TEXT = "the quick brown fox jumps over the lazy dog; " * 40

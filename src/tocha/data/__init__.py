@@ -16,6 +16,8 @@ DATASETS: dict[str, str] = {
                      "read from the IDX files (apt-get install dataset-fashion-mnist)",
     "digits": "scikit-learn's 8x8 handwritten digits, 10 classes, 1,797 images (fixed 20% test split)",
     "imagefolder": "your images in data.root, one sub-folder per class (optionally under train/ and test/)",
+    "csv": "a table from data.path with numeric feature columns and data.target (a number for task=regress, a "
+           "class for task=classify); features standardised with training-split statistics",
 }
 # Text for task=charlm, read by tocha.data.text (not through load_data: it yields character ids, not images).
 TEXT_DATASETS: dict[str, str] = {

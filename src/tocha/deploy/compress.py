@@ -125,8 +125,9 @@ def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: st
     from tocha.deploy.export import sample_inputs
     from tocha.deploy.prune import count_macs, count_params, prune_model
     from tocha.models import ModelSpec
-    from tocha.recipes.classify import train
+    from tocha.harness import train
     from tocha.recipes.runs import load_run
+    from tocha.tasks import create
 
     loaded = load_run(run_dir, "best", "cpu")
     model, meta = loaded.model, loaded.meta
@@ -152,10 +153,10 @@ def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: st
         cfg = config.load(run_dir / rf.CONFIG, overrides)
         hooks = [p.register_hook(lambda g, m=mask: g * m) for p, mask in pruned.masks]  # masks stay zero
         try:
-            result = train(cfg, model=pruned.model.train(), spec=ModelSpec.from_dict(meta["model"]),
-                           meta_extra={"pruned": {"from": str(run_dir), "method": method, "target": target,
-                                                  "scope": scope, "ratio": ratio, "rounds": rounds,
-                                                  "round_to": round_to}})
+            pruned_note = {"pruned": {"from": str(run_dir), "method": method, "target": target, "scope": scope,
+                                      "ratio": ratio, "rounds": rounds, "round_to": round_to}}
+            task = create("classify", spec=ModelSpec.from_dict(meta["model"]), meta_extra=pruned_note)
+            result = train(cfg, task=task, model=pruned.model.train())
         finally:
             for hook in hooks:
                 hook.remove()

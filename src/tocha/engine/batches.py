@@ -219,3 +219,16 @@ class LoaderBatches:
                 yield self.transform(x, self.train), y
         finally:
             self.sampler.skip = 0
+
+
+def make_batches(split, batch_size: int, *, device: torch.device, transform: DeviceTransform, train: bool,
+                 workers: int, pin_memory: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 resident: bool = True, prepare_once: bool = False):
+    """ResidentBatches for a split held in memory (`split.inputs`, `split.labels`) unless `resident` is
+    False, a DataLoader over `split.dataset` otherwise; `batch_size` per process, sharded over the ranks."""
+    if split.inputs is not None and resident:
+        return ResidentBatches(split.inputs, split.labels, batch_size, device=device, transform=transform,
+                               train=train, seed=seed, rank=rank, world_size=world_size, prepare_once=prepare_once)
+    dataset = split.dataset if split.inputs is None else TensorItems(split.inputs, split.labels)
+    return LoaderBatches(dataset, batch_size, device=device, transform=transform, train=train, workers=workers,
+                         pin_memory=pin_memory, seed=seed, rank=rank, world_size=world_size)

@@ -1,54 +1,62 @@
-"""The one training loop. The step is on one screen: `train_loop` below.
+"""The driver around the step: epochs, cadence (log, evaluate, checkpoint), early stopping, signals.
 
-A task supplies `loss_fn(logits, y)`, optionally `correct_fn(logits, y)` for the running train
-accuracy, and an `evaluate()` that returns a dict of metrics; it never brings its own loop. `y` is
-whatever the task's batches carry (labels, next-character targets, labels with teacher logits).
-Nothing in the step reads a value back to the host: the running loss and correct count stay on
-the device and are read once per `log_every` optimizer steps.
+The step itself is `Stepper.step` (engine/step.py). Three hook points, no more: `on_log(record)`
+at each log read, `on_eval_end(record, improved)` after each evaluation, `on_checkpoint(state)`
+where a checkpoint is due. A task's `evaluate()` returns a dict of metrics; it never brings its
+own loop.
 
-On several processes `model` is the DistributedDataParallel wrapper: gradients are averaged in
-backward, except on micro-batches that only accumulate (`no_sync`); the running sums are
-all-reduced at log time only, together with any pending stop signal, so every rank stops alike.
+On several processes the stepped model is the DistributedDataParallel wrapper. The running sums
+are all-reduced at log time only, together with any pending stop signal, so every rank stops alike.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from tocha.engine.distributed import DistInfo, agree_max, all_reduce_sum
 from tocha.engine.progress import Progress
+from tocha.engine.state import LoopState
+from tocha.engine.step import Stepper, top1_correct
+from tocha.errors import UserError
 
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+@dataclass(frozen=True)
+class Cadence:
+    log_every: int = 50            # optimizer steps between reads of the running sums (one host sync each)
+    eval_every_steps: int = 0      # 0: evaluate at epoch ends only
+    checkpoint_every: int = 0      # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
+
+
+@dataclass(frozen=True)
+class Selection:
+    monitor: str = "val.accuracy"
+    mode: str = "max"
+    patience: int = 0              # evaluations without improvement before stopping (0: never)
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Hooks:
+    on_log: Callable[[dict], None] | None = None
+    on_eval_end: Callable[[dict, bool], None] | None = None
+    on_checkpoint: Callable[[LoopState], None] | None = None
 
 
 @dataclass(frozen=True)
 class LoopResult:
-    history: tuple[dict, ...]     # every log and eval record, in order
-    best: dict | None             # {"metric", "value", "epoch", "step"} of the best eval
-    steps: int                    # optimizer steps taken
-    train_samples: int            # samples seen by all processes together
-    train_seconds: float          # time in training steps (evaluation excluded)
+    history: tuple[dict, ...]
+    best: dict | None
+    steps: int
+    train_samples: int
+    train_seconds: float
     wall_seconds: float
-    stopped_early: str | None = None   # why early stopping ended the run, if it did
-    skipped_steps: int = 0        # batches skipped for a non-finite loss (on_nonfinite=skip)
-
-
-def top1_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Correct top-1 predictions and how many targets were scored; logits [..., K] against labels [...]."""
-    return (logits.argmax(-1) == y).sum(), y.numel()
-
-
-def is_better(value: float, best: float | None, mode: str) -> bool:
-    if best is None or math.isnan(best):
-        return not math.isnan(value)
-    return value > best if mode == "max" else value < best
+    stopped_early: str | None = None
+    skipped_steps: int = 0
 
 
 class NonFiniteLoss(Exception):
@@ -67,252 +75,213 @@ class StopRequested(Exception):
         self.signum, self.step = signum, step
 
 
-def train_loop(
-    model: nn.Module,
-    train,                                   # ResidentBatches | LoaderBatches: yields (x, y) on `device`
-    *,
-    device: torch.device,
-    optimizer: torch.optim.Optimizer,
-    scheduler,                               # stepped every optimizer step; None = constant lr
-    epochs: int,
-    loss_fn: Callable[[torch.Tensor, object], torch.Tensor],
-    correct_fn: Callable[[torch.Tensor, object], tuple[torch.Tensor, int]] = top1_correct,
-    precision: str = "fp32",
-    grad_accum_steps: int = 1,
-    grad_clip: float | None = None,
-    log_every: int = 50,
-    eval_every_steps: int = 0,
-    evaluate: Callable[[], dict] | None = None,
-    monitor: str = "val.accuracy",
-    mode: str = "max",
-    on_log: Callable[[dict], None] | None = None,
-    on_eval_end: Callable[[dict, bool], None] | None = None,
-    progress: Progress | None = None,
-    dist: DistInfo = DistInfo(),
-    start: dict | None = None,               # a `position` from a checkpoint: continue exactly there
-    checkpoint_every: int = 0,               # optimizer steps between mid-epoch checkpoints (0 = none)
-    on_checkpoint: Callable[[dict], None] | None = None,   # gets `position`; also called at every epoch end
-    stop_signal: Callable[[], int | None] | None = None,   # a pending stop signal, checked after each step
-    patience: int = 0,
-    min_delta: float = 0.0,
-    skip_nonfinite: bool = False,
-) -> LoopResult:
-    amp_dtype = AMP_DTYPES[precision]
-    # Loss scaling only for fp16; otherwise the step calls the optimizer directly.
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    start = start or {}
-    history: list[dict] = list(start.get("history", []))
-    best: dict | None = start.get("best")
-    step, samples_total = start.get("step", 0), start.get("samples_total", 0)
-    train_seconds = start.get("train_seconds", 0.0)
-    stale_evals, skipped = start.get("stale_evals", 0), start.get("skipped_steps", 0)
-    last_finite = step
-    wall_start = time.perf_counter()
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best if mode == "max" else value < best
 
-    # Device-side accumulators since the last evaluation; read only at log/eval time. A checkpoint
-    # holds their totals over all ranks: rank 0 carries them on, the others start from zero.
-    carried = start if dist.is_main else {}
-    loss_sum = carried.get("loss_sum", torch.zeros(())).to(device)
-    correct = carried.get("correct", torch.zeros((), dtype=torch.long)).to(device)
-    seen = carried.get("seen", 0)           # samples since the last evaluation (the loss is a mean per sample)
-    scored = carried.get("scored", seen)    # targets scored for accuracy (samples, or tokens for a language model)
-    no_sync = getattr(model, "no_sync", None)   # DDP: skip the gradient all-reduce while accumulating
-    if scaler is not None and start.get("scaler"):
-        scaler.load_state_dict(start["scaler"])
-    log_clock, log_seen = time.perf_counter(), samples_total
 
-    def running_totals(dtype: torch.dtype = torch.float32) -> list[float]:
-        """[loss sum, correct, samples, scored targets] since the last evaluation, summed over ranks (a host sync)."""
-        counts = torch.tensor([float(seen), float(scored)], device=device, dtype=dtype)
-        return all_reduce_sum(torch.cat([torch.stack([loss_sum.to(dtype), correct.to(dtype)]), counts]), dist).tolist()
+def groups(batches, first: int, accum: int) -> Iterator[tuple[int, list]]:
+    """(index after the group, micro-batches) per optimizer step; the epoch's last group may be short."""
+    group: list = []
+    n = len(batches)
+    for i, batch in enumerate(batches, start=first):
+        group.append(batch)
+        if len(group) == accum or i + 1 == n:
+            yield i + 1, group
+            group = []
 
-    def read_running() -> dict:
-        nonlocal last_finite
-        loss_total, correct_total, count, scored_total = running_totals()  # the one host sync
+
+class Driver:
+    """Runs `stepper` over `train` for `epochs` from `state`; every rank calls it alike."""
+
+    def __init__(self, stepper: Stepper, train, state: LoopState, *, epochs: int, device: torch.device,
+                 grad_accum_steps: int = 1, evaluate: Callable[[], dict] | None = None,
+                 cadence: Cadence = Cadence(), selection: Selection = Selection(), hooks: Hooks = Hooks(),
+                 progress: Progress | None = None, dist: DistInfo = DistInfo(),
+                 stop_signal: Callable[[], int | None] | None = None) -> None:
+        self.stepper, self.train, self.state, self.epochs, self.device = stepper, train, state, epochs, device
+        self.accum, self.evaluate, self.cadence, self.selection = grad_accum_steps, evaluate, cadence, selection
+        self.hooks, self.progress, self.dist, self.stop_signal = hooks, progress, dist, stop_signal
+        self.last_finite = state.step
+        # A checkpoint holds the running sums over all ranks: rank 0 carries them on, the others start at zero.
+        if not dist.is_main:
+            state.loss_sum, state.correct, state.seen, state.scored = torch.zeros(()), torch.zeros((), dtype=torch.long), 0, 0
+        state.loss_sum, state.correct = state.loss_sum.to(device), state.correct.to(device)
+        if state.scaler:
+            stepper.scaler.load_state_dict(state.scaler)
+
+    # ------------------------------------------------------------------ reads (host syncs)
+    def totals(self, dtype: torch.dtype = torch.float32) -> list[float]:
+        """[loss sum, correct, samples, scored targets] since the last evaluation, over all ranks."""
+        s = self.state
+        counts = torch.tensor([float(s.seen), float(s.scored)], device=self.device, dtype=dtype)
+        stacked = torch.cat([torch.stack([s.loss_sum.to(dtype), s.correct.to(dtype)]), counts])
+        return all_reduce_sum(stacked, self.dist).tolist()
+
+    def read_running(self) -> dict:
+        loss_total, correct_total, count, scored_total = self.totals()  # the one host sync
         if not math.isfinite(loss_total):
-            raise NonFiniteLoss(step, last_finite)
-        last_finite = step
-        return {"train.loss": loss_total / max(count, 1.0), "train.accuracy": correct_total / max(scored_total, 1.0),
-                "lr": optimizer.param_groups[0]["lr"]}
+            raise NonFiniteLoss(self.state.step, self.last_finite)
+        self.last_finite = self.state.step
+        record = {"train.loss": loss_total / max(count, 1.0)}
+        if self.stepper.correct_fn is not None:
+            record["train.accuracy"] = correct_total / max(scored_total, 1.0)
+        return {**record, "lr": self.stepper.optimizer.param_groups[0]["lr"]}
 
-    def run_eval(epoch_float: float, **extra) -> dict:
-        nonlocal best, seen, scored, stale_evals
-        record = {"kind": "eval", "step": step, "epoch": round(epoch_float, 4), **read_running(), **extra}
-        if evaluate is not None:
+    def checkpoint_state(self) -> LoopState:
+        """The state to write, with the running sums of all ranks; never the state of a diverged run."""
+        s = self.state
+        s.scaler = self.stepper.scaler.state_dict() if self.stepper.scaler.is_enabled() else None
+        if self.dist.world_size == 1:
+            if not bool(torch.isfinite(s.loss_sum)):
+                raise NonFiniteLoss(s.step, self.last_finite)
+            return s
+        loss_total, correct_total, seen, scored = self.totals(torch.float64)
+        if not math.isfinite(loss_total):
+            raise NonFiniteLoss(s.step, self.last_finite)
+        return LoopState(**{**vars(s), "loss_sum": torch.tensor(loss_total, dtype=s.loss_sum.dtype),
+                            "correct": torch.tensor(int(correct_total)), "seen": int(seen), "scored": int(scored)})
+
+    # ------------------------------------------------------------------ evaluation and selection
+    def run_eval(self, epoch_float: float, **extra) -> dict:
+        s, sel = self.state, self.selection
+        record = {"kind": "eval", "step": s.step, "epoch": round(epoch_float, 4), **self.read_running(), **extra}
+        if self.evaluate is not None:
+            model = self.stepper.model
             model.eval()
-            record.update(evaluate())
+            record.update(self.evaluate())
             model.train()
-        value = record.get(monitor)
-        previous = None if best is None else best["value"]
-        improved = value is not None and is_better(value, previous, mode)
+        if sel.monitor not in record:
+            produced = sorted(k for k in record if k.startswith(("val.", "train.")))
+            raise UserError(f"monitor={sel.monitor} is not a metric this run produces", where="config key monitor",
+                            allowed=", ".join(produced), fix="choose one of the allowed names")
+        value = record[sel.monitor]
+        previous = None if s.best is None else s.best["value"]
+        improved = is_better(value, previous, sel.mode)
         # Patience counts evaluations that did not beat the best by more than min_delta.
-        margin = value is not None and (previous is None or (value - previous if mode == "max" else previous - value)
-                                        > min_delta)
-        stale_evals = 0 if improved and margin else stale_evals + 1
+        margin = previous is None or (value - previous if sel.mode == "max" else previous - value) > sel.min_delta
+        s.stale_evals = 0 if improved and margin else s.stale_evals + 1
         if improved:
-            best = {"metric": monitor, "value": value, "epoch": record["epoch"], "step": step}
-        if skipped:
-            record["skipped_steps"] = skipped
-        history.append(record)
-        if on_eval_end is not None:
-            on_eval_end(record, improved)
-        loss_sum.zero_(), correct.zero_()
-        seen = scored = 0
+            s.best = {"metric": sel.monitor, "value": value, "epoch": record["epoch"], "step": s.step}
+        if s.skipped_steps:
+            record["skipped_steps"] = s.skipped_steps
+        s.history.append(record)
+        if self.hooks.on_eval_end is not None:
+            self.hooks.on_eval_end(record, improved)
+        s.loss_sum.zero_(), s.correct.zero_()
+        s.seen = s.scored = 0
         return record
 
-    def position(epoch: int, next_batch: int, seconds: float) -> dict:
-        """Everything the loop needs to continue from here, bit for bit.
+    def checkpoint(self) -> None:
+        if self.hooks.on_checkpoint is not None:
+            self.hooks.on_checkpoint(self.checkpoint_state())
 
-        `batch` counts micro-batches of the epoch; as `batch_size` is the global batch, batch i
-        covers the same samples of the epoch's order on any number of ranks, so a checkpoint
-        written by N ranks continues on M. Called on every rank (the running sums are all-reduced).
-        """
-        totals = running_totals(torch.float64) if dist.world_size > 1 else None
-        # Never checkpoint a diverged run. On one process a local check (no sync beyond this read); on
-        # several, the check reads the all-reduced sum, so every rank reaches the same verdict.
-        if not (bool(torch.isfinite(loss_sum)) if totals is None else math.isfinite(totals[0])):
-            raise NonFiniteLoss(step, last_finite)
-        return {"epoch": epoch, "batch": next_batch, "step": step, "samples_total": samples_total,
-                "train_seconds": seconds,
-                "loss_sum": (loss_sum.detach().cpu() if totals is None
-                             else torch.tensor(totals[0], dtype=loss_sum.dtype)),
-                "correct": correct.detach().cpu() if totals is None else torch.tensor(int(totals[1])),
-                "seen": seen if totals is None else int(totals[2]),
-                "scored": scored if totals is None else int(totals[3]),
-                "history": list(history), "best": best, "stale_evals": stale_evals,
-                "skipped_steps": skipped, "scaler": scaler.state_dict() if scaler is not None else None}
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> LoopResult:
+        s = self.state
+        wall_start = time.perf_counter()
+        self.stepper.model.train()
+        stopped_early = None
+        for epoch in range(s.epoch, self.epochs):
+            first = s.batch if epoch == s.epoch else 0
+            s.epoch, s.batch = epoch, first
+            stopped_early = self.run_epoch(epoch, first)
+            if stopped_early:
+                break
+        if self.progress:
+            self.progress.close()
+        return LoopResult(tuple(s.history), s.best, s.step, s.samples_total, s.train_seconds,
+                          time.perf_counter() - wall_start, stopped_early, s.skipped_steps)
 
-    model.train()
-    stopped_early: str | None = None
-    for epoch in range(start.get("epoch", 0), epochs):
-        first_batch = start.get("batch", 0) if epoch == start.get("epoch", 0) else 0
-        train.set_epoch(epoch, first_batch)
+    def run_epoch(self, epoch: int, first: int) -> str | None:
+        s, cad, train = self.state, self.cadence, self.train
+        train.set_epoch(epoch, first)
         n_micro = len(train)
-        if progress:
-            progress.start_epoch(epoch, done=first_batch // grad_accum_steps)
-        epoch_clock = time.perf_counter()
-        eval_seconds = 0.0
-        seen_at_epoch_start = samples_total
-        for i, (x, y) in enumerate(train, start=first_batch):
-            # The last accumulation group of an epoch may be short: divide by its real size.
-            group_start = i - i % grad_accum_steps
-            group_size = min(grad_accum_steps, n_micro - group_start)
-
-            accumulating = i - group_start + 1 < group_size
-            # no_sync must hold over forward and backward: DDP decides in forward whether backward all-reduces.
-            with no_sync() if accumulating and no_sync is not None else nullcontext():
-                with autocast:
-                    logits = model(x)
-                    loss = loss_fn(logits, y)
-                if skip_nonfinite and not bool(torch.isfinite(loss)):  # a host sync, the price of skipping
-                    skipped += 1
-                else:
-                    scaled = loss / group_size if group_size > 1 else loss
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                    batch = x.shape[0]  # host metadata: no sync
-                    loss_sum.add_(loss.detach(), alpha=batch)
-                    hits, n_scored = correct_fn(logits.detach(), y)
-                    correct.add_(hits)
-                    seen += batch
-                    scored += n_scored
-                    samples_total += batch * dist.world_size  # every rank's batch has the same size
-
-            if accumulating:
-                continue  # keep accumulating gradients
-            if grad_clip is not None:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            if progress:
-                progress.advance(group_size)
-
+        if self.progress:
+            self.progress.start_epoch(epoch, done=first)
+        clock = time.perf_counter()
+        eval_seconds, seen_at_start, seconds_at_start = 0.0, s.samples_total, s.train_seconds
+        log_clock, log_seen = clock, s.samples_total
+        for next_batch, group in groups(train, first, self.accum):
+            samples = self.stepper.step(group, s)
+            s.batch = next_batch
+            s.samples_total += samples * self.dist.world_size  # every rank's batch has the same size
+            if self.progress:
+                self.progress.advance(len(group))
+            if not samples:
+                continue  # every micro-batch skipped: no optimizer step to count
+            s.step += 1
+            mid_epoch = next_batch < n_micro
             # Every rank reads at the same steps: the read is a collective on several processes.
-            if step % log_every == 0 and (on_log or progress or dist.world_size > 1):
-                record = {"kind": "train", "step": step, "epoch": round(epoch + (i + 1) / n_micro, 4),
-                          **read_running()}
+            if s.step % cad.log_every == 0 and (self.hooks.on_log or self.progress or self.dist.world_size > 1):
                 now = time.perf_counter()
-                record["samples_per_second"] = (samples_total - log_seen) / (now - log_clock)
-                log_clock, log_seen = now, samples_total
-                history.append(record)
-                if on_log:
-                    on_log(record)
-                if progress:
-                    progress.log(record)
-            if eval_every_steps and step % eval_every_steps == 0 and i + 1 < n_micro:
+                record = {"kind": "train", "step": s.step, "epoch": round(epoch + next_batch / n_micro, 4),
+                          **self.read_running(), "samples_per_second": (s.samples_total - log_seen) / (now - log_clock)}
+                log_clock, log_seen = now, s.samples_total
+                s.history.append(record)
+                if self.hooks.on_log:
+                    self.hooks.on_log(record)
+                if self.progress:
+                    self.progress.log(record)
+            if cad.eval_every_steps and s.step % cad.eval_every_steps == 0 and mid_epoch:
                 t = time.perf_counter()
-                run_eval(epoch + (i + 1) / n_micro)
+                self.run_eval(epoch + next_batch / n_micro)
                 eval_seconds += time.perf_counter() - t
-                log_clock, log_seen = time.perf_counter(), samples_total
-            signum = stop_signal() if stop_signal else None
-            if stop_signal and dist.world_size > 1:
-                # Ranks must stop at the same step; agreeing is a collective, so only every log_every steps.
-                signum = (agree_max(signum or 0, dist, device) or None) if step % log_every == 0 else None
-            due = checkpoint_every and step % checkpoint_every == 0 and i + 1 < n_micro
-            if on_checkpoint and (due or signum is not None):
-                seconds = train_seconds + time.perf_counter() - epoch_clock - eval_seconds
-                on_checkpoint(position(epoch, i + 1, seconds))
+                log_clock, log_seen = time.perf_counter(), s.samples_total
+            signum = self.pending_signal()
+            if (cad.checkpoint_every and s.step % cad.checkpoint_every == 0 and mid_epoch) or signum is not None:
+                s.train_seconds = seconds_at_start + time.perf_counter() - clock - eval_seconds
+                self.checkpoint()
             if signum is not None:
-                if progress:
-                    progress.close()
-                raise StopRequested(signum, step)
+                if self.progress:
+                    self.progress.close()
+                raise StopRequested(signum, s.step)
+        return self.end_epoch(epoch, clock, eval_seconds, seen_at_start, seconds_at_start)
 
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the clock must not stop before the queued work has run
-        epoch_seconds = time.perf_counter() - epoch_clock - eval_seconds
-        train_seconds += epoch_seconds
-        wait = getattr(train, "wait_seconds", 0.0)
-        record = run_eval(epoch + 1, samples_per_second=(samples_total - seen_at_epoch_start)
-                          / max(epoch_seconds, 1e-9), train_seconds=round(train_seconds, 4),
-                          data_wait_seconds=round(wait, 4), data_wait_share=round(wait / max(epoch_seconds, 1e-9), 4))
-        if progress:
-            progress.end_epoch(epoch, record, time.perf_counter() - epoch_clock)
-        if patience and stale_evals >= patience and epoch + 1 < epochs:
-            stopped_early = (f"stopped after epoch {epoch + 1}: {monitor} did not improve by more than {min_delta:g} "
-                             f"in {patience} evaluation(s)")
-        if on_checkpoint:
-            on_checkpoint(position(epoch + 1, 0, train_seconds))
-        log_clock, log_seen = time.perf_counter(), samples_total
-        if stopped_early:
-            break
-    if progress:
-        progress.close()
-    return LoopResult(tuple(history), best, step, samples_total, train_seconds, time.perf_counter() - wall_start,
-                      stopped_early, skipped)
+    def pending_signal(self) -> int | None:
+        if self.stop_signal is None:
+            return None
+        signum = self.stop_signal()
+        if self.dist.world_size > 1:
+            # Ranks must stop at the same step; agreeing is a collective, so only every log_every steps.
+            if self.state.step % self.cadence.log_every:
+                return None
+            signum = agree_max(signum or 0, self.dist, self.device) or None
+        return signum
+
+    def end_epoch(self, epoch: int, clock: float, eval_seconds: float, seen_at_start: int,
+                  seconds_at_start: float) -> str | None:
+        s, sel = self.state, self.selection
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the clock must not stop before the queued work has run
+        epoch_seconds = time.perf_counter() - clock - eval_seconds
+        s.train_seconds = seconds_at_start + epoch_seconds
+        wait = getattr(self.train, "wait_seconds", 0.0)
+        record = self.run_eval(epoch + 1, train_samples_per_second=(s.samples_total - seen_at_start)
+                               / max(epoch_seconds, 1e-9), train_seconds=round(s.train_seconds, 4),
+                               data_wait_seconds=round(wait, 4),
+                               data_wait_share=round(wait / max(epoch_seconds, 1e-9), 4))
+        if self.progress:
+            self.progress.end_epoch(epoch, record, time.perf_counter() - clock)
+        stopped = None
+        if sel.patience and s.stale_evals >= sel.patience and epoch + 1 < self.epochs:
+            stopped = (f"stopped after epoch {epoch + 1}: {sel.monitor} did not improve by more than "
+                       f"{sel.min_delta:g} in {sel.patience} evaluation(s)")
+        s.epoch, s.batch = epoch + 1, 0
+        self.checkpoint()
+        return stopped
 
 
-@torch.inference_mode()
-def predict_batches(model: nn.Module, batches, *, device: torch.device, precision: str = "fp32",
-                    loss_fn: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Run `model` over `batches`; return (probabilities [N, K] float32, labels [N], per-sample losses [N] or None).
-
-    `loss_fn(logits, y)` must return one loss per sample (reduction="none"): per-sample values can be
-    gathered across ranks and averaged exactly once each. Everything stays on the device until one
-    copy to the CPU at the end.
-    """
-    amp_dtype = AMP_DTYPES[precision]
-    was_training = model.training
-    model.eval()
-    probs, labels, losses = [], [], []
-    for x, y in batches:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
-        logits = logits.float()
-        if loss_fn is not None:
-            losses.append(loss_fn(logits, y).float())
-        probs.append(logits.softmax(dim=1))
-        labels.append(y)
-    model.train(was_training)
-    if not probs:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), None
-    per_sample = torch.cat(losses).cpu() if loss_fn is not None else None
-    return torch.cat(probs).cpu(), torch.cat(labels).cpu(), per_sample
+def train_loop(model, train, *, device: torch.device, optimizer, scheduler, epochs: int, loss_fn: Callable,
+               correct_fn: Callable | None = None, precision: str = "fp32", grad_accum_steps: int = 1,
+               log_every: int = 50, on_log: Callable[[dict], None] | None = None,
+               progress: Progress | None = None, start: dict | None = None) -> LoopResult:
+    """The loop without a harness (no run folder, no evaluation): for tests, benchmarks and notebooks."""
+    stepper = Stepper(model, optimizer, scheduler, device=device, loss_fn=loss_fn,
+                      correct_fn=correct_fn or top1_correct, precision=precision)
+    driver = Driver(stepper, train, LoopState.from_position(start), epochs=epochs, device=device,
+                    grad_accum_steps=grad_accum_steps, cadence=Cadence(log_every=log_every),
+                    selection=Selection(monitor="train.loss", mode="min"), hooks=Hooks(on_log=on_log),
+                    progress=progress)
+    return driver.run()

@@ -15,8 +15,9 @@ def _fmt(record: dict) -> str:
         if key in record:
             value = record[key]
             parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {value:.4f}")
-    if "samples_per_second" in record:
-        parts.append(f"{record['samples_per_second']:,.0f} samples/s")
+    speed = record.get("samples_per_second", record.get("train_samples_per_second"))
+    if speed is not None:
+        parts.append(f"{speed:,.0f} samples/s")
     if record.get("data_wait_share"):  # only the DataLoader path waits
         parts.append(f"data wait {record['data_wait_share']:.0%}")
     return "  ".join(parts)

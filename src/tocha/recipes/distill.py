@@ -48,6 +48,9 @@ class Teacher:
 
         return kd_loss
 
+    def check_compatible(self, data) -> None:
+        check_compatible(self.meta, data)
+
     @staticmethod
     def correct_fn(logits: torch.Tensor, packed: torch.Tensor) -> tuple[torch.Tensor, int]:
         return (logits.argmax(1) == packed[:, 0].long()).sum(), packed.shape[0]
@@ -139,8 +142,9 @@ def distill_run(teacher_run: str, overrides: list[str], *, temperature: float, a
     """`tocha distill`: a student configured like `tocha train`, on the teacher's data unless told otherwise."""
     from tocha import config
     from tocha import runfolder as rf
-    from tocha.recipes.classify import train
+    from tocha.harness import train
     from tocha.hardware import _device
+    from tocha.tasks import create
 
     if temperature <= 0:
         raise UserError(f"--temperature must be positive, got {temperature:g}", where="tocha distill",
@@ -163,4 +167,4 @@ def distill_run(teacher_run: str, overrides: list[str], *, temperature: float, a
     teacher = Teacher(model, temperature, alpha, {"auto": "auto", "true": True, "false": False}[cache], meta)
     extra = {"distilled_from": {"run": str(path), "model": meta["model"]["name"], "temperature": temperature,
                                 "alpha": alpha}}
-    return train(cfg, argv=argv, teacher=teacher, meta_extra=extra)
+    return train(cfg, task=create("classify", teacher=teacher, meta_extra=extra), argv=argv)

@@ -77,9 +77,9 @@ def generate(run: str | Path, prompt: str, length: int, *, temperature: float = 
              seed: int | None = None, checkpoint: str = "best", device: str = "auto", skip_unknown: bool = False,
              on_text: Callable[[str], None] | None = None) -> str:
     """`length` characters after `prompt`; each one goes to `on_text` as soon as it is drawn."""
-    from tocha.engine.loop import AMP_DTYPES
-    from tocha.hardware import plan
-    from tocha.recipes.charlm import generate_text
+    from tocha.engine.step import AMP_DTYPES
+    from tocha.hardware import inference_precision, plan
+    from tocha.tasks.charlm import generate_text
 
     hw = plan(device, "auto", 0, "auto", file_data=False)
     model, meta = load_lm(run, checkpoint, hw.device)
@@ -89,7 +89,7 @@ def generate(run: str | Path, prompt: str, length: int, *, temperature: float = 
         seed = random.SystemRandom().randrange(2**31)
         log.info("seed %d (pass --seed %d to get this text again)", seed, seed)
     # The run's precision when on the kind of device it trained on; fp32 elsewhere.
-    precision = meta.get("precision", "fp32") if torch.device(hw.device).type != "cpu" else "fp32"
+    precision = inference_precision(meta.get("precision", "fp32"), meta.get("device"), hw.device)
     amp_dtype = AMP_DTYPES.get(precision)
     if on_text is not None:
         on_text(text)

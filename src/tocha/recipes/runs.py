@@ -45,9 +45,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
 
     path = rf.check_run_dir(run_dir)
     meta = rf.read_json(path / rf.META)
-    if meta.get("task") == "charlm":
-        raise UserError(f"'{run_dir}' is a character language model (task=charlm), not an image classifier",
-                        fix=f"use: tocha generate {run_dir} --prompt TEXT")
+    refuse_other_task(path, meta, "classify", "this command")
     weights = path / (rf.BEST_WEIGHTS if checkpoint == "best" else rf.LAST_WEIGHTS)
     if not weights.is_file():
         raise UserError(f"run '{run_dir}' has no {checkpoint} checkpoint ({weights.name})",
@@ -62,27 +60,49 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     return LoadedRun(path, model.to(torch.device(device)), meta, path / rf.CONFIG)
 
 
+def refuse_other_task(path: Path, meta, wanted: str, command: str) -> None:
+    """A run of another task (a language model, a regression) is named with the command that uses it."""
+    from tocha.tasks import TASKS, task_of_meta
+
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise UserError(f"meta.json of {path} is damaged: it has no model description",
+                        fix="retrain the run (tocha train) or re-export it")
+    task = task_of_meta(meta)
+    if task != wanted:
+        info = TASKS[task]
+        hint = f"use: tocha generate {path} --prompt TEXT" if info.infers == "generate" else \
+            f"use the {task} commands for it: tocha eval {path}, tocha predict {path} FILE"
+        raise UserError(f"'{path}' is a {info.help} run (task={task}), which '{command}' does not take here",
+                        fix=hint)
+
+
 def evaluate_run(run_dir: str | Path, *, split: str = "test", checkpoint: str = "best", device: str = "auto",
-                 batch_size: int = 512, write: bool = True) -> EvalResult:
+                 batch_size: int = 512, write: bool = True, top_k: int | None = None) -> EvalResult:
     from tocha import config
-    from tocha.engine.batches import DeviceTransform
-    from tocha.hardware import plan
-    from tocha.recipes.classify import evaluate_split, make_batches
+    from tocha.engine.batches import DeviceTransform, make_batches
+    from tocha.engine.evaluate import evaluate_classifier
+    from tocha.hardware import inference_precision, plan
+    from tocha.tasks import TASKS, create, task_of_meta
 
     path = rf.check_run_dir(run_dir)
     cfg = config.load(path / rf.CONFIG)
     meta = rf.read_json(path / rf.META)
+    task = task_of_meta(meta)
+    if task != "classify":
+        runner = getattr(create(task), "evaluate_run", None)
+        if runner is None:
+            refuse_other_task(path, meta, "classify", "tocha eval")
+        return runner(path, split=split, checkpoint=checkpoint, device=device, batch_size=batch_size, write=write)
     chosen = load_split(path, split)
     hw = plan(device, "auto", "auto", "auto", file_data=chosen.inputs is None)
-    # Evaluate in the precision the run trained with when on the same kind of device.
-    precision = cfg.precision if hw.device == cfg.device else hw.precision
+    precision = inference_precision(cfg.precision, cfg.device, hw.device)
     loaded = load_run(path, checkpoint, hw.device)
     dev = torch.device(hw.device)
     transform = DeviceTransform(meta["mean"], meta["std"], device=dev)
-    batches = make_batches(chosen, batch_size, device=dev, transform=transform, train=False, hw=hw, seed=0,
-                           dist=_single())
-    loss, metrics = evaluate_split(loaded.model, batches, classes=tuple(meta["classes"]), device=dev,
-                                   precision=precision, top_k=cfg.top_k)
+    batches = make_batches(chosen, batch_size, device=dev, transform=transform, train=False, workers=hw.workers,
+                           pin_memory=hw.pin_memory, seed=0)
+    loss, metrics = evaluate_classifier(loaded.model, batches, classes=tuple(meta["classes"]), device=dev,
+                                        precision=precision, top_k=top_k or cfg.top_k)
     json_path = None
     if write:
         json_path = path / f"eval-{split}.json" if checkpoint == "best" else path / f"eval-{split}-{checkpoint}.json"
@@ -110,12 +130,6 @@ def load_split(run_dir: Path, split: str, *, missing_ok: bool = False):
         raise UserError(f"the data's classes {list(data.classes)[:5]}... differ from the run's {meta['classes'][:5]}...",
                         where=f"data.root of {run_dir / rf.CONFIG}", fix="use the data the run was trained on")
     return chosen
-
-
-def _single():
-    from tocha.engine.distributed import DistInfo
-
-    return DistInfo()
 
 
 def load_image(file: str | Path, in_channels: int, image_size: int) -> torch.Tensor:
@@ -153,14 +167,14 @@ def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, devi
         dev = torch.device("cpu")
     else:
         from tocha import config
-        from tocha.engine.loop import AMP_DTYPES
+        from tocha.engine.step import AMP_DTYPES
+        from tocha.hardware import inference_precision
 
         hw = plan(device, "auto", "auto", "auto", file_data=False)
         loaded = load_run(run_dir, checkpoint, hw.device)
         meta, dev = loaded.meta, torch.device(hw.device)
         trained = config.load(loaded.config_path)
-        # The run's precision on the kind of device it trained on (bf16 on CUDA, say); fp32 elsewhere.
-        amp_dtype = AMP_DTYPES.get(trained.precision) if torch.device(trained.device).type == dev.type else None
+        amp_dtype = AMP_DTYPES[inference_precision(trained.precision, trained.device, hw.device)]
 
         def logits_of(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
