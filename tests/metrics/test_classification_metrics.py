@@ -159,8 +159,9 @@ def test_flat_keys_and_metric_names():
     assert m.flat("val")["val.recall_weighted"] == m.weighted.recall
     binary = classification_metrics(np.array([0, 1, 1, 0]), np.eye(2)[[0, 1, 0, 0]], ["a", "b"])
     every_suffix = {k.split(".", 1)[1] for k in (*m.flat("v"), *binary.flat("v"))}
-    # loss comes from the engine; bpc and perplexity from the text metrics (tocha.metrics.text)
-    assert every_suffix | {"loss", "bpc", "perplexity"} == set(METRIC_NAMES)
+    # loss comes from the engine; bpc and perplexity from the text metrics (tocha.metrics.text);
+    # mae, rmse and r2 from the regression metrics (tests/metrics/test_regression_metrics.py)
+    assert every_suffix | {"loss", "bpc", "perplexity", "mae", "rmse", "r2"} == set(METRIC_NAMES)
 
 
 def test_default_mode():

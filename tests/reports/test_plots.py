@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tocha.reports.plots import plot_confusion, plot_curves
+from tocha.reports.plots import plot_confusion, plot_curves, plot_regression
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -86,3 +86,21 @@ def test_plot_confusion_unnormalised(tmp_path):
 def test_plot_confusion_shape_mismatch(tmp_path):
     with pytest.raises(ValueError, match=r"expected \[3, 3\]"):
         plot_confusion([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "cm.png")
+
+
+def test_plot_regression_writes_png(tmp_path):
+    rng = np.random.default_rng(0)
+    y_true = rng.normal(150, 70, 90)
+    y_pred = y_true + rng.normal(0, 30, 90)
+    path = plot_regression(y_true, y_pred, tmp_path / "sub" / "regression.png")
+    assert path == tmp_path / "sub" / "regression.png"
+    width, height = _assert_png(path)
+    assert width > height  # two panels side by side
+
+
+def test_plot_regression_non_finite_empty_and_mismatch(tmp_path):
+    _assert_png(plot_regression([1.0, 2.0, 3.0], [1.5, float("nan"), 2.5], tmp_path / "nan.png"))
+    _assert_png(plot_regression([2.0], [2.0], tmp_path / "one.png"))
+    _assert_png(plot_regression([], [], tmp_path / "empty.png"), min_bytes=1_000)
+    with pytest.raises(ValueError, match="3 values but y_pred has 2"):
+        plot_regression([1.0, 2.0, 3.0], [1.0, 2.0], tmp_path / "bad.png")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from tocha.data.types import DataSplits, Split
 from tocha.errors import UserError, did_you_mean
 
-__all__ = ["DATASETS", "DEFAULT_AUGMENT", "TEXT_DATASETS", "DataSplits", "Split", "load_data"]
+__all__ = ["DATASETS", "DEFAULT_AUGMENT", "TABULAR_DATASETS", "TEXT_DATASETS", "DataSplits", "Split", "load_data"]
 
 DATASETS: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST, 28x28 grayscale clothing, 10 classes (60k train / 10k test); "
@@ -23,6 +23,13 @@ DATASETS: dict[str, str] = {
 TEXT_DATASETS: dict[str, str] = {
     "text": "task=charlm: UTF-8 text from data.path (a file or folder; default: the Debian fortunes package), "
             "a contiguous 90/10 train/val split",
+}
+# Tables for task=regress (or classify), read by tocha.data.csv.load_csv (not through load_data: it
+# yields TabularData; TabularData.to_splits gives DataSplits for classification). config.py does not
+# offer it as a data.name choice yet: that comes with the regress task.
+TABULAR_DATASETS: dict[str, str] = {
+    "csv": "a numeric CSV file in data.path, one row per example; data.target names the target column "
+           "(non-numeric -> classes, numeric -> regression); fixed 20% test split, val from the rest",
 }
 
 # Augmentations that suit each dataset when data.augment is auto. Digits get none: a flipped or

@@ -13,19 +13,24 @@ from tocha.metrics.names import METRIC_NAMES, default_mode
 
 if TYPE_CHECKING:
     from tocha.metrics.classification import ClassificationMetrics, ClassRow, classification_metrics
+    from tocha.metrics.regression import RegressionMetrics, regression_metrics
 
 _LAZY = {
     "ClassificationMetrics": "tocha.metrics.classification",
     "ClassRow": "tocha.metrics.classification",
     "classification_metrics": "tocha.metrics.classification",
+    "RegressionMetrics": "tocha.metrics.regression",
+    "regression_metrics": "tocha.metrics.regression",
 }
 
 __all__ = [
     "METRIC_NAMES",
     "ClassRow",
     "ClassificationMetrics",
+    "RegressionMetrics",
     "classification_metrics",
     "default_mode",
+    "regression_metrics",
 ]
 
 

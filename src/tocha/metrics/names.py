@@ -24,10 +24,14 @@ METRIC_NAMES: tuple[str, ...] = (
     "pr_auc",
     "bpc",          # text: bits per character on the validation split
     "perplexity",   # text: exp(nats per character)
+    "mae",          # regression (RegressionMetrics.flat), in the target's units
+    "rmse",
+    "r2",
 )
+_LOWER_IS_BETTER = ("loss", "bpc", "perplexity", "mae", "rmse")
 
 
 def default_mode(metric_name: str) -> Literal["max", "min"]:
-    """'min' for losses, 'max' for everything else; accepts 'loss' or a prefixed 'val.loss'."""
+    """'min' for losses and errors, 'max' for everything else; accepts 'loss' or a prefixed 'val.loss'."""
     suffix = metric_name.rsplit(".", 1)[-1]
-    return "min" if suffix in ("loss", "bpc", "perplexity") else "max"
+    return "min" if suffix in _LOWER_IS_BETTER else "max"

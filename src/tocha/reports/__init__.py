@@ -11,15 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tocha.reports.html import write_report
-    from tocha.reports.plots import plot_confusion, plot_curves
+    from tocha.reports.plots import plot_confusion, plot_curves, plot_regression
 
 _LAZY = {
     "plot_confusion": "tocha.reports.plots",
     "plot_curves": "tocha.reports.plots",
+    "plot_regression": "tocha.reports.plots",
     "write_report": "tocha.reports.html",
 }
 
-__all__ = ["plot_confusion", "plot_curves", "write_report"]
+__all__ = ["plot_confusion", "plot_curves", "plot_regression", "write_report"]
 
 
 def __getattr__(name: str) -> Any:

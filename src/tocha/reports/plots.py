@@ -1,4 +1,4 @@
-"""PNG plots for the run report: training curves and the confusion matrix.
+"""PNG plots for the run report: training curves, the confusion matrix and regression fits.
 
 Uses matplotlib's object-oriented ``Figure`` API, which needs no GUI backend and keeps no global
 pyplot state, so plotting works headless and in threads and leaks no open figures.
@@ -13,7 +13,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion", "plot_curves"]
+__all__ = ["plot_confusion", "plot_curves", "plot_regression"]
 
 _DPI = 100  # small PNGs; the report shows them at roughly this size anyway
 _MAX_ANNOTATED_CLASSES = 20  # beyond this, per-cell numbers are unreadable
@@ -132,6 +132,57 @@ def plot_confusion(
                 dark = colours[i, j] > 0.6 * vmax
                 ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
                         fontsize=font_size, color="white" if dark else "black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI)
+    return path
+
+
+def plot_regression(y_true: Any, y_pred: Any, path: str | Path) -> Path:
+    """Two panels: predicted vs true with the y = x line, and residual (pred - true) vs predicted.
+
+    Pass values in the target's own units (unscaled). Non-finite predictions are left out and
+    counted in the title, so one diverged value does not blank the axes.
+    """
+    import numpy as np
+
+    path = Path(path)
+    true = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    pred = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    if true.shape != pred.shape:
+        raise ValueError(f"y_true has {true.size} values but y_pred has {pred.size}")
+    finite = np.isfinite(true) & np.isfinite(pred)
+    dropped = int((~finite).sum())
+    true, pred = true[finite], pred[finite]
+    residual = pred - true
+
+    fig = Figure(figsize=(10, 4.5), dpi=_DPI, layout="constrained")
+    ax_fit, ax_res = fig.subplots(1, 2)
+    # Many points overlap; transparency shows where they pile up.
+    alpha = 0.7 if len(true) <= 500 else 0.25
+    if len(true):
+        ax_fit.scatter(true, pred, s=12, alpha=alpha, color="tab:blue", edgecolors="none")
+        low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+        pad = 0.03 * (high - low) if high > low else 1.0
+        ax_fit.plot([low - pad, high + pad], [low - pad, high + pad], color="tab:red", linewidth=1.2,
+                    label="y = x (perfect)")
+        ax_fit.set_xlim(low - pad, high + pad)
+        ax_fit.set_ylim(low - pad, high + pad)
+        ax_fit.set_aspect("equal", adjustable="box")
+        ax_fit.legend(fontsize="small", loc="upper left")
+        ax_res.scatter(pred, residual, s=12, alpha=alpha, color="tab:blue", edgecolors="none")
+        ax_res.axhline(0.0, color="tab:red", linewidth=1.2)
+    else:
+        for ax in (ax_fit, ax_res):
+            ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes, color="gray")
+    suffix = f" ({dropped} non-finite left out)" if dropped else ""
+    ax_fit.set_title(f"predicted vs true, n={len(true)}{suffix}")
+    ax_fit.set_xlabel("true")
+    ax_fit.set_ylabel("predicted")
+    ax_res.set_title("residuals")
+    ax_res.set_xlabel("predicted")
+    ax_res.set_ylabel("residual (predicted - true)")
+    for ax in (ax_fit, ax_res):
+        ax.grid(True, alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI)
     return path
