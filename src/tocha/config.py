@@ -50,7 +50,9 @@ class DataConfig:
     resident: bool | str = opt(AUTO, "hold the data as tensors on the training device, batches as index slices "
                                "(auto = when it fits the memory budget; false = always a DataLoader)", auto=True)
     path: str | None = opt(None, "data=text: a UTF-8 text file or a folder of them (none = the English files of "
-                           "the Debian package fortunes)")
+                           "the Debian package fortunes); data=csv: the CSV file")
+    target: str | None = opt(None, "data=csv: the column to predict (a number for task=regress, a class for "
+                             "task=classify); every other column is a numeric feature")
 
 
 @dataclass
@@ -129,6 +131,8 @@ class TrainConfig:
     warmup_epochs: float = opt(0.0, "linear warm-up length for none/cosine/step schedules", min=0.0)
     step_epochs: int = opt(2, "step schedule: epochs between lr drops", min=1)
     step_gamma: float = opt(0.1, "step schedule: lr multiplier at each drop", min=0.0, min_open=True)
+    loss: str = opt(AUTO, "training loss: auto (cross-entropy to classify, MSE to regress); task=regress also "
+                    "takes huber (less pulled by outliers)", choices=(AUTO, "mse", "huber"))
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing", min=0.0, max=1.0, max_open=True)
     grad_clip: float | None = opt(None, "clip the gradient norm to this value (none = off)", min=0.0, min_open=True)
     precision: str = opt(AUTO, "numeric precision (auto: bf16 on CUDA with bf16, else fp32)",
@@ -458,6 +462,12 @@ def _cross_checks(cfg: TrainConfig) -> list[UserError]:
         errors.append(UserError("monitor is a validation metric but data.val_fraction=0 leaves no validation split",
                                 where="config keys monitor, data.val_fraction",
                                 fix="set data.val_fraction above 0, or monitor=train.loss"))
+    if cfg.loss != AUTO and cfg.task != "regress":
+        errors.append(UserError(f"loss={cfg.loss} is a regression loss; task={cfg.task} trains with its own",
+                                where="config key loss", fix="drop loss=, or use task=regress"))
+    if cfg.data.name == "csv" and not (cfg.data.path and cfg.data.target):
+        errors.append(UserError("data=csv needs a file and a target column", where="config keys data.path, "
+                                "data.target", fix="pass data.path=FILE.csv data.target=COLUMN"))
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         errors.append(UserError("data=imagefolder needs a folder", where="config key data.root",
                                 fix="pass data.root=PATH/TO/FOLDERS (one sub-folder per class)"))

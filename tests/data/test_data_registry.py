@@ -9,7 +9,7 @@ from tocha.errors import UserError
 
 
 def test_registry_names():
-    assert set(DATASETS) == {"fashion-mnist", "digits", "imagefolder"}
+    assert set(DATASETS) == {"fashion-mnist", "digits", "imagefolder", "csv"}
     assert all(isinstance(v, str) and v and "\n" not in v for v in DATASETS.values())
 
 

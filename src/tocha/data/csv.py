@@ -288,6 +288,21 @@ def load_csv(path: str | Path, *, target: str, val_fraction: float, test_fractio
     else:
         labels = torch.zeros(len(rows), dtype=torch.int64)  # one group: the split is a seeded shuffle
 
+    return tabulate(x, target_values, labels, kind=kind, classes=classes, feature_names=tuple(features),
+                    target=target, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                    test_seed=test_seed, source=f"{file} ({len(rows)} rows, {len(features)} features, target "
+                                                f"'{target}')", notes=notes)
+
+
+def tabulate(x: np.ndarray, target_values: np.ndarray | None, labels, *, kind: str, classes: tuple[str, ...],
+             feature_names: tuple[str, ...], target: str, val_fraction: float, test_fraction: float, seed: int,
+             test_seed: int = TEST_SEED, source: str, notes: list[str]) -> TabularData:
+    """Split a numeric table and standardise it with training-split statistics (a CSV file or tensors)."""
+    import torch
+
+    from tocha.data.splits import can_stratify, stratified_split
+
+    features = feature_names
     # Splitting by position with stratified_split reuses its rounding, range checks and seeding.
     keep, test_idx = stratified_split(labels, test_fraction, test_seed, where="load_csv test_fraction")
     train_idx, val_idx = stratified_split(labels[keep], val_fraction, seed, where="config key data.val_fraction")
@@ -316,5 +331,4 @@ def load_csv(path: str | Path, *, target: str, val_fraction: float, test_fractio
                        feature_names=tuple(features), target=target, kind=kind, classes=classes,
                        feature_mean=tuple(float(m) for m in mean), feature_std=tuple(float(s) for s in std),
                        target_mean=t_mean, target_std=t_std,
-                       source=f"{file} ({len(rows)} rows, {len(features)} features, target '{target}')",
-                       notes=tuple(notes))
+                       source=source, notes=tuple(notes))

@@ -11,7 +11,7 @@ from typing import TextIO
 
 def _fmt(record: dict) -> str:
     parts = []
-    for key in ("train.loss", "train.accuracy", "val.loss", "val.accuracy", "val.bpc", "lr"):
+    for key in ("train.loss", "train.accuracy", "val.loss", "val.accuracy", "val.bpc", "val.rmse", "lr"):
         if key in record:
             value = record[key]
             parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {value:.4f}")

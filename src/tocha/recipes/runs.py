@@ -119,7 +119,7 @@ def load_split(run_dir: Path, split: str, *, missing_ok: bool = False):
     meta = rf.read_json(run_dir / rf.META)
     data = load_data(cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
                      image_size=meta["image_size"] or None, channels=str(meta["in_channels"]),
-                     download=False, on_bad_file=cfg.data.on_bad_file)
+                     download=False, on_bad_file=cfg.data.on_bad_file, path=cfg.data.path, target=cfg.data.target)
     chosen = {"test": data.test, "val": data.val, "train": data.train}[split]
     if chosen is None:
         if missing_ok:

@@ -147,11 +147,13 @@ def write_report(
     val_metrics: ClassificationMetrics | None,
     history: list[dict[str, Any]],
     extra_sections: Sequence[tuple[str, str]] = (),
+    plots: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` plus the PNGs it shows; return the HTML path.
 
-    ``extra_sections`` are (heading, HTML) pairs appended verbatim: the HTML must already be
-    escaped by the caller. Missing inputs render as "not available" rather than failing.
+    ``extra_sections`` are a task's own (heading, HTML) pairs, shown after the summary: the HTML
+    must already be escaped by the caller. ``plots`` maps a PNG name to a callable writing it.
+    The classification sections appear only for a run with classification metrics.
     """
     from tocha.reports.plots import plot_confusion, plot_curves
 
@@ -160,6 +162,9 @@ def write_report(
     sections: list[tuple[str, str]] = []
 
     sections.append(("Summary", _headline(summary, test_metrics, val_metrics)))
+    for name, draw in (plots or {}).items():
+        draw(run_dir / name)
+    sections += list(extra_sections)
 
     if history:
         plot_curves(history, run_dir / CURVES_NAME)
@@ -170,27 +175,23 @@ def write_report(
 
     # Test numbers are the ones to trust; validation was used for model selection.
     cm_source = test_metrics if test_metrics is not None else val_metrics
-    if cm_source is not None:
+    if cm_source is not None:  # a classifier: confusion matrix and class reports
         split = "test" if test_metrics is not None else "validation"
         plot_confusion(cm_source.confusion, cm_source.classes, run_dir / CONFUSION_NAME)
         cm_html = (f"<p>{escape(split)} set, rows are true classes, columns predicted; "
                    f"colour is the row-normalised rate, numbers are counts.</p>"
                    + _image(CONFUSION_NAME, f"{split} confusion matrix"))
-    else:
-        cm_html = _NOT_AVAILABLE
-    sections.append(("Confusion matrix", cm_html))
-
-    for split, metrics in (("Test", test_metrics), ("Validation", val_metrics)):
-        html_table = _class_report_table(metrics) if metrics is not None else _NOT_AVAILABLE
-        sections.append((f"{split} classification report", html_table))
+        sections.append(("Confusion matrix", cm_html))
+        for split, metrics in (("Test", test_metrics), ("Validation", val_metrics)):
+            html_table = _class_report_table(metrics) if metrics is not None else _NOT_AVAILABLE
+            sections.append((f"{split} classification report", html_table))
 
     sections.append(("All summary values", _key_value_table(_flatten(summary))))
     config_html = f"<pre>{escape(config_text)}</pre>" if config_text.strip() else _NOT_AVAILABLE
     sections.append(("Resolved configuration", config_html))
 
-    body = "".join(f"<h2>{escape(heading)}</h2>\n{content}\n" for heading, content in sections)
     # Extra sections arrive as HTML already; only their headings are escaped here.
-    body += "".join(f"<h2>{escape(heading)}</h2>\n{content}\n" for heading, content in extra_sections)
+    body = "".join(f"<h2>{escape(heading)}</h2>\n{content}\n" for heading, content in sections)
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"

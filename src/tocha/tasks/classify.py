@@ -39,7 +39,8 @@ class Task:
             return data, False
         return load_data(cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
                          image_size=None if cfg.image_size == AUTO else cfg.image_size, channels=cfg.data.channels,
-                         download=cfg.data.download, on_bad_file=cfg.data.on_bad_file), True
+                         download=cfg.data.download, on_bad_file=cfg.data.on_bad_file, path=cfg.data.path,
+                         target=cfg.data.target), True
 
     def build(self, cfg, placement, *, data: DataSplits | None = None, model: nn.Module | None = None) -> Built:
         data, registered = self.load(cfg, data)
