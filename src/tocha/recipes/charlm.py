@@ -136,6 +136,7 @@ def train(cfg: TrainConfig, *, argv: list[str] | None = None) -> LMResult:
     run_dir, loaded, out = None, None, cfg.out
     if out is not None or argv is not None:
         out = out or rf.default_run_name("text", cfg.model.name)
+        rf.lock_run_dir(Path(out))
         loaded = find_resume_point(Path(out)) if cfg.resume == "auto" else None
         run_dir = Path(out) if loaded else rf.prepare_run_dir(out, overwrite=cfg.overwrite or cfg.resume == "auto")
     mode = default_mode(cfg.monitor) if cfg.mode == AUTO else cfg.mode

@@ -371,6 +371,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, data: DataSplits | None, a
 
     def open_run_folder() -> tuple[str | None, resume.Loaded | None]:
         out = cfg.out or rf.default_run_name(cfg.data.name, cfg.model.name)
+        rf.lock_run_dir(Path(out))
         loaded = find_resume_point(Path(out)) if cfg.resume == "auto" else None
         # resume=auto without a usable checkpoint starts over in the same folder.
         if not loaded:
