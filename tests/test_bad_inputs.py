@@ -122,7 +122,7 @@ CASES = {
     "out not writable": (lambda t: (t / "afile").write_text("x") and ["train", "data=digits", "out=afile/run",
                                                                       *QUICK], ["cannot write the run folder"]),
     "run folder already there": (lambda t: (t / "old").mkdir() or (t / "old" / "keep.txt").write_text("keep")
-                                 and ["train", "data=digits", "out=old", *QUICK], ["already exists", "overwrite=true"]),
+                                 and ["train", "data=digits", "out=old", *QUICK], ["'old'", "not written by tocha", "keep.txt"]),
     "resume without a checkpoint": (lambda t: run_folder_without_checkpoints(t / "run") and
                                     ["train", "--resume", "run"], ["no valid checkpoint", "--resume"]),
     "resume of a missing folder": (lambda t: ["train", "--resume", "nowhere"], ["does not exist"]),

@@ -35,6 +35,8 @@ def snapshot(folder: Path) -> dict[str, tuple]:
     """Every file and folder under `folder`: kind, size, modification time and content hash."""
     state = {}
     for path in sorted(folder.rglob("*")):
+        if path.name == ".tocha.lock":  # the writer lock: a refused train may take it, which writes its PID
+            continue
         st = path.lstat()
         rel = str(path.relative_to(folder))
         if path.is_dir():
@@ -94,6 +96,7 @@ def _existing_run_folder(base: Path) -> dict:
     folder = new_case(base, "existing")
     run = folder / "run"
     run.mkdir()
+    (run / ".tocha").write_text('{"kind": "run"}\n')  # an earlier tocha run folder (a foreign one is refused)
     (run / "marker.txt").write_text("an earlier run\n")
     refused = Case(folder, ["train", "data=digits", "model=mlp", "epochs=1", "out=run"])
     marker_after_refusal = (run / "marker.txt").read_text()

@@ -90,7 +90,8 @@ def test_onnx_file_alone_predicts_like_the_run(run, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, words", [
     (["--format", "keras"], ["unknown export format", "onnx, pt2"]),
-    (["--out", "EXISTING"], ["already exists", "--overwrite"]),
+    (["--out", "EXISTING"], ["already exists", "not written by tocha"]),
+    (["--out", "EXISTING", "--overwrite"], ["already exists", "not written by tocha"]),  # not tocha's: kept
     (["--out", "nowhere/m.onnx"], ["does not exist"]),
     (["--precision", "int4"], ["unknown precision", "fp32, fp16, bf16"]),
     (["--precision", "bf16"], ["bf16 ONNX", "--precision fp16"]),

@@ -18,7 +18,6 @@ test accuracy; otherwise it is rejected, said so, and the better artifact stays 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from html import escape
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,13 +201,14 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: f
     from tocha.recipes.runs import load_run
 
     load_run(path)  # an image classifier with a best checkpoint, before anything is written
+    from tocha import folders
+
     folder = Path(out) if out else path / "compressed"
-    if folder.exists() and any(folder.iterdir()):
-        if not overwrite:
-            raise UserError(f"'{folder}' already exists and is not empty", where="tocha compress --out",
-                            fix="choose another --out, or pass --overwrite")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folders.check_out_vs_source(folder, path, where="tocha compress --out", what="run being compressed",
+                                allowed_inside=("compressed",))
+    # --overwrite replaces what an earlier `tocha compress` wrote there, nothing else.
+    folders.prepare(folder, "compress", overwrite=overwrite, where="tocha compress --out", label="output folder",
+                    overwrite_flag="--overwrite")
     meta = rf.read_json(path / rf.META)
     x_bench = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"])
     data, artifacts = None, {}

@@ -164,15 +164,34 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None
         raise UserError("safetensors export keeps the trained fp32 weights", where="tocha export --precision",
                         fix="drop --precision, or use --format onnx/pt2/torchscript")
     path = rf.check_run_dir(run_dir)
+    from tocha import folders
+
     target = Path(out) if out else path / "export" / f"model{FORMATS[fmt]}"
-    if target.exists() and not overwrite:
-        raise UserError(f"'{target}' already exists", where="tocha export --out",
-                        fix="choose another --out, or pass --overwrite to replace it")
+    # Inside the run only its own export/ and compressed/ folders: anywhere else an export could replace run files.
+    folders.check_out_vs_source(target, path, where="tocha export --out", what="run being exported",
+                                allowed_inside=("export", "compressed"))
+    if target.is_dir():
+        raise UserError(f"'{target}' is a folder", where="tocha export --out",
+                        fix=f"name the file to write, e.g. --out {target / ('model' + FORMATS[fmt])}")
+    if target.exists():
+        ours = folders.is_tocha_export(target)
+        if not ours:  # --overwrite replaces an earlier export only, never a file tocha did not write
+            raise UserError(f"'{target}' already exists and was not written by tocha export (it has no tocha "
+                            "metadata); it is not replaced, with or without --overwrite", where="tocha export --out",
+                            fix="choose another --out")
+        if not overwrite:
+            raise UserError(f"'{target}' already exists", where="tocha export --out",
+                            fix="choose another --out, or pass --overwrite to replace it")
+    sidecar = target.with_name(target.name + ".parity.json")
+    if sidecar.exists() and not _is_parity_file(sidecar):
+        raise UserError(f"'{sidecar}' (where the parity check is written) exists and was not written by tocha",
+                        where="tocha export --out", fix="choose another --out")
     if not target.parent.is_dir():
         if out:
             raise UserError(f"folder '{target.parent}' does not exist", where="tocha export --out",
                             fix="create it first or choose another --out")
         target.parent.mkdir(parents=True)
+        folders.mark(target.parent, "export")
     loaded = load_run(path, "best", "cpu")
     model, meta = loaded.model.eval(), loaded.meta
     if not meta["image_size"]:
@@ -217,8 +236,15 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    rf.write_json(target.with_name(target.name + ".parity.json"), {"format": fmt, **asdict(parity)})
+    rf.write_json(sidecar, {"format": fmt, **asdict(parity)})
     return ExportResult(target, fmt, target.stat().st_size, parity)
+
+
+def _is_parity_file(path: Path) -> bool:
+    try:
+        return {"format", "max_abs_diff", "top1_agreement"} <= set(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 # ---------------------------------------------------------------- predicting from an ONNX file

@@ -161,6 +161,10 @@ def distill_run(teacher_run: str, overrides: list[str], *, temperature: float, a
     inherited = {"data": {k: teacher_cfg["data"][k] for k in ("name", "root", "val_fraction", "channels")},
                  "image_size": teacher_cfg["image_size"], "seed": teacher_cfg["seed"]}
     cfg = config.load(None, overrides, values=inherited)
+    if cfg.out:
+        from tocha.folders import check_out_vs_source
+
+        check_out_vs_source(Path(cfg.out), path, where="config key out of tocha distill", what="teacher run")
     model, meta = load_teacher(path, torch.device(_device(cfg.device, torch)[0]))
     log.info("distill    teacher %s (%s, %s parameters), temperature %g, alpha %g", path, meta["model"]["name"],
              f"{sum(p.numel() for p in model.parameters()):,}", temperature, alpha)
