@@ -88,9 +88,17 @@ class TrainingRun:
         self.metrics_log: rf.MetricsLog | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.slow_input_warned = False
+        self.lock: rf.RunLock | None = None
 
     # ------------------------------------------------------------------ setup
     def run(self, model: nn.Module | None, data) -> FitResult:
+        try:
+            return self.train(model, data)
+        finally:  # a notebook keeps its process: another one may write the folder once this run is over
+            if self.lock is not None:
+                self.lock.release()
+
+    def train(self, model: nn.Module | None, data) -> FitResult:
         cfg, dist = self.cfg, self.dist
         placing.seed_everything(cfg.seed, cfg.deterministic)
         placement = placing.resolve(device=cfg.device, precision=cfg.precision, workers=cfg.data.workers,
@@ -112,9 +120,7 @@ class TrainingRun:
     def open_run_folder(self, built: Built) -> tuple[str, resume.Loaded | None]:
         cfg = self.cfg
         out = cfg.out or rf.default_run_name(*built.run_name)
-        lock = getattr(rf, "lock_run_dir", None)  # held until the process ends (a second writer is refused)
-        if lock is not None:
-            lock(Path(out))
+        self.lock = rf.lock_run_dir(Path(out))  # a second writer is refused; the OS releases it if we die
         loaded = find_resume_point(Path(out)) if cfg.resume == "auto" else None
         if not loaded:  # resume=auto without a usable checkpoint starts over in the same folder
             rf.prepare_run_dir(out, overwrite=cfg.overwrite or cfg.resume == "auto")
