@@ -51,6 +51,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         return args
     module, command = COMMANDS[args.command], commands[args.command]
     rest = argv[argv.index(args.command) + 1:]
+    # what argparse took as positional values (a `name=value` there may be a misplaced option); argparse
+    # lists a parser's arguments only in the private _actions
     positionals = [v for a in command._actions if not a.option_strings and a.dest != "help"
                    for v in _as_list(getattr(args, a.dest, None))]
     candidates = [t for t in rest if t in extra or t in positionals]
