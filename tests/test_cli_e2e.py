@@ -119,6 +119,7 @@ def digits(work) -> dict:
         (work.root / "b.png").write_bytes(images[1][0].read_bytes())
         work.submit("eval", ["eval", "runs/digits"])
         work.submit("eval_val", ["eval", "runs/digits", "--split", "val"])
+        work.submit("eval_json", ["eval", "runs/digits", "--checkpoint", "last", "--json"])
         work.submit("predict", ["predict", "runs/digits", "a.png", "b.png"])
         work.submit("predict_json", ["predict", "runs/digits", *[p.name for p, _ in images], "--json"])
         work.submit("again", ["train", "runs/digits/config.yaml", "epochs=1", "out=runs/again"])
@@ -171,7 +172,7 @@ def test_help_does_not_import_torch(work):
     imports = subprocess.run([sys.executable, "-X", "importtime", "-m", "tocha.cli", "--help"], cwd=work.root,
                              capture_output=True, text=True, env=_env())
     ok(imports)
-    assert "tocha.config" in imports.stderr  # the import log is really there (the help lists config keys)
+    assert "tocha.cli.train" in imports.stderr  # the import log is really there (every command's parser is built)
     top_level = [line.rsplit("|", 1)[-1] for line in imports.stderr.splitlines() if line.startswith("import time:")]
     assert not [m for m in top_level if m.strip() in ("torch", "torchvision")], "tocha --help imports torch"
 
@@ -314,6 +315,14 @@ def test_eval_val_split(digits, work):
     assert _printed_accuracy(proc.stdout, "val") == f"{expected:.4f}"
     written = json.loads((digits["run"] / "eval-val.json").read_text())
     assert written["split"] == "val" and written["accuracy"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_eval_json_prints_what_it_writes(digits, work):
+    proc = ok(work.result("eval_json"))
+    printed = json.loads(proc.stdout)  # the whole of stdout is the JSON, no table around it
+    assert printed == json.loads((digits["run"] / "eval-test-last.json").read_text())
+    assert printed["split"] == "test" and printed["checkpoint"] == "last" and 0 <= printed["accuracy"] <= 1
+    assert printed["n_samples"] == 359
 
 
 def test_predict_prints_top3_per_file(digits, work):

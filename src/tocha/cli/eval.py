@@ -1,0 +1,36 @@
+"""`tocha eval`: a run's checkpoint on one split; metrics printed and written to RUN/eval-SPLIT.json."""
+
+from __future__ import annotations
+
+import argparse
+
+from tocha.cli._common import DEVICE_HELP, device, positive_int
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
+    p.add_argument("run", help="run folder written by 'tocha train'")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split to evaluate (default test)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
+    p.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
+    p.add_argument("--batch-size", type=positive_int, default=512, help="evaluation batch size (default 512)")
+    p.add_argument("--json", action="store_true", help="print the JSON written to RUN/eval-SPLIT.json instead of "
+                   "a table")
+    return p
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from tocha.recipes.runs import evaluate_run
+
+    result = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, device=args.device,
+                          batch_size=args.batch_size)
+    if args.json:
+        print(result.json_path.read_text(), end="")  # the file itself: what is printed is what was written
+        return 0
+    m = result.metrics
+    print(m.report_text())
+    extra = "".join(f"  top-{k} accuracy {v:.4f}" for k, v in m.top_k_accuracy.items())
+    print(f"{result.split} ({result.checkpoint} checkpoint): accuracy {m.accuracy:.4f}  loss {result.loss:.4f}{extra}")
+    if result.json_path:
+        print(f"written: {result.json_path}")
+    return 0
