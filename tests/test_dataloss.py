@@ -132,7 +132,7 @@ def test_overwrite_after_a_longer_run_leaves_no_old_checkpoint(tmp_path):
     assert history and max(r["epoch"] for r in history) <= 1
     assert {k: v for k, v in sha256s(run).items() if k in foreign} == foreign
     # The resume point is the new run's, not the old one's.
-    from tocha.recipes.classify import find_resume_point
+    from tocha.harness.run import find_resume_point
 
     assert find_resume_point(run).path.name in new_steps
 

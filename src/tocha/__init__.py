@@ -9,7 +9,7 @@ Public API (imported lazily so that `import tocha` and `tocha --help` stay fast)
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from tocha._version import __version__
 __all__ = ["fit", "evaluate", "load_run", "UserError", "__version__"]
 
 from tocha.errors import UserError

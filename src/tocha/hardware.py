@@ -122,10 +122,10 @@ def describe_environment() -> dict[str, object]:
 
     import torch
 
-    import tocha
+    from tocha._version import __version__
 
     info: dict[str, object] = {
-        "tocha": tocha.__version__,
+        "tocha": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,

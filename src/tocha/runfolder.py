@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tocha import folders
 from tocha.errors import UserError
+from tocha.folders import RunLock, held_lock, lock_run_dir  # noqa: F401 - writers lock through the run folder
 
 CONFIG, ENV, META, METRICS, METRICS_CSV, SUMMARY, REPORT = (
     "config.yaml", "env.json", "meta.json", "metrics.jsonl", "metrics.csv", "summary.json", "report.html")
@@ -30,8 +32,6 @@ def prepare_run_dir(out: str, *, overwrite: bool) -> Path:
     weights, metrics, summary, report, TensorBoard, ...): the new run starts clean, and files tocha
     did not write stay. A non-empty folder that tocha did not write is refused, overwrite or not.
     """
-    from tocha import folders
-
     path = Path(out)
     lock_run_dir(path)
     folders.prepare(path, "run", overwrite=overwrite, where="config key out", label="run folder",
@@ -48,77 +48,6 @@ def prepare_run_dir(out: str, *, overwrite: bool) -> Path:
 
 
 # ---------------------------------------------------------------- one writer per run folder
-
-class RunLock:
-    """An exclusive flock on RUN/.tocha.lock, held by this process. The OS drops it when the process
-    ends, however it ends (kill -9 included), so a lock is never left stale."""
-
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path, self.fd = path, fd
-
-    @property
-    def held(self) -> bool:
-        return _HELD.get(self.path) is self
-
-    def release(self) -> None:
-        if _HELD.get(self.path) is self:
-            del _HELD[self.path]
-            os.close(self.fd)  # closing the only descriptor drops the flock
-
-    def __repr__(self) -> str:
-        return f"RunLock('{self.path}', held={self.held})"
-
-
-_HELD: dict[Path, RunLock] = {}  # resolved run folder -> its lock; lives until release or process exit
-
-
-def held_lock(path: str | Path) -> RunLock | None:
-    """This process's lock on `path`, if it holds one."""
-    return _HELD.get(Path(path).resolve())
-
-
-def lock_run_dir(path: str | Path) -> RunLock:
-    """Lock the run folder `path` (created if needed) for writing, or raise UserError when another
-    process holds it. Idempotent within a process: the same resolved path returns the held lock.
-
-    Only writers lock (train, and the harness before it looks for a resume checkpoint); eval, predict
-    and export read beside a writer: every file they read is replaced atomically.
-    """
-    from tocha import folders
-
-    path = Path(path)
-    held = held_lock(path)
-    if held is not None:
-        return held
-    if path.exists() and not path.is_dir():
-        raise UserError(f"out '{path}' exists and is not a folder", where="config key out",
-                        fix="choose another out=PATH")
-    folders.refuse_foreign(path, "run", where="config key out", label="run folder")  # before writing a byte there
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / folders.LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's PID is in it
-    except OSError as exc:
-        raise UserError(f"cannot write the run folder '{path}': {exc.strerror or exc}", where="config key out",
-                        fix="choose a writable location with out=PATH") from None
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; one writer per folder is then up to the user
-        fcntl = None
-    if fcntl is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise UserError(f"run folder '{path}' is in use by PID {holder} (another tocha train is writing it)",
-                            where="config key out",
-                            fix="wait for that run to end (or stop it), or choose another out=PATH; "
-                                "a killed run releases the folder at once") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    lock = _HELD[path.resolve()] = RunLock(path.resolve(), fd)
-    return lock
-
 
 def write_json(path: Path, data: Any) -> None:
     from tocha.engine.checkpoint import write_text_atomic

@@ -100,9 +100,9 @@ def test_full_report(tmp_path):
     assert not re.search(r"(https?:)?//", html.replace("<!DOCTYPE html>", ""))
     assert "script" not in parsed.tags
 
-    # Extra sections are appended verbatim, at the end.
+    # A task's own sections come verbatim, right after the summary (before the generic ones).
     assert "<table><tr><td>latency_ms_p50</td></tr></table>" in html
-    assert html.index("Benchmark") > html.index("Resolved configuration")
+    assert html.index("Summary") < html.index("Benchmark") < html.index("Training curves")
 
 
 def test_confusion_falls_back_to_val(tmp_path):
@@ -124,8 +124,9 @@ def test_missing_pieces_say_not_available(tmp_path):
     assert not (tmp_path / "curves.png").exists()
     assert not (tmp_path / "confusion_matrix.png").exists()
     text = "".join(parsed.text)
-    # summary, curves, confusion, test report, val report, all values, config
-    assert text.count("not available") == 7
+    # summary, curves, all values, config; no classification sections without classification metrics
+    assert text.count("not available") == 4
+    assert "Confusion matrix" not in text and "classification report" not in text
 
 
 def test_test_metrics_none_with_history(tmp_path):

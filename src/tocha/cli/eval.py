@@ -29,8 +29,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     m = result.metrics
     print(m.report_text())
-    extra = "".join(f"  top-{k} accuracy {v:.4f}" for k, v in m.top_k_accuracy.items())
-    print(f"{result.split} ({result.checkpoint} checkpoint): accuracy {m.accuracy:.4f}  loss {result.loss:.4f}{extra}")
+    print(f"{result.split} ({result.checkpoint} checkpoint): {m.headline(result.loss)}")
     if result.json_path:
         print(f"written: {result.json_path}")
     return 0

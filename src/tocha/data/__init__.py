@@ -32,6 +32,7 @@ DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {
     "fashion-mnist": ("flip",),
     "digits": (),
     "imagefolder": ("crop", "flip"),
+    "csv": (),  # feature rows: nothing to flip or crop
 }
 
 

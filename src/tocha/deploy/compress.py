@@ -85,7 +85,7 @@ def quantize_onnx(fp32: Path, int8: Path, *, dynamic: bool, calibration: torch.T
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from tocha.deploy.export import METADATA_KEY
+    from tocha.deploy.artifact import METADATA_KEY
 
     prepared = int8.with_name(int8.stem + ".prep.onnx")
     try:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tocha.deploy.artifact import METADATA_KEY
 from tocha.errors import UserError
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "safetensors": ".safetensors"}
@@ -28,7 +29,6 @@ FP32_TOLERANCE = 1e-4       # max abs logit difference an fp32 export may show
 # Half precision: 10-bit (fp16) or 7-bit (bf16) mantissas move logits by ~1e-2; near-ties may flip.
 HALF = {"fp16": (torch.float16, 0.1, 0.99), "bf16": (torch.bfloat16, 0.5, 0.98)}  # dtype, tolerance, agreement
 PRECISIONS = ("fp32", *HALF)
-METADATA_KEY = "tocha"
 
 
 @dataclass(frozen=True)
@@ -245,34 +245,3 @@ def _is_parity_file(path: Path) -> bool:
         return {"format", "max_abs_diff", "top1_agreement"} <= set(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return False
-
-
-# ---------------------------------------------------------------- predicting from an ONNX file
-
-def onnx_predictor(path: str | Path, options=None) -> tuple[Callable[[torch.Tensor], np.ndarray], dict]:
-    """(logits function, tocha metadata) of an ONNX file written by `tocha export`."""
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own types for a file that is not a model
-        raise UserError(f"cannot load ONNX model '{path}': {str(exc).strip()[:200]}",
-                        fix="pass a file written by 'tocha export --format onnx'") from None
-    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if raw is None:
-        raise UserError(f"'{path}' has no tocha metadata (class names, normalisation)",
-                        fix="export it with 'tocha export RUN --format onnx'")
-    name = session.get_inputs()[0].name
-    fixed = session.get_inputs()[0].shape[0] == 1
-    half = session.get_inputs()[0].type == "tensor(float16)"  # an fp16 export: cast in, float32 out
-
-    def call(x: torch.Tensor) -> np.ndarray:
-        out = session.run(None, {name: (x.half() if half else x).numpy()})[0]
-        return out.astype(np.float32) if half else out
-
-    def run(x: torch.Tensor) -> np.ndarray:
-        if fixed:
-            return np.concatenate([call(x[i:i + 1]) for i in range(len(x))])
-        return call(x)
-
-    return run, json.loads(raw)

@@ -77,7 +77,7 @@ def open_artifact(spec: str, threads: int | None = None) -> Artifact:
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
-        from tocha.deploy.export import onnx_predictor
+        from tocha.deploy.artifact import onnx_predictor
 
         options = ort.SessionOptions()
         if threads:
@@ -85,7 +85,7 @@ def open_artifact(spec: str, threads: int | None = None) -> Artifact:
         predict, meta = onnx_predictor(path, options)
         return Artifact(str(path), "ort", predict, meta, path.stat().st_size, _onnx_params(path), meta.get("macs"))
     if path.suffix == ".pt2":
-        from tocha.deploy.export import METADATA_KEY
+        from tocha.deploy.artifact import METADATA_KEY
 
         extra = {f"{METADATA_KEY}.json": ""}
         module = torch.export.load(str(path), extra_files=extra).module()

@@ -94,6 +94,10 @@ class ClassificationMetrics:
             out[f"{prefix}.pr_auc"] = self.pr_auc
         return out
 
+    def headline(self, loss: float) -> str:
+        extra = "".join(f"  top-{k} accuracy {v:.4f}" for k, v in self.top_k_accuracy.items())
+        return f"accuracy {self.accuracy:.4f}  loss {loss:.4f}{extra}"
+
     def report_text(self, digits: int = 4) -> str:
         """A text table laid out exactly like sklearn's ``classification_report``.
 

@@ -35,6 +35,13 @@ class RegressionMetrics:
     def to_dict(self) -> dict[str, Any]:
         return {"mae": self.mae, "rmse": self.rmse, "r2": self.r2, "n": self.n}
 
+    def report_text(self) -> str:
+        return "\n".join(f"{name:>5}  {value:.4f}" for name, value in (("MAE", self.mae), ("RMSE", self.rmse),
+                                                                      ("R2", self.r2))) + f"\n{self.n:>5}  rows"
+
+    def headline(self, loss: float) -> str:
+        return f"RMSE {self.rmse:.4f}  MAE {self.mae:.4f}  R2 {self.r2:.4f}  loss {loss:.4f} (standardised MSE)"
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RegressionMetrics:
         """Inverse of :meth:`to_dict` (also after a JSON round trip)."""

@@ -6,10 +6,8 @@ Every builder takes the same plain arguments (a :class:`ModelSpec`) and returns 
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 from tocha.errors import UserError, did_you_mean
+from tocha.models.spec import ModelSpec
 
 # name -> (module path of the builder, one-line description). Importing this file stays cheap.
 MODELS: dict[str, tuple[str, str]] = {
@@ -28,29 +26,6 @@ TEXT_MODELS: dict[str, str] = {
 
 # What `model.dropout=auto` means: the seeds' CNN uses dropout; a 32-unit MLP only underfits with it.
 DEFAULT_DROPOUT: dict[str, float] = {"cnn": 0.25}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a model; stored in the run folder."""
-
-    name: str
-    in_channels: int
-    num_classes: int
-    image_size: int            # 0 for flat feature vectors
-    hidden: tuple[int, ...] = (32,)
-    width: int = 16
-    dropout: float = 0.25
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in d.items() if k in known}
-        values["hidden"] = tuple(values.get("hidden", (32,)))
-        return cls(**values)
 
 
 def check_model_name(name: str) -> UserError | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from tocha.models import ModelSpec
+from tocha.models.spec import ModelSpec
 
 
 def build_mlp(spec: ModelSpec) -> nn.Module:

@@ -9,7 +9,7 @@ import inspect
 from torch import nn
 
 from tocha.errors import UserError
-from tocha.models import ModelSpec
+from tocha.models.spec import ModelSpec
 
 
 @functools.cache

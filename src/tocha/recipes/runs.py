@@ -43,9 +43,12 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     from tocha.engine.checkpoint import load_weights
     from tocha.models import ModelSpec, build_model
 
+    from tocha.deploy.artifact import check_meta
+
     path = rf.check_run_dir(run_dir)
     meta = rf.read_json(path / rf.META)
     refuse_other_task(path, meta, "classify", "this command")
+    check_meta(meta, f"meta.json of {path}")
     weights = path / (rf.BEST_WEIGHTS if checkpoint == "best" else rf.LAST_WEIGHTS)
     if not weights.is_file():
         raise UserError(f"run '{run_dir}' has no {checkpoint} checkpoint ({weights.name})",
@@ -64,16 +67,16 @@ def refuse_other_task(path: Path, meta, wanted: str, command: str) -> None:
     """A run of another task (a language model, a regression) is named with the command that uses it."""
     from tocha.tasks import TASKS, task_of_meta
 
-    if not isinstance(meta, dict) or "model" not in meta:
-        raise UserError(f"meta.json of {path} is damaged: it has no model description",
-                        fix="retrain the run (tocha train) or re-export it")
     task = task_of_meta(meta)
     if task != wanted:
         info = TASKS[task]
         hint = f"use: tocha generate {path} --prompt TEXT" if info.infers == "generate" else \
             f"use the {task} commands for it: tocha eval {path}, tocha predict {path} FILE"
-        raise UserError(f"'{path}' is a {info.help} run (task={task}), which '{command}' does not take here",
+        raise UserError(f"'{path}' is a {info.noun} (task={task}), not a {TASKS[wanted].noun}", where=command,
                         fix=hint)
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise UserError(f"meta.json of {path} is damaged: it has no model description",
+                        fix="re-export or retrain the run (tocha train)")
 
 
 def evaluate_run(run_dir: str | Path, *, split: str = "test", checkpoint: str = "best", device: str = "auto",
@@ -158,8 +161,15 @@ def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, devi
     from tocha.engine.batches import DeviceTransform
     from tocha.hardware import plan
 
+    if Path(run_dir).is_dir() and (Path(run_dir) / rf.META).is_file():
+        from tocha.tasks import create, task_of_meta
+
+        task = task_of_meta(rf.read_json(Path(run_dir) / rf.META))
+        own = getattr(create(task), "predict_files", None) if task != "classify" else None
+        if own is not None:  # e.g. a regression run predicts the rows of CSV files
+            return [Prediction(name, values) for name, values in own(Path(run_dir), files, checkpoint=checkpoint)]
     if str(run_dir).endswith(".onnx"):  # a file from `tocha export`: it carries its own metadata
-        from tocha.deploy.export import onnx_predictor
+        from tocha.deploy.artifact import onnx_predictor
 
         if not Path(run_dir).is_file():
             raise UserError(f"ONNX file '{run_dir}' does not exist", fix="check the path")

@@ -161,6 +161,16 @@ class Task:
         return EvalResult(split, loss, metrics, checkpoint, json_path)
 
 
+    def predict_files(self, path: Path, files: list[str], *, checkpoint: str = "best"):
+        """(row name, ((target, value),)) for every row of every CSV file."""
+        out = []
+        for file in files:
+            lines, values = predict_rows(path, file, checkpoint=checkpoint)
+            target = rf.read_json(path / rf.META)["target"]
+            out += [(f"{file}:{line}", ((target, float(v)),)) for line, v in zip(lines, values)]
+        return out
+
+
 def load_model(path: Path, checkpoint: str, device: str) -> tuple[nn.Module, dict]:
     from tocha.engine.checkpoint import load_weights
 
