@@ -31,7 +31,7 @@ _GRAY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _BAD_FILE_FIX = "remove or replace the file, or set data.on_bad_file=skip to leave such files out"
 
 
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
     if img.mode.startswith("I"):
         # PIL's own I;16 -> L conversion clips at 255 instead of scaling; 16-bit is the common case.
         arr = np.asarray(img).astype(np.int64)
@@ -43,11 +43,13 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def decode_image(path: str, image_size: int, channels: int) -> torch.Tensor:
-    """uint8 [channels, image_size, image_size] from an image file (squashed, not cropped)."""
+def decode_image(path: str, image_size: int | None, channels: int) -> torch.Tensor:
+    """uint8 [channels, image_size, image_size] from an image file (squashed, not cropped); None keeps
+    the file's own size."""
     with Image.open(path) as img:
-        img = _to_mode(img, channels)
-        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        img = to_mode(img, channels)
+        if image_size is not None and img.size != (image_size, image_size):
+            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
         arr = np.array(img, dtype=np.uint8)
     t = torch.from_numpy(arr)
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()

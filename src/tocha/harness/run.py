@@ -266,7 +266,8 @@ class TrainingRun:
             if improved:
                 self.best_state = {k: v.detach().clone() for k, v in built.model.state_dict().items()}
             return
-        for name, text in self.task.after_eval(built, record).items():
+        after_eval = getattr(self.task, "after_eval", None)  # optional: text a task appends to files
+        for name, text in (after_eval(built, record) if after_eval else {}).items():
             self.write(lambda: _append(run_dir / name, text), name)
         self.write(lambda: save_weights(built.model, run_dir / rf.LAST_WEIGHTS, built.weights_metadata),
                    "the last weights")

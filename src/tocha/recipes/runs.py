@@ -135,25 +135,50 @@ def load_split(run_dir: Path, split: str, *, missing_ok: bool = False):
     return chosen
 
 
-def load_image(file: str | Path, in_channels: int, image_size: int) -> torch.Tensor:
-    """An image file as uint8 [C, H, W] resized to the run's input size."""
+def load_image(file: str | Path, in_channels: int, image_size: int, resize: str = "pil") -> torch.Tensor:
+    """An image file as uint8 [C, H, W] at the run's input size, prepared as its training data was:
+    the same mode and bit-depth conversion as image folders, and the same resize (PIL bilinear for
+    image folders, torch's antialiased bilinear for data held as tensors)."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(file)
-    if not path.is_file():
-        raise UserError(f"image '{file}' does not exist", fix="check the path")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if in_channels == 1 else "RGB")
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.BILINEAR)
-            import numpy as np
+    from tocha.data.image_folder import decode_image
+    from tocha.data.images import resize_uint8
 
-            array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"cannot read image '{file}': {exc}", fix="pass PNG/JPEG/BMP image files") from None
-    tensor = torch.from_numpy(array.copy())
-    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    path = Path(file)
+    if path.is_dir():
+        raise UserError(f"'{file}' is a folder", where="tocha predict", fix="pass image files (or the folder's images)")
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"image '{file}' {what}", where="tocha predict", fix="check the path")
+    try:
+        if resize == "pil":
+            return decode_image(str(path), image_size, in_channels)
+        return resize_uint8(decode_image(str(path), None, in_channels)[None], image_size)[0]
+    except Image.DecompressionBombError:
+        raise UserError(f"image '{file}' is too large to decode safely (a decompression bomb?)",
+                        where="tocha predict", fix="pass an image of a normal size") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read image '{file}': {exc}", where="tocha predict",
+                        fix="pass PNG/JPEG/BMP image files") from None
+
+
+def image_files(items: list[str]) -> list[str]:
+    """The files to predict: files as given, folders as their images (sorted, hidden ones skipped)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    out = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.iterdir()
+                           if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMG_EXTENSIONS))
+            if not found:
+                raise UserError(f"'{item}' is a folder with no images in it", where="tocha predict",
+                                allowed=" ".join(IMG_EXTENSIONS), fix="pass image files or a folder of them")
+            out += found
+        else:
+            out.append(item)
+    return out
 
 
 def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, device: str = "auto",
@@ -175,6 +200,7 @@ def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, devi
             raise UserError(f"ONNX file '{run_dir}' does not exist", fix="check the path")
         logits_of, meta = onnx_predictor(run_dir)
         dev = torch.device("cpu")
+        older_resize = "pil"  # exports before meta said how: the file alone cannot tell
     else:
         from tocha import config
         from tocha.engine.step import AMP_DTYPES
@@ -184,6 +210,8 @@ def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, devi
         loaded = load_run(run_dir, checkpoint, hw.device)
         meta, dev = loaded.meta, torch.device(hw.device)
         trained = config.load(loaded.config_path)
+        # Runs written before meta.json said so: image folders were resized by PIL, tensor data by torch.
+        older_resize = "pil" if trained.data.name == "imagefolder" else "torch"
         amp_dtype = AMP_DTYPES[inference_precision(trained.precision, trained.device, hw.device)]
 
         def logits_of(x: torch.Tensor) -> torch.Tensor:
@@ -191,11 +219,13 @@ def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, devi
                 return loaded.model(x).float()
     if not meta["image_size"]:
         raise UserError("this run was trained on feature vectors, not images", fix="use the Python API to predict")
+    files = image_files(files)
+    resize = meta.get("resize") or older_resize
     transform = DeviceTransform(meta["mean"], meta["std"], device=dev)
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(files), PREDICT_BATCH):
-            x = torch.stack([load_image(f, meta["in_channels"], meta["image_size"])
+            x = torch.stack([load_image(f, meta["in_channels"], meta["image_size"], resize)
                              for f in files[start:start + PREDICT_BATCH]])
             chunks.append(torch.as_tensor(logits_of(transform(x.to(dev), train=False))).float().softmax(1).cpu())
     probs = torch.cat(chunks)

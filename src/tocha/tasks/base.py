@@ -52,10 +52,20 @@ class Task(Protocol):
         """Flat metrics of `split` ("val.loss", "val.accuracy", ...) for the current weights."""
         ...
 
-    def after_eval(self, built: Built, record: dict) -> dict[str, str]:
-        """Text to append to files after an evaluation (file name -> text); usually empty."""
-        ...
+    # Optional: after_eval(built, record) -> {file name: text to append} after each evaluation.
 
     def finish(self, built: Built, cfg, summary: dict) -> Finished:
         """Final metrics with the best weights loaded: summary fields, report sections, files."""
         ...
+
+
+def final_scores(scored: Callable, built: Built) -> tuple[dict, dict]:
+    """`scored(built, split) -> (loss, metrics)` over the val and test splits there are: the summary
+    fields ({"val": {"val.loss": ..., ...}}) and the metrics objects ({"val": ..., "test": ...})."""
+    fields, values = {}, {"val": None, "test": None}
+    for split in ("val", "test"):
+        if split in built.batches:
+            loss, metrics = scored(built, split)
+            fields[split] = {f"{split}.loss": loss, **metrics.flat(split)}
+            values[split] = metrics
+    return fields, values

@@ -18,7 +18,7 @@ from tocha.engine.step import top1_correct
 from tocha.harness import scale
 from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model, check_input_size
 from tocha.models.transfer import Freezing, load_pretrained
-from tocha.tasks.base import Built, Finished
+from tocha.tasks.base import Built, Finished, final_scores
 
 log = logging.getLogger("tocha")
 
@@ -84,7 +84,10 @@ class Task:
         lr_backbone = freezing.backbone_lr(cfg.lr, cfg.lr_backbone)  # the harness resolved cfg.lr
         lines = self.describe(cfg, data, residency.reason, spec, model, sync_note, weight_notes, freezing)
         meta = {"task": "classify", "model": spec.to_dict(), "classes": list(data.classes), "mean": data.mean,
-                "std": data.std, "in_channels": data.in_channels, "image_size": data.image_size, **self.meta_extra}
+                "std": data.std, "in_channels": data.in_channels, "image_size": data.image_size,
+                # predict resizes a file as training did: PIL for image folders, torch for tensor data
+                "resize": "pil" if registered and cfg.data.name == "imagefolder" else "torch",
+                **self.meta_extra}
         resolved = {"model.dropout": spec.dropout, "data.augment": augment, "lr_backbone": lr_backbone,
                     "image_size": data.image_size if data.image_size else AUTO}
         if data.image_size:
@@ -136,16 +139,9 @@ class Task:
         loss, metrics = self.scored(built, split)
         return {f"{split}.loss": loss, **metrics.flat(split)}
 
-    def after_eval(self, built: Built, record: dict) -> dict[str, str]:
-        return {}
-
     def finish(self, built: Built, cfg, summary: dict) -> Finished:
-        done = Finished(summary={}, values={"val": None, "test": None})
-        for split in ("val", "test"):
-            if split in built.batches:
-                loss, metrics = self.scored(built, split)
-                done.summary[split] = {f"{split}.loss": loss, **metrics.flat(split)}
-                done.values[split] = metrics
+        fields, values = final_scores(self.scored, built)
+        done = Finished(summary=fields, values=values)
         if done.values["test"] is not None:
             done.jsons["eval-test.json"] = {"split": "test", "checkpoint": "best",
                                             "loss": done.summary["test"]["test.loss"],

@@ -23,7 +23,7 @@ from tocha.errors import UserError
 from tocha.metrics.regression import RegressionMetrics, regression_metrics
 from tocha.models import ModelSpec, build_model, check_input_size
 from tocha.reports.plots import plot_regression
-from tocha.tasks.base import Built, Finished
+from tocha.tasks.base import Built, Finished, final_scores
 
 PLOT = "regression.png"
 
@@ -109,17 +109,10 @@ class Task:
         loss, metrics = self.scored(built, split)
         return {f"{split}.loss": loss, **metrics.flat(split)}
 
-    def after_eval(self, built: Built, record: dict) -> dict[str, str]:
-        return {}
-
     def finish(self, built: Built, cfg, summary: dict) -> Finished:
+        fields, values = final_scores(self.scored, built)
         done = Finished(summary={"target": self.table.target, "target_mean": self.table.target_mean,
-                                 "target_std": self.table.target_std})
-        for split in ("val", "test"):
-            if split in built.batches:
-                loss, metrics = self.scored(built, split)
-                done.summary[split] = {f"{split}.loss": loss, **metrics.flat(split)}
-                done.values[split] = metrics
+                                 "target_std": self.table.target_std, **fields}, values=values)
         shown = "test" if "test" in built.batches else "val"
         true, pred = self.predictions(built, shown)
         done.report = {"extra_sections": [("Predictions", report_html(shown, done.values.get(shown)))],
