@@ -177,6 +177,9 @@ class TrainingRun:
         if loaded:
             position = loaded.state["position"]
             lines.append(f"resume     from {loaded.path} (epoch {position['epoch']}, step {position['step']})")
+            if position["epoch"] >= cfg.epochs:
+                lines.append(f"resume     the run had finished all {cfg.epochs} epochs: nothing to train; the best "
+                             "checkpoint is evaluated again and summary.json and report.html are rewritten")
         for line in lines:
             log.info("%s", line)
 

@@ -46,7 +46,7 @@ TASKS: dict[str, TaskInfo] = {
                                  "monitor": "val.bpc", "log_every": 50, "top_k": 1},
                        data=("text",), one_process=True, infers="generate",
                        noun="character language model"),
-    "regress": TaskInfo("regress", "a number from a row of numeric features (MSE or Huber; MAE, RMSE, R2)",
+    "regress": TaskInfo("regress", "a number from a row of numeric features: MSE or Huber loss, MAE, RMSE and R2",
                         "tocha.tasks.regress", lambda cfg: ("loss", "mae", "rmse", "r2"),
                         # Measured on load_diabetes (benchmarks/regress_diabetes.py): constant lr, the best epoch kept.
                         defaults={"data.name": "csv", "model.name": "mlp", "model.hidden": [64, 32],
