@@ -306,7 +306,7 @@ def _build(raw: dict[str, tuple[Any, str]], errors: list[UserError]) -> TrainCon
     for key, (value, source) in raw.items():
         spec = specs.get(key)
         if spec is None:
-            hint = did_you_mean(key, specs) or "run 'tocha train --help' for the list of keys."
+            hint = did_you_mean(key, [*specs, *SHORTHANDS]) or "run 'tocha train --help' for the list of keys."
             errors.append(UserError(f"unknown config key '{key}'", where=source, fix=hint))
             continue
         try:
