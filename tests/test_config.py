@@ -94,3 +94,48 @@ def test_help_lists_every_key():
     for spec in config.schema():
         assert spec.key in text
     assert "val_fraction" in text and "[auto, fp32, bf16, fp16]" in text
+
+
+FLOAT_KEYS = [s.key for s in config.schema() if s.type_name.split("|")[0] == "float"]
+
+
+def test_there_are_float_keys():
+    assert {"lr", "momentum", "warmup_epochs", "data.val_fraction", "dist.timeout_s"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "Infinity"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_floats_are_refused_naming_their_key(key, value):
+    with pytest.raises(UserError) as info:
+        config.load(overrides=[f"{key}={value}"])
+    message = str(info.value)
+    assert f"config key {key}," in message and "finite" in message
+    others = [k for k in FLOAT_KEYS if k != key and f"config key {k}," in message]
+    assert not others, message
+
+
+def test_non_finite_floats_from_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("momentum: .nan\nwarmup_epochs: .inf\n")
+    with pytest.raises(UserErrors) as info:
+        config.load(path)
+    assert len(info.value.errors) == 2
+    assert "config key momentum" in str(info.value) and "config key warmup_epochs" in str(info.value)
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("seed=4294967296", "< 4294967296"), ("seed=-1", ">= 0"), ("seed=99999999999999999999", "seed"),
+    ("image_size=4097", "<= 4096"), ("image_size=100000000", "image_size"),
+    ("out=" + "x" * 256, "255"), ("out=runs/" + "y" * 300 + "/z", "255"),
+    ("out=" + "/a" * 3000, "4096"),
+])
+def test_ranges_the_libraries_below_would_refuse_later(item, needle):
+    with pytest.raises(UserError) as info:
+        config.load(overrides=[item])
+    message = str(info.value)
+    assert needle in message and item.split("=")[0] in message and len(message) < 600
+
+
+def test_edge_values_are_still_accepted():
+    cfg = config.load(overrides=["seed=4294967295", "image_size=4096", "out=" + "x" * 255])
+    assert cfg.seed == 2**32 - 1 and cfg.image_size == 4096

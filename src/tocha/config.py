@@ -8,6 +8,7 @@ because ``tocha train --help`` renders its schema.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,8 +17,13 @@ from typing import Any
 
 from tocha.data import DATASETS, TEXT_DATASETS
 from tocha.errors import UserError, UserErrors, did_you_mean
+from tocha.paths import length_problem, shown
 
 AUTO = "auto"
+# 4096 x 4096 RGB is 48 MiB per uint8 image: beyond it a typo (an extra digit), not a real size.
+MAX_IMAGE_SIZE = 4096
+# Config keys that hold paths: their names must fit the OS limits (checked without touching the files).
+PATH_KEYS = ("out", "data.root", "data.path", "model.weights")
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
@@ -112,7 +118,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     dist: DistConfig = field(default_factory=DistConfig)
-    image_size: int | str = opt(AUTO, "square input size in pixels (auto = the dataset's own)", min=1, auto=True)
+    image_size: int | str = opt(AUTO, "square input size in pixels (auto = the dataset's own)", min=1,
+                                max=MAX_IMAGE_SIZE, auto=True)
     epochs: int = opt(6, "passes over the training split", min=1)
     batch_size: int = opt(128, "global batch: samples per forward pass over all processes together (each of N "
                           "processes takes batch_size/N); an optimizer step sees batch_size x grad_accum_steps", min=1)
@@ -136,7 +143,7 @@ class TrainConfig:
     threads: int | str = opt(AUTO, "CPU threads for torch (auto = the fastest count in a short measurement "
                              "on CPU, every usable core otherwise)", min=1, auto=True)
     compile: bool = opt(False, "torch.compile the model (falls back to eager, with a message, if it fails)")
-    seed: int = opt(0, "random seed for splits, initialisation and data order", min=0)
+    seed: int = opt(0, "random seed for splits, initialisation and data order", min=0, max=2**32, max_open=True)
     deterministic: bool = opt(False, "use deterministic algorithms (slower on CUDA)")
     monitor: str = opt("val.accuracy", "metric that picks the best checkpoint, e.g. val.accuracy, val.loss, val.f1_macro")
     mode: str = opt(AUTO, "whether the monitored metric should go up or down (auto: min for losses)",
@@ -346,7 +353,7 @@ def _coerce(spec: KeySpec, value: Any) -> Any:
         raise UserError("value must not be empty", allowed=spec.type_name)
     if spec.meta.get("auto") and text is not None and text.lower() == AUTO:
         return AUTO
-    bad = UserError(f"'{value}' is not a valid {spec.type_name}", allowed=_allowed(spec))
+    bad = UserError(f"'{shown(value)}' is not a valid {spec.type_name}", allowed=_allowed(spec))
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -357,9 +364,13 @@ def _coerce(spec: KeySpec, value: Any) -> Any:
         if isinstance(value, bool) or (base is int and isinstance(value, float) and not value.is_integer()):
             raise bad
         try:
-            return base(value) if text is None else base(text)
-        except (TypeError, ValueError):
+            number = base(value) if text is None else base(text)
+        except (TypeError, ValueError, OverflowError):
             raise bad from None
+        if base is float and not math.isfinite(number):
+            raise UserError(f"{number} is not a finite number", allowed=_allowed(spec),
+                            fix="give a finite number (nan and inf are not allowed)")
+        return number
     if base is str:
         if isinstance(value, (dict, list)):
             raise bad
@@ -418,6 +429,11 @@ def _check(spec: KeySpec, value: Any) -> None:
 
 def _cross_checks(cfg: TrainConfig) -> list[UserError]:
     errors = []
+    for key in PATH_KEYS:
+        head, _, tail = key.rpartition(".")
+        value = getattr(getattr(cfg, head) if head else cfg, tail)
+        if isinstance(value, str) and (problem := length_problem(value, f"config key {key}")) is not None:
+            errors.append(problem)
     prefix, _, metric = cfg.monitor.partition(".")
     from tocha.metrics.names import METRIC_NAMES
 
