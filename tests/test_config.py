@@ -139,3 +139,48 @@ def test_ranges_the_libraries_below_would_refuse_later(item, needle):
 def test_edge_values_are_still_accepted():
     cfg = config.load(overrides=["seed=4294967295", "image_size=4096", "out=" + "x" * 255])
     assert cfg.seed == 2**32 - 1 and cfg.image_size == 4096
+
+
+def _yaml_error(tmp_path, text: str) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        config.load(path)
+    return str(info.value)
+
+
+def test_duplicate_yaml_key_names_both_lines(tmp_path):
+    message = _yaml_error(tmp_path, "epochs: 3\nlr: 0.1\nepochs: 4\n")
+    assert "duplicate key 'epochs'" in message and "line 3" in message and "line 1" in message
+
+
+def test_duplicate_nested_yaml_key(tmp_path):
+    message = _yaml_error(tmp_path, "data:\n  name: digits\n  name: imagefolder\n")
+    assert "duplicate key 'name'" in message and "line 3" in message
+
+
+def test_same_key_nested_and_dotted_is_a_duplicate(tmp_path):
+    message = _yaml_error(tmp_path, "data:\n  root: a\ndata.root: b\n")
+    assert "data.root" in message and "twice" in message
+
+
+@pytest.mark.parametrize("text", [
+    "a: &x [1]\nb: *x\n",                                       # any alias
+    "x: &a [*a]\n",                                             # recursive
+    "a: &a ['lol']\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+    "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",  # billion laughs
+    "base: &b {epochs: 2}\nrun:\n  <<: *b\n",                   # merge key
+])
+def test_yaml_aliases_are_refused_quickly(tmp_path, text):
+    message = _yaml_error(tmp_path, text)
+    assert "aliases/anchors are not supported" in message and "c.yaml" in message and "line" in message
+
+
+def test_deeply_nested_yaml_is_a_clear_error(tmp_path):
+    message = _yaml_error(tmp_path, "a: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "c.yaml" in message and "nested" in message
+
+
+def test_huge_yaml_file_is_refused(tmp_path):
+    message = _yaml_error(tmp_path, "# pad\n" * 400_000)
+    assert "c.yaml" in message and "MiB" in message

@@ -253,7 +253,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
     raw: dict[str, tuple[Any, str]] = {}  # dotted key -> (value, where it came from)
     errors: list[UserError] = []
     if path is not None:
-        for key, value in _flatten(_read_yaml(Path(path))).items():
+        for key, value in _flatten(_read_yaml(Path(path)), where=str(path)).items():
             raw[key] = (value, f"in {path}")
     for key, value in _flatten(values or {}).items():
         raw[key] = (value, "option")
@@ -270,21 +270,40 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
     return _build(raw, errors)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; more is the wrong file
+
+
 def _read_yaml(path: Path) -> dict:
     import yaml  # only when a file is given
 
-    if not path.is_file():
-        raise UserError(f"config file '{path}' does not exist", fix="check the path, or pass key=value overrides only")
+    from tocha.paths import require_file
+
+    path = require_file(path, "tocha train CONFIG_FILE", expected="a YAML config file")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"config file '{shown(path)}' is {size / 2**20:.1f} MiB", where="tocha train CONFIG_FILE",
+                        allowed=f"config files up to {MAX_CONFIG_BYTES / 2**20:.0f} MiB",
+                        fix="pass the YAML config file (a few key: value lines), not a data file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"config file '{path}' is not UTF-8 text", fix="pass a YAML file") from None
+    loader = _config_loader()(text)
+    loader.config_path = path
+    try:
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"YAML syntax error: {problem}", where=where,
                         fix="fix the file (YAML uses 'key: value', two-space indentation)") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file '{path}' is not UTF-8 text", fix="pass a YAML file") from None
+    except RecursionError:
+        raise UserError("the YAML is nested too deeply", where=str(path),
+                        fix="a tocha config is a mapping of keys, at most two levels deep (e.g. data: {root: x})"
+                        ) from None
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -293,16 +312,66 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def _config_loader() -> type:
+    """yaml.SafeLoader that refuses duplicate keys and anchors/aliases (built lazily: yaml is imported late).
+
+    Aliases are refused outright rather than counted: a config is a handful of keys, and refusing them
+    is what makes recursive aliases and alias bombs (billion laughs) fail at once instead of blowing
+    up memory or the stack."""
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        config_path: Path = Path("?")
+
+        def _where(self, mark: yaml.Mark) -> str:
+            return f"{self.config_path}, line {mark.line + 1}, column {mark.column + 1}"
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise UserError("YAML aliases/anchors are not supported in tocha configs",
+                                where=self._where(event.start_mark),
+                                fix="write the value out in full where it is needed (no &name or *name)")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, yaml.Mark] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark)
+                    except TypeError:  # an unhashable key: the base class reports it
+                        continue
+                    if first is not key_node.start_mark:
+                        raise UserError(f"duplicate key '{key}' (first on line {first.line + 1})",
+                                        where=self._where(key_node.start_mark),
+                                        fix="keep one of them (YAML would silently use the last)")
+            return super().construct_mapping(node, deep=deep)
+
+    return ConfigLoader
+
+
+def _flatten(tree: dict, prefix: str = "", where: str = "options") -> dict[str, Any]:
     flat: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        if key in flat:
+            raise UserError(f"config key '{key}' is given twice (nested and dotted)", where=where,
+                            fix="keep one of them")
+        flat[key] = value
+
     for key, value in tree.items():
         key = str(key)
         if not prefix and key in SHORTHANDS and not isinstance(value, dict):
-            flat[SHORTHANDS[key]] = value
+            put(SHORTHANDS[key], value)
         elif isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            for k, v in _flatten(value, f"{prefix}{key}.", where).items():
+                put(k, v)
         else:
-            flat[prefix + key] = value
+            put(prefix + key, value)
     return flat
 
 
