@@ -184,3 +184,18 @@ def test_deeply_nested_yaml_is_a_clear_error(tmp_path):
 def test_huge_yaml_file_is_refused(tmp_path):
     message = _yaml_error(tmp_path, "# pad\n" * 400_000)
     assert "c.yaml" in message and "MiB" in message
+
+
+@pytest.mark.parametrize("items, needle", [
+    (["scheduler=cosine", "epochs=2", "warmup_epochs=2"], "as long as the whole run"),
+    (["scheduler=none", "epochs=2", "warmup_epochs=3.5"], "as long as the whole run"),
+    (["scheduler=onecycle", "warmup_epochs=1"], "does nothing with scheduler=onecycle"),
+])
+def test_impossible_warmups_are_refused_at_config_time(items, needle):
+    with pytest.raises(UserError) as info:
+        config.load(overrides=items)
+    assert needle in str(info.value) and "warmup_epochs" in str(info.value)
+
+
+def test_a_warmup_shorter_than_the_run_is_fine():
+    assert config.load(overrides=["scheduler=cosine", "epochs=2", "warmup_epochs=1.5"]).warmup_epochs == 1.5

@@ -552,6 +552,14 @@ def _cross_checks(cfg: TrainConfig) -> list[UserError]:
     if "backbone" in cfg.model.freeze and len(cfg.model.freeze) > 1:
         errors.append(UserError("model.freeze=backbone cannot be combined with module prefixes",
                                 where="config key model.freeze", fix="use backbone alone, or list prefixes only"))
+    if cfg.warmup_epochs and cfg.scheduler == "onecycle":
+        errors.append(UserError("warmup_epochs does nothing with scheduler=onecycle (it has its own warm-up phase)",
+                                where="config keys warmup_epochs, scheduler",
+                                fix="drop warmup_epochs, or use scheduler=cosine (or none, step) with it"))
+    elif cfg.warmup_epochs >= cfg.epochs:
+        errors.append(UserError(f"the warm-up (warmup_epochs={cfg.warmup_epochs:g}) is as long as the whole run or "
+                                f"longer (epochs={cfg.epochs})", where="config keys warmup_epochs, epochs",
+                                fix=f"use warmup_epochs below {cfg.epochs}, or more epochs"))
     if cfg.nesterov and cfg.optimizer == "sgd" and cfg.momentum == 0:
         errors.append(UserError("nesterov=true needs momentum > 0", where="config keys nesterov, momentum",
                                 fix="set momentum=0.9, or nesterov=false"))
