@@ -199,3 +199,7 @@ def test_impossible_warmups_are_refused_at_config_time(items, needle):
 
 def test_a_warmup_shorter_than_the_run_is_fine():
     assert config.load(overrides=["scheduler=cosine", "epochs=2", "warmup_epochs=1.5"]).warmup_epochs == 1.5
+
+
+def test_control_character_in_yaml_is_a_user_error(tmp_path):
+    assert "c.yaml" in _yaml_error(tmp_path, "\x1f")

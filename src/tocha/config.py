@@ -288,9 +288,10 @@ def _read_yaml(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"config file '{path}' is not UTF-8 text", fix="pass a YAML file") from None
-    loader = _config_loader()(text)
-    loader.config_path = path
+    loader = None
     try:
+        loader = _config_loader()(text)  # the reader already refuses control characters here
+        loader.config_path = path
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -303,7 +304,8 @@ def _read_yaml(path: Path) -> dict:
                         fix="a tocha config is a mapping of keys, at most two levels deep (e.g. data: {root: x})"
                         ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
