@@ -519,7 +519,10 @@ def _cross_checks(cfg: TrainConfig) -> list[UserError]:
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         errors.append(UserError("data=imagefolder needs a folder", where="config key data.root",
                                 fix="pass data.root=PATH/TO/FOLDERS (one sub-folder per class)"))
-    from tocha.models import TEXT_MODELS, check_model_name  # imports torchvision only for names outside the registry
+    from tocha.models import (  # imports torchvision only for names outside the registry
+        TEXT_MODELS,
+        check_model_name,
+    )
 
     if cfg.task in TEXT_TASKS:
         if cfg.data.name != "text":

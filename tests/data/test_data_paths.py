@@ -131,7 +131,7 @@ def test_symlink_loop_does_not_multiply_images(tmp_path, fixtures):
     (tmp_path / "cat" / "up").symlink_to("..")
     (tmp_path / "cat" / "again").symlink_to(".")
     (tmp_path / "cat" / "same.png").symlink_to("0.png")
-    paths, labels, _ = list_images(tmp_path, {"cat": 0, "dog": 1})
+    _, labels, _ = list_images(tmp_path, {"cat": 0, "dog": 1})
     assert labels.count(0) == 3 and labels.count(1) == 3
 
 

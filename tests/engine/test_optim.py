@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from tocha.engine.optim import SCHEDULERS, build_optimizer, build_scheduler, check_schedule
+from tocha.engine.optim import (
+    SCHEDULERS,
+    build_optimizer,
+    build_scheduler,
+    check_schedule,
+)
 from tocha.errors import UserError
 
 
