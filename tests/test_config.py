@@ -94,3 +94,112 @@ def test_help_lists_every_key():
     for spec in config.schema():
         assert spec.key in text
     assert "val_fraction" in text and "[auto, fp32, bf16, fp16]" in text
+
+
+FLOAT_KEYS = [s.key for s in config.schema() if s.type_name.split("|")[0] == "float"]
+
+
+def test_there_are_float_keys():
+    assert {"lr", "momentum", "warmup_epochs", "data.val_fraction", "dist.timeout_s"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "Infinity"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_floats_are_refused_naming_their_key(key, value):
+    with pytest.raises(UserError) as info:
+        config.load(overrides=[f"{key}={value}"])
+    message = str(info.value)
+    assert f"config key {key}," in message and "finite" in message
+    others = [k for k in FLOAT_KEYS if k != key and f"config key {k}," in message]
+    assert not others, message
+
+
+def test_non_finite_floats_from_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("momentum: .nan\nwarmup_epochs: .inf\n")
+    with pytest.raises(UserErrors) as info:
+        config.load(path)
+    assert len(info.value.errors) == 2
+    assert "config key momentum" in str(info.value) and "config key warmup_epochs" in str(info.value)
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("seed=4294967296", "< 4294967296"), ("seed=-1", ">= 0"), ("seed=99999999999999999999", "seed"),
+    ("image_size=4097", "<= 4096"), ("image_size=100000000", "image_size"),
+    ("out=" + "x" * 256, "255"), ("out=runs/" + "y" * 300 + "/z", "255"),
+    ("out=" + "/a" * 3000, "4096"),
+])
+def test_ranges_the_libraries_below_would_refuse_later(item, needle):
+    with pytest.raises(UserError) as info:
+        config.load(overrides=[item])
+    message = str(info.value)
+    assert needle in message and item.split("=")[0] in message and len(message) < 600
+
+
+def test_edge_values_are_still_accepted():
+    cfg = config.load(overrides=["seed=4294967295", "image_size=4096", "out=" + "x" * 255])
+    assert cfg.seed == 2**32 - 1 and cfg.image_size == 4096
+
+
+def _yaml_error(tmp_path, text: str) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        config.load(path)
+    return str(info.value)
+
+
+def test_duplicate_yaml_key_names_both_lines(tmp_path):
+    message = _yaml_error(tmp_path, "epochs: 3\nlr: 0.1\nepochs: 4\n")
+    assert "duplicate key 'epochs'" in message and "line 3" in message and "line 1" in message
+
+
+def test_duplicate_nested_yaml_key(tmp_path):
+    message = _yaml_error(tmp_path, "data:\n  name: digits\n  name: imagefolder\n")
+    assert "duplicate key 'name'" in message and "line 3" in message
+
+
+def test_same_key_nested_and_dotted_is_a_duplicate(tmp_path):
+    message = _yaml_error(tmp_path, "data:\n  root: a\ndata.root: b\n")
+    assert "data.root" in message and "twice" in message
+
+
+@pytest.mark.parametrize("text", [
+    "a: &x [1]\nb: *x\n",                                       # any alias
+    "x: &a [*a]\n",                                             # recursive
+    "a: &a ['lol']\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+    "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",  # billion laughs
+    "base: &b {epochs: 2}\nrun:\n  <<: *b\n",                   # merge key
+])
+def test_yaml_aliases_are_refused_quickly(tmp_path, text):
+    message = _yaml_error(tmp_path, text)
+    assert "aliases/anchors are not supported" in message and "c.yaml" in message and "line" in message
+
+
+def test_deeply_nested_yaml_is_a_clear_error(tmp_path):
+    message = _yaml_error(tmp_path, "a: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "c.yaml" in message and "nested" in message
+
+
+def test_huge_yaml_file_is_refused(tmp_path):
+    message = _yaml_error(tmp_path, "# pad\n" * 400_000)
+    assert "c.yaml" in message and "MiB" in message
+
+
+@pytest.mark.parametrize("items, needle", [
+    (["scheduler=cosine", "epochs=2", "warmup_epochs=2"], "as long as the whole run"),
+    (["scheduler=none", "epochs=2", "warmup_epochs=3.5"], "as long as the whole run"),
+    (["scheduler=onecycle", "warmup_epochs=1"], "does nothing with scheduler=onecycle"),
+])
+def test_impossible_warmups_are_refused_at_config_time(items, needle):
+    with pytest.raises(UserError) as info:
+        config.load(overrides=items)
+    assert needle in str(info.value) and "warmup_epochs" in str(info.value)
+
+
+def test_a_warmup_shorter_than_the_run_is_fine():
+    assert config.load(overrides=["scheduler=cosine", "epochs=2", "warmup_epochs=1.5"]).warmup_epochs == 1.5
+
+
+def test_control_character_in_yaml_is_a_user_error(tmp_path):
+    assert "c.yaml" in _yaml_error(tmp_path, "\x1f")

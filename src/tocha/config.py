@@ -8,6 +8,7 @@ because ``tocha train --help`` renders its schema.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,9 +17,14 @@ from typing import Any
 
 from tocha.data import DATASETS, TEXT_DATASETS
 from tocha.errors import UserError, UserErrors, did_you_mean
+from tocha.paths import length_problem, shown
 from tocha.tasks import TASKS
 
 AUTO = "auto"
+# 4096 x 4096 RGB is 48 MiB per uint8 image: beyond it a typo (an extra digit), not a real size.
+MAX_IMAGE_SIZE = 4096
+# Config keys that hold paths: their names must fit the OS limits (checked without touching the files).
+PATH_KEYS = ("out", "data.root", "data.path", "model.weights")
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
@@ -115,7 +121,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     dist: DistConfig = field(default_factory=DistConfig)
-    image_size: int | str = opt(AUTO, "square input size in pixels (auto = the dataset's own)", min=1, auto=True)
+    image_size: int | str = opt(AUTO, "square input size in pixels (auto = the dataset's own)", min=1,
+                                max=MAX_IMAGE_SIZE, auto=True)
     epochs: int = opt(6, "passes over the training split", min=1)
     batch_size: int = opt(128, "global batch: samples per forward pass over all processes together (each of N "
                           "processes takes batch_size/N); an optimizer step sees batch_size x grad_accum_steps", min=1)
@@ -141,7 +148,7 @@ class TrainConfig:
     threads: int | str = opt(AUTO, "CPU threads for torch (auto = the fastest count in a short measurement "
                              "on CPU, every usable core otherwise)", min=1, auto=True)
     compile: bool = opt(False, "torch.compile the model (falls back to eager, with a message, if it fails)")
-    seed: int = opt(0, "random seed for splits, initialisation and data order", min=0)
+    seed: int = opt(0, "random seed for splits, initialisation and data order", min=0, max=2**32, max_open=True)
     deterministic: bool = opt(False, "use deterministic algorithms (slower on CUDA)")
     monitor: str = opt("val.accuracy", "metric that picks the best checkpoint, e.g. val.accuracy, val.loss, val.f1_macro")
     mode: str = opt(AUTO, "whether the monitored metric should go up or down (auto: min for losses)",
@@ -245,7 +252,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
     raw: dict[str, tuple[Any, str]] = {}  # dotted key -> (value, where it came from)
     errors: list[UserError] = []
     if path is not None:
-        for key, value in _flatten(_read_yaml(Path(path))).items():
+        for key, value in _flatten(_read_yaml(Path(path)), where=str(path)).items():
             raw[key] = (value, f"in {path}")
     for key, value in _flatten(values or {}).items():
         raw[key] = (value, "option")
@@ -262,21 +269,42 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
     return _build(raw, errors)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; more is the wrong file
+
+
 def _read_yaml(path: Path) -> dict:
     import yaml  # only when a file is given
 
-    if not path.is_file():
-        raise UserError(f"config file '{path}' does not exist", fix="check the path, or pass key=value overrides only")
+    from tocha.paths import require_file
+
+    path = require_file(path, "tocha train CONFIG_FILE", expected="a YAML config file")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"config file '{shown(path)}' is {size / 2**20:.1f} MiB", where="tocha train CONFIG_FILE",
+                        allowed=f"config files up to {MAX_CONFIG_BYTES / 2**20:.0f} MiB",
+                        fix="pass the YAML config file (a few key: value lines), not a data file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"config file '{path}' is not UTF-8 text", fix="pass a YAML file") from None
+    loader = None
+    try:
+        loader = _config_loader()(text)  # the reader already refuses control characters here
+        loader.config_path = path
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"YAML syntax error: {problem}", where=where,
                         fix="fix the file (YAML uses 'key: value', two-space indentation)") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file '{path}' is not UTF-8 text", fix="pass a YAML file") from None
+    except RecursionError:
+        raise UserError("the YAML is nested too deeply", where=str(path),
+                        fix="a tocha config is a mapping of keys, at most two levels deep (e.g. data: {root: x})"
+                        ) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -285,16 +313,66 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def _config_loader() -> type:
+    """yaml.SafeLoader that refuses duplicate keys and anchors/aliases (built lazily: yaml is imported late).
+
+    Aliases are refused outright rather than counted: a config is a handful of keys, and refusing them
+    is what makes recursive aliases and alias bombs (billion laughs) fail at once instead of blowing
+    up memory or the stack."""
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        config_path: Path = Path("?")
+
+        def _where(self, mark: yaml.Mark) -> str:
+            return f"{self.config_path}, line {mark.line + 1}, column {mark.column + 1}"
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise UserError("YAML aliases/anchors are not supported in tocha configs",
+                                where=self._where(event.start_mark),
+                                fix="write the value out in full where it is needed (no &name or *name)")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, yaml.Mark] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark)
+                    except TypeError:  # an unhashable key: the base class reports it
+                        continue
+                    if first is not key_node.start_mark:
+                        raise UserError(f"duplicate key '{key}' (first on line {first.line + 1})",
+                                        where=self._where(key_node.start_mark),
+                                        fix="keep one of them (YAML would silently use the last)")
+            return super().construct_mapping(node, deep=deep)
+
+    return ConfigLoader
+
+
+def _flatten(tree: dict, prefix: str = "", where: str = "options") -> dict[str, Any]:
     flat: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        if key in flat:
+            raise UserError(f"config key '{key}' is given twice (nested and dotted)", where=where,
+                            fix="keep one of them")
+        flat[key] = value
+
     for key, value in tree.items():
         key = str(key)
         if not prefix and key in SHORTHANDS and not isinstance(value, dict):
-            flat[SHORTHANDS[key]] = value
+            put(SHORTHANDS[key], value)
         elif isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            for k, v in _flatten(value, f"{prefix}{key}.", where).items():
+                put(k, v)
         else:
-            flat[prefix + key] = value
+            put(prefix + key, value)
     return flat
 
 
@@ -305,7 +383,7 @@ def _build(raw: dict[str, tuple[Any, str]], errors: list[UserError]) -> TrainCon
     for key, (value, source) in raw.items():
         spec = specs.get(key)
         if spec is None:
-            hint = did_you_mean(key, specs) or "run 'tocha train --help' for the list of keys."
+            hint = did_you_mean(key, [*specs, *SHORTHANDS]) or "run 'tocha train --help' for the list of keys."
             errors.append(UserError(f"unknown config key '{key}'", where=source, fix=hint))
             continue
         try:
@@ -345,7 +423,7 @@ def _coerce(spec: KeySpec, value: Any) -> Any:
         raise UserError("value must not be empty", allowed=spec.type_name)
     if spec.meta.get("auto") and text is not None and text.lower() == AUTO:
         return AUTO
-    bad = UserError(f"'{value}' is not a valid {spec.type_name}", allowed=_allowed(spec))
+    bad = UserError(f"'{shown(value)}' is not a valid {spec.type_name}", allowed=_allowed(spec))
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -356,9 +434,13 @@ def _coerce(spec: KeySpec, value: Any) -> Any:
         if isinstance(value, bool) or (base is int and isinstance(value, float) and not value.is_integer()):
             raise bad
         try:
-            return base(value) if text is None else base(text)
-        except (TypeError, ValueError):
+            number = base(value) if text is None else base(text)
+        except (TypeError, ValueError, OverflowError):
             raise bad from None
+        if base is float and not math.isfinite(number):
+            raise UserError(f"{number} is not a finite number", allowed=_allowed(spec),
+                            fix="give a finite number (nan and inf are not allowed)")
+        return number
     if base is str:
         if isinstance(value, (dict, list)):
             raise bad
@@ -451,6 +533,11 @@ def _task_checks(cfg: TrainConfig) -> list[UserError]:
 
 def _cross_checks(cfg: TrainConfig) -> list[UserError]:
     errors = []
+    for key in PATH_KEYS:
+        head, _, tail = key.rpartition(".")
+        value = getattr(getattr(cfg, head) if head else cfg, tail)
+        if isinstance(value, str) and (problem := length_problem(value, f"config key {key}")) is not None:
+            errors.append(problem)
     prefix, _, metric = cfg.monitor.partition(".")
     produced = TASKS[cfg.task].metrics(cfg)
     if prefix not in ("val", "train") or metric not in (produced if prefix == "val" else ("loss", "accuracy")):
@@ -484,6 +571,14 @@ def _cross_checks(cfg: TrainConfig) -> list[UserError]:
     if "backbone" in cfg.model.freeze and len(cfg.model.freeze) > 1:
         errors.append(UserError("model.freeze=backbone cannot be combined with module prefixes",
                                 where="config key model.freeze", fix="use backbone alone, or list prefixes only"))
+    if cfg.warmup_epochs and cfg.scheduler == "onecycle":
+        errors.append(UserError("warmup_epochs does nothing with scheduler=onecycle (it has its own warm-up phase)",
+                                where="config keys warmup_epochs, scheduler",
+                                fix="drop warmup_epochs, or use scheduler=cosine (or none, step) with it"))
+    elif cfg.warmup_epochs >= cfg.epochs:
+        errors.append(UserError(f"the warm-up (warmup_epochs={cfg.warmup_epochs:g}) is as long as the whole run or "
+                                f"longer (epochs={cfg.epochs})", where="config keys warmup_epochs, epochs",
+                                fix=f"use warmup_epochs below {cfg.epochs}, or more epochs"))
     if cfg.nesterov and cfg.optimizer == "sgd" and cfg.momentum == 0:
         errors.append(UserError("nesterov=true needs momentum > 0", where="config keys nesterov, momentum",
                                 fix="set momentum=0.9, or nesterov=false"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from tocha.data.idx import read_idx
 from tocha.data.images import image_splits
 from tocha.data.types import DataSplits, Split
 from tocha.errors import UserError
+from tocha.paths import require_dir
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -90,6 +92,8 @@ def _pair(images_path: Path, labels_path: Path) -> Split:
 def load(*, root: str | None = None, val_fraction: float = 0.2, seed: int = 0,
          image_size: int | None = None, channels: str | int = "auto", download: bool = False) -> DataSplits:
     """Fashion-MNIST: 60,000 train (minus val) and 10,000 test images, uint8 [N,1,28,28]."""
+    if root is not None and os.path.lexists(root):  # a missing root gets the list of places searched
+        require_dir(root, "config key data.root", expected="a folder that holds the Fashion-MNIST IDX files")
     files = find_files(root)
     notes: tuple[str, ...] = ()
     if files is None:

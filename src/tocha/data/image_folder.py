@@ -16,6 +16,7 @@ from tocha.data.images import check_image_size, parse_channels
 from tocha.data.splits import can_stratify, channel_stats, split_off, stratified_split
 from tocha.data.types import DataSplits, Split
 from tocha.errors import UserError
+from tocha.paths import require_dir
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +83,59 @@ class ImageFiles(Dataset):
 
 def find_classes(folder: Path) -> list[str]:
     """Sorted names of the non-hidden sub-folders: the class names, in label order."""
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    except OSError as err:
+        raise UserError(f"folder '{folder}' cannot be read ({err.strerror or err})", where="config key data.root",
+                        fix="make it readable (chmod -R u+rX), or pass another folder") from None
+
+
+def _links_to_ancestor(path: str, parent_real: str) -> bool:
+    """Whether `path` is a link to its own folder or to one above it (a loop when followed)."""
+    if not os.path.islink(path):
+        return False
+    target = os.path.realpath(path)
+    return os.path.commonpath([target, parent_real]) == target
 
 
 def list_images(folder: Path, class_to_idx: dict[str, int]) -> tuple[list[str], list[int], int]:
-    """(paths, labels, other_files): images under each class folder (recursively), sorted."""
+    """(paths, labels, other_files): images under each class folder (recursively), sorted.
+
+    Symbolic links to folders are followed, but never to a folder above the link (`cat/up -> ..`
+    would otherwise list every image again, forever) nor into one already walked for that class; a file reached twice through
+    links counts once; hidden sub-folders are skipped, as hidden class folders are. A folder that
+    cannot be read is an error naming it (os.walk would silently leave it out)."""
     paths, labels, other = [], [], 0
+
+    def unreadable(err: OSError) -> None:
+        raise UserError(f"folder '{err.filename}' cannot be read ({err.strerror or err})", where="config key data.root",
+                        fix="make it readable (chmod -R u+rX), or move it out of the image folder")
+
     for name, index in class_to_idx.items():
         base = folder / name
         if not base.is_dir():
             continue
-        for dirpath, dirnames, filenames in sorted(os.walk(base, followlinks=True)):
-            dirnames.sort()
+        walked: set[str] = set()
+        listing = []
+        for dirpath, dirnames, filenames in os.walk(base, followlinks=True, onerror=unreadable):
+            real = os.path.realpath(dirpath)
+            if real in walked:  # a link back to an ancestor or to a folder already listed
+                dirnames[:] = []
+                continue
+            walked.add(real)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and not _links_to_ancestor(os.path.join(dirpath, d), real))
+            listing.append((dirpath, filenames))
+        seen_files: set[str] = set()
+        for dirpath, filenames in sorted(listing):
             for f in sorted(filenames):
                 if f.lower().endswith(IMG_EXTENSIONS):
-                    paths.append(os.path.join(dirpath, f))
+                    path = os.path.join(dirpath, f)
+                    target = os.path.realpath(path)
+                    if target in seen_files:
+                        continue
+                    seen_files.add(target)
+                    paths.append(path)
                     labels.append(index)
                 elif not f.startswith("."):
                     other += 1
@@ -142,14 +181,7 @@ def _check_args(root: str | None, on_bad_file: str) -> Path:
     if not root:
         raise UserError("data=imagefolder needs a folder", where="config key data.root",
                         fix="pass data.root=PATH/TO/FOLDERS (one sub-folder per class)")
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise UserError(f"image folder '{path}' does not exist", where="config key data.root",
-                        fix="check the path; it should hold one sub-folder per class")
-    if not path.is_dir():
-        raise UserError(f"'{path}' is a file, not a folder", where="config key data.root",
-                        fix="point data.root at a folder that holds one sub-folder per class")
-    return path
+    return require_dir(root, "config key data.root", expected="a folder that holds one sub-folder per class")
 
 
 def load(*, root: str | None, val_fraction: float = 0.2, seed: int = 0, image_size: int | None = None,

@@ -21,6 +21,7 @@ import torch
 
 from tocha.engine.batches import epoch_order
 from tocha.errors import UserError
+from tocha.paths import require_file_or_dir
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 UNKNOWN = "\ufffd"           # the vocabulary's slot 0: characters the training split never showed
@@ -85,22 +86,29 @@ def corpus_files(path: str | None) -> tuple[list[Path], str]:
                             where="config key data.path",
                             fix="pass data.path=FILE_OR_FOLDER with UTF-8 text, or install it: apt-get install fortunes")
         return files, f"{FORTUNES_DIR} (Debian package fortunes, {len(files)} files)"
-    root = Path(path)
+    root = require_file_or_dir(path, "config key data.path", expected="a UTF-8 text file or a folder of them")
     if root.is_file():
         return [root], str(root)
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise UserError(f"folder '{path}' holds no files", where="config key data.path",
-                            fix="point data.path at a UTF-8 text file or a folder of them")
-        return files, f"{root} ({len(files)} files)"
-    raise UserError(f"text path '{path}' does not exist", where="config key data.path",
-                    fix="pass data.path=FILE_OR_FOLDER with UTF-8 text")
+    try:
+        # Hidden files and everything under hidden folders (.git, .cache) are not part of the corpus.
+        files = sorted(p for p in root.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    except OSError as err:
+        raise UserError(f"cannot list '{err.filename or root}' ({err.strerror or err})", where="config key data.path",
+                        fix="make the folder readable (chmod -R u+rX), or pass another one") from None
+    if not files:
+        raise UserError(f"folder '{path}' holds no files", where="config key data.path",
+                        fix="point data.path at a UTF-8 text file or a folder of them")
+    return files, f"{root} ({len(files)} files)"
 
 
 def read_text(file: Path) -> str:
     """A UTF-8 text file; a binary or non-UTF-8 file is a user error naming it."""
-    raw = file.read_bytes()
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read '{file}' ({err.strerror or err})", where="config key data.path",
+                        fix="make it readable (chmod +r), or move it out of the corpus folder") from None
     if b"\x00" in raw[:1 << 20]:
         raise UserError(f"'{file}' looks binary (it contains NUL bytes), not text", where="config key data.path",
                         fix="pass UTF-8 text files only (in a folder, remove or move the binary files)")

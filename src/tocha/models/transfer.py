@@ -38,7 +38,10 @@ def head_name(model: nn.Module, *, required: bool = True) -> str | None:
 
 def resolve_weights_path(path: str | Path) -> tuple[Path, dict | None]:
     """(weights file, the run's meta.json or None): a run folder stands for its best checkpoint."""
-    path = Path(path)
+    from tocha.paths import require_file_or_dir
+
+    path = require_file_or_dir(path, "config key model.weights",
+                               expected="a weights file (.pt, .pth, .safetensors) or a tocha run folder")
     if path.is_dir():
         from tocha import runfolder as rf
 
