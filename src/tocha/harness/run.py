@@ -26,7 +26,7 @@ from tocha.engine import distributed, resume
 from tocha.engine.checkpoint import load_weights, save_weights, write_text_atomic
 from tocha.engine.distributed import DistInfo
 from tocha.engine.loop import Cadence, Driver, Hooks, LoopResult, Selection
-from tocha.engine.optim import build_optimizer, build_scheduler
+from tocha.engine.optim import build_optimizer, build_scheduler, check_schedule
 from tocha.engine.progress import Progress
 from tocha.engine.state import LoopState
 from tocha.engine.step import Stepper
@@ -89,6 +89,7 @@ class TrainingRun:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.slow_input_warned = False
         self.lock: rf.RunLock | None = None
+        self.schedule_notes: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ setup
     def run(self, model: nn.Module | None, data) -> FitResult:
@@ -106,7 +107,10 @@ class TrainingRun:
                                     backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, dist=dist)
         built = self.task.build(cfg, placement, data=data, model=model)
         steps_per_epoch = math.ceil(len(built.batches["train"]) / cfg.grad_accum_steps)
-        check_schedule(cfg, steps_per_epoch)  # before the run folder exists: a run that cannot start leaves none
+        # Checked with the real step count before the run folder exists: a run that cannot start leaves none.
+        self.schedule_notes = check_schedule(cfg.scheduler, cfg.epochs * steps_per_epoch,
+                                             round(cfg.warmup_epochs * steps_per_epoch),
+                                             steps_per_epoch=steps_per_epoch, step_epochs=cfg.step_epochs)
         out, loaded = scale.from_rank0(dist, lambda: self.open_run_folder(built)) if self.writes_run else (None, None)
         self.run_dir = Path(out) if out is not None and dist.is_main else None
         built.placement, step_model, speed_notes = self.tune(built)
@@ -171,6 +175,7 @@ class TrainingRun:
                          f"rank 0 of {self.dist.world_size} writes; collectives time out after "
                          f"{cfg.dist.timeout_s:g} s)")
         lines.append(scale.batch_rule(cfg.batch_size, cfg.grad_accum_steps, resolved.lr, self.dist.world_size))
+        lines += [f"schedule   {note}" for note in self.schedule_notes]
         lines += [line for line in built.lines if line.startswith("model ")]
         if self.run_dir is not None:
             lines.append(f"run folder {self.run_dir}")
@@ -328,16 +333,6 @@ class TrainingRun:
         kwargs = {"test_metrics": None, "val_metrics": None, **report}
         self.write(lambda: write_report(self.run_dir, title=title, summary=summary, config_text=dump_yaml(resolved),
                                         history=list(result.history), **kwargs), rf.REPORT)
-
-
-def check_schedule(cfg: TrainConfig, steps_per_epoch: int) -> None:
-    """Every schedule checked with the real step count, before anything is written."""
-    from tocha.engine import optim
-
-    check = getattr(optim, "check_schedule", None)
-    if check is not None:
-        check(cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
-              warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), steps_per_epoch=steps_per_epoch)
 
 
 def find_resume_point(run_dir: Path) -> resume.Loaded | None:
