@@ -32,8 +32,18 @@ def build(run: Path, out: Path, calib: torch.Tensor, prune: float, finetune_epoc
     fp32 = export_run(run, "onnx", out=out / "fp32.onnx", overwrite=True, samples=100_000).path
     quantize_onnx(fp32, out / "int8.onnx", dynamic=False, calibration=calib)
     quantize_onnx(fp32, out / "int8-all.onnx", dynamic=False, calibration=calib, keep_edges=False)
-    prune_and_finetune(run, out / "pruned-run", ratio=prune, method="channels", target="macs", scope="uniform",
-                       rounds=1, epochs=finetune_epochs, lr=None, echo=print)
+    prune_and_finetune(
+        run,
+        out / "pruned-run",
+        ratio=prune,
+        method="channels",
+        target="macs",
+        scope="uniform",
+        rounds=1,
+        epochs=finetune_epochs,
+        lr=None,
+        echo=print,
+    )
     pruned = export_run(out / "pruned-run", "onnx", out=out / "pruned.onnx", overwrite=True, samples=100_000).path
     quantize_onnx(pruned, out / "pruned-int8.onnx", dynamic=False, calibration=calib)
 
@@ -48,8 +58,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5, help="timed calls per artifact per round (default 5)")
     parser.add_argument("--out", default=None, help="folder for the artifacts (default RUN/bench-compress)")
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--reuse", action="store_true",
-                        help="time the artifacts already in --out instead of building them again")
+    parser.add_argument(
+        "--reuse", action="store_true", help="time the artifacts already in --out instead of building them again"
+    )
     args = parser.parse_args()
 
     from tocha import runfolder as rf
@@ -62,7 +73,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = rf.read_json(run / rf.META)
     calib = DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(
-        load_split(run, "train").head(512))
+        load_split(run, "train").head(512)
+    )
 
     t0 = time.perf_counter()
     if not args.reuse:
@@ -72,12 +84,19 @@ def main() -> None:
     names = ["fp32", "int8", "int8-all", "pruned", "pruned-int8"]
     arts = {n: measure.open_artifact(str(out / f"{n}.onnx")) for n in names}
     x_test, y_test = measure.test_data(arts["fp32"].meta)
-    logits = {n: np.concatenate([a.predict(x_test[i:i + 256]) for i in range(0, len(x_test), 256)])
-              for n, a in arts.items()}
-    results = {n: {"accuracy": float((logits[n].argmax(1) == y_test.numpy()).mean()),
-                   "top1_agreement_with_fp32": float((logits[n].argmax(1) == logits["fp32"].argmax(1)).mean()),
-                   "megabytes": arts[n].bytes / 2**20, "macs": arts[n].macs, "params": arts[n].params}
-               for n in names}
+    logits = {
+        n: np.concatenate([a.predict(x_test[i : i + 256]) for i in range(0, len(x_test), 256)]) for n, a in arts.items()
+    }
+    results = {
+        n: {
+            "accuracy": float((logits[n].argmax(1) == y_test.numpy()).mean()),
+            "top1_agreement_with_fp32": float((logits[n].argmax(1) == logits["fp32"].argmax(1)).mean()),
+            "megabytes": arts[n].bytes / 2**20,
+            "macs": arts[n].macs,
+            "params": arts[n].params,
+        }
+        for n in names
+    }
     c, s = meta["in_channels"], meta["image_size"]
     for b in [int(v) for v in args.batches.split(",")]:
         x = torch.randn(b, c, s, s)
@@ -86,7 +105,7 @@ def main() -> None:
             for _ in range(5):
                 a.predict(x)  # warm-up
         for r in range(args.rounds):
-            for n in (names if r % 2 == 0 else names[::-1]):
+            for n in names if r % 2 == 0 else names[::-1]:
                 for _ in range(args.calls):
                     t = time.perf_counter()
                     arts[n].predict(x)
@@ -101,16 +120,22 @@ def main() -> None:
     print(header)
     for n in names:
         r = results[n]
-        line = (f"{n:<12} {r['accuracy']:>8.4f} {r['top1_agreement_with_fp32']:>7.2%} {r['megabytes']:>7.2f} "
-                f"{r['macs'] or 0:>12,}")
+        line = (
+            f"{n:<12} {r['accuracy']:>8.4f} {r['top1_agreement_with_fp32']:>7.2%} {r['megabytes']:>7.2f} "
+            f"{r['macs'] or 0:>12,}"
+        )
         for b in args.batches.split(","):
             line += f" {r['p50_ms_batch' + b]:>9.3f} {base['p50_ms_batch' + b] / r['p50_ms_batch' + b]:>5.2f}x"
         print(line)
     for n in names[1:]:
-        print(f"{n}: {base['megabytes'] / results[n]['megabytes']:.2f}x smaller, accuracy "
-              f"{(results[n]['accuracy'] - base['accuracy']) * 100:+.2f} points vs fp32")
-    print(f"model {meta['model']['name']}, {len(y_test)} test images, threads {torch.get_num_threads()}"
-          + ("" if args.reuse else f", artifacts built in {build_seconds:.0f} s"))
+        print(
+            f"{n}: {base['megabytes'] / results[n]['megabytes']:.2f}x smaller, accuracy "
+            f"{(results[n]['accuracy'] - base['accuracy']) * 100:+.2f} points vs fp32"
+        )
+    print(
+        f"model {meta['model']['name']}, {len(y_test)} test images, threads {torch.get_num_threads()}"
+        + ("" if args.reuse else f", artifacts built in {build_seconds:.0f} s")
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"run": str(run), "results": results}, indent=2))
 

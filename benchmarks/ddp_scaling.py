@@ -26,22 +26,42 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SETUPS = [("1 process, 2 threads", [], ["threads=2"]), ("1 process, 1 thread", [], ["threads=1"]),
-          ("2 processes x 1 thread", ["--nproc", "2"], ["threads=1"])]
-WORKLOADS = {"mlp": [str(ROOT / "configs/fashion_mnist_mlp.yaml")],
-             "cnn": [str(ROOT / "configs/fashion_mnist_cnn.yaml")]}
+SETUPS = [
+    ("1 process, 2 threads", [], ["threads=2"]),
+    ("1 process, 1 thread", [], ["threads=1"]),
+    ("2 processes x 1 thread", ["--nproc", "2"], ["threads=1"]),
+]
+WORKLOADS = {
+    "mlp": [str(ROOT / "configs/fashion_mnist_mlp.yaml")],
+    "cnn": [str(ROOT / "configs/fashion_mnist_cnn.yaml")],
+}
 
 
 def one_run(workload: str, flags: list[str], keys: list[str], folder: Path) -> dict:
     out = folder / f"run-{time.monotonic_ns()}"
-    command = [sys.executable, "-m", "tocha", "train", *flags, *WORKLOADS[workload], "epochs=1",
-               "log.tensorboard=false", "log.progress=false", *keys, f"out={out}"]
+    command = [
+        sys.executable,
+        "-m",
+        "tocha",
+        "train",
+        *flags,
+        *WORKLOADS[workload],
+        "epochs=1",
+        "log.tensorboard=false",
+        "log.progress=false",
+        *keys,
+        f"out={out}",
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
     summary = json.loads((out / "summary.json").read_text())
-    return {"samples_per_second": summary["train_samples_per_second"], "train_seconds": summary["train_seconds"],
-            "wall_seconds": wall, "test_accuracy": summary["test"]["test.accuracy"]}
+    return {
+        "samples_per_second": summary["train_samples_per_second"],
+        "train_seconds": summary["train_seconds"],
+        "wall_seconds": wall,
+        "test_accuracy": summary["test"]["test.accuracy"],
+    }
 
 
 def scaling(repeats: int) -> None:
@@ -49,7 +69,7 @@ def scaling(repeats: int) -> None:
         for workload in WORKLOADS:
             results: dict[str, list[dict]] = {name: [] for name, _, _ in SETUPS}
             for r in range(repeats):
-                order = SETUPS[r % len(SETUPS):] + SETUPS[:r % len(SETUPS)]  # rotate: no setup always goes first
+                order = SETUPS[r % len(SETUPS) :] + SETUPS[: r % len(SETUPS)]  # rotate: no setup always goes first
                 for name, flags, keys in order:
                     results[name].append(one_run(workload, flags, keys, Path(tmp)))
             base = statistics.median(x["samples_per_second"] for x in results[SETUPS[0][0]])
@@ -58,10 +78,13 @@ def scaling(repeats: int) -> None:
             print("|---|---|---|---|---|---|")
             for name, rows in results.items():
                 sps = statistics.median(x["samples_per_second"] for x in rows)
-                print(f"| {name} | {sps:,.0f} | {sps / base:.2f}x | "
-                      f"{statistics.median(x['train_seconds'] for x in rows):.1f} | "
-                      f"{statistics.median(x['wall_seconds'] for x in rows):.1f} | "
-                      f"{statistics.median(x['test_accuracy'] for x in rows):.4f} |", flush=True)
+                print(
+                    f"| {name} | {sps:,.0f} | {sps / base:.2f}x | "
+                    f"{statistics.median(x['train_seconds'] for x in rows):.1f} | "
+                    f"{statistics.median(x['wall_seconds'] for x in rows):.1f} | "
+                    f"{statistics.median(x['test_accuracy'] for x in rows):.4f} |",
+                    flush=True,
+                )
 
 
 def overhead(device_name: str, steps: int, repeats: int) -> None:
@@ -85,8 +108,10 @@ def overhead(device_name: str, steps: int, repeats: int) -> None:
     spec = ModelSpec("cnn", 1, 10, 28, (32,), 16, 0.0)
     # channels_last, as tocha trains conv nets (the faster layout on CPU and GPU).
     plain = build_model(spec).to(device, memory_format=torch.channels_last)
-    wrapped = DistributedDataParallel(build_model(spec).to(device, memory_format=torch.channels_last),
-                                      device_ids=[device.index or 0] if device.type == "cuda" else None)
+    wrapped = DistributedDataParallel(
+        build_model(spec).to(device, memory_format=torch.channels_last),
+        device_ids=[device.index or 0] if device.type == "cuda" else None,
+    )
     x = torch.randn(128, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,), device=device)
 
@@ -109,16 +134,20 @@ def overhead(device_name: str, steps: int, repeats: int) -> None:
     # Many short blocks, alternating: a machine whose load drifts affects both alike.
     times: dict[str, list[float]] = {"plain": [], "ddp": []}
     for r in range(repeats):
-        for name in (("plain", "ddp") if r % 2 == 0 else ("ddp", "plain")):
+        for name in ("plain", "ddp") if r % 2 == 0 else ("ddp", "plain"):
             times[name].append(time_steps(plain if name == "plain" else wrapped, steps))
     p, d = statistics.median(times["plain"]), statistics.median(times["ddp"])
     q = lambda v: statistics.quantiles(v, n=4)  # noqa: E731 - quartiles, for the spread
-    print(f"\nDDP wrapper on one process, {device}, default CNN, batch 128, {repeats} blocks of {steps} steps "
-          f"each (torch threads {torch.get_num_threads()}):")
-    print(f"plain {p:.2f} ms/step (quartiles {q(times['plain'])[0]:.2f}-{q(times['plain'])[2]:.2f}), "
-          f"DDP {d:.2f} ms/step (quartiles {q(times['ddp'])[0]:.2f}-{q(times['ddp'])[2]:.2f}): "
-          f"overhead {100 * (d / p - 1):+.1f}% (median of per-block ratios "
-          f"{100 * (statistics.median(b / a for a, b in zip(times['plain'], times['ddp'])) - 1):+.1f}%)")
+    print(
+        f"\nDDP wrapper on one process, {device}, default CNN, batch 128, {repeats} blocks of {steps} steps "
+        f"each (torch threads {torch.get_num_threads()}):"
+    )
+    print(
+        f"plain {p:.2f} ms/step (quartiles {q(times['plain'])[0]:.2f}-{q(times['plain'])[2]:.2f}), "
+        f"DDP {d:.2f} ms/step (quartiles {q(times['ddp'])[0]:.2f}-{q(times['ddp'])[2]:.2f}): "
+        f"overhead {100 * (d / p - 1):+.1f}% (median of per-block ratios "
+        f"{100 * (statistics.median(b / a for a, b in zip(times['plain'], times['ddp'])) - 1):+.1f}%)"
+    )
     tdist.destroy_process_group()
 
 

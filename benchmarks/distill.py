@@ -32,12 +32,17 @@ def main() -> None:
     from tocha import config
     from tocha import runfolder as rf
     from tocha.harness import train
-    from tocha.tasks import create
     from tocha.recipes.distill import Teacher, load_teacher
+    from tocha.tasks import create
 
     teacher_cfg = config.to_dict(config.load(Path(args.teacher) / rf.CONFIG))
-    base = [f"data={teacher_cfg['data']['name']}", f"epochs={args.epochs}", "log.progress=false",
-            "log.tensorboard=false", *args.student]
+    base = [
+        f"data={teacher_cfg['data']['name']}",
+        f"epochs={args.epochs}",
+        "log.progress=false",
+        "log.tensorboard=false",
+        *args.student,
+    ]
     results: dict[str, list[float]] = {"alone": [], "distilled": []}
     seconds: dict[str, list[float]] = {"alone": [], "distilled": []}
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -51,14 +56,20 @@ def main() -> None:
             result = train(cfg, task=create("classify", teacher=teacher))
             seconds[kind].append(time.perf_counter() - t)
             results[kind].append(result.test.accuracy)
-            print(f"seed {seed} {kind:<9} test accuracy {result.test.accuracy:.4f} ({seconds[kind][-1]:.0f} s)",
-                  flush=True)
+            print(
+                f"seed {seed} {kind:<9} test accuracy {result.test.accuracy:.4f} ({seconds[kind][-1]:.0f} s)",
+                flush=True,
+            )
     for kind, accs in results.items():
-        print(f"{kind:<9} mean {statistics.mean(accs):.4f}  spread {max(accs) - min(accs):.4f}  "
-              f"({len(accs)} seeds, {statistics.mean(seconds[kind]):.0f} s each)")
+        print(
+            f"{kind:<9} mean {statistics.mean(accs):.4f}  spread {max(accs) - min(accs):.4f}  "
+            f"({len(accs)} seeds, {statistics.mean(seconds[kind]):.0f} s each)"
+        )
     gain = (statistics.mean(results["distilled"]) - statistics.mean(results["alone"])) * 100
-    print(f"distillation gain: {gain:+.2f} points (student {' '.join(args.student)}, {args.epochs} epochs, "
-          f"T={args.temperature:g}, alpha={args.alpha:g})")
+    print(
+        f"distillation gain: {gain:+.2f} points (student {' '.join(args.student)}, {args.epochs} epochs, "
+        f"T={args.temperature:g}, alpha={args.alpha:g})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "seconds": seconds, "gain_points": gain}))
 

@@ -76,8 +76,9 @@ def sklearn_rmse(data, hidden: tuple[int, ...], seed: int, options: dict) -> flo
     return regression_metrics(data.to_original(data.test.y), pred).rmse
 
 
-def torch_rmse(data, hidden: tuple[int, ...], seed: int, *, epochs: int, lr: float, batch_size: int,
-               weight_decay: float) -> tuple[float, float, int]:
+def torch_rmse(
+    data, hidden: tuple[int, ...], seed: int, *, epochs: int, lr: float, batch_size: int, weight_decay: float
+) -> tuple[float, float, int]:
     """(test RMSE, val RMSE, best epoch), RMSEs in target units: ReLU MLP, MSE, AdamW, the best-val epoch kept."""
     import torch
     from torch import nn
@@ -111,11 +112,12 @@ def torch_rmse(data, hidden: tuple[int, ...], seed: int, *, epochs: int, lr: flo
     model.load_state_dict(best_state)
     with torch.no_grad():
         pred = data.to_original(model(data.test.x).squeeze(1))
-    val_rmse = best_val ** 0.5 * data.target_std
+    val_rmse = best_val**0.5 * data.target_std
     return regression_metrics(data.to_original(data.test.y), pred).rmse, val_rmse, best_epoch
 
 
 # --- tocha itself: enable with --tocha once the regress task lands ------------------------------------
+
 
 def run_tocha(csv_path: Path, target: str, seed: int, out: Path, extra: list[str] | None = None) -> float:
     """Test RMSE of `tocha train task=regress` on the same CSV and seed, read from out/summary.json.
@@ -123,9 +125,22 @@ def run_tocha(csv_path: Path, target: str, seed: int, out: Path, extra: list[str
     The key names below (task=regress, data=csv, data.path, data.target, test.rmse in the summary)
     are the ones planned for the regress task; adjust them here if the task lands with others.
     """
-    cmd = [sys.executable, "-m", "tocha.cli", "train", "task=regress", "data=csv", f"data.path={csv_path}",
-           f"data.target={target}", f"data.val_fraction={VAL_FRACTION}", f"seed={seed}", f"out={out}",
-           "log.progress=false", "log.tensorboard=false", *(extra or [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tocha.cli",
+        "train",
+        "task=regress",
+        "data=csv",
+        f"data.path={csv_path}",
+        f"data.target={target}",
+        f"data.val_fraction={VAL_FRACTION}",
+        f"seed={seed}",
+        f"out={out}",
+        "log.progress=false",
+        "log.tensorboard=false",
+        *(extra or []),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"tocha train failed (exit {done.returncode}):\n{' '.join(cmd)}\n{done.stderr[-2000:]}")
@@ -160,10 +175,19 @@ def main() -> None:
     torch.set_num_threads(1)  # tiny matrices: more threads only add overhead (and the CPU is shared)
     seeds = [int(s) for s in args.seeds.split(",")]
     hidden = tuple(int(h) for h in args.hidden.split(","))
-    settings = {"hidden": list(hidden), "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                "weight_decay": args.weight_decay, "sklearn": SKLEARN_MODES}
-    results: dict[str, list[float]] = {**{name: [] for name in SKLEARN_MODES}, "torch": [],
-                                       **({"tocha": []} if args.tocha else {})}
+    settings = {
+        "hidden": list(hidden),
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "weight_decay": args.weight_decay,
+        "sklearn": SKLEARN_MODES,
+    }
+    results: dict[str, list[float]] = {
+        **{name: [] for name in SKLEARN_MODES},
+        "torch": [],
+        **({"tocha": []} if args.tocha else {}),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = write_diabetes_csv(Path(tmp) / "diabetes.csv")
         for seed in seeds:
@@ -171,18 +195,26 @@ def main() -> None:
             for name, options in SKLEARN_MODES.items():
                 results[name].append(sklearn_rmse(data, hidden, seed, options))
             t = time.perf_counter()
-            rmse, _, best_epoch = torch_rmse(data, hidden, seed, epochs=args.epochs, lr=args.lr,
-                                          batch_size=args.batch_size, weight_decay=args.weight_decay)
+            rmse, _, best_epoch = torch_rmse(
+                data,
+                hidden,
+                seed,
+                epochs=args.epochs,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                weight_decay=args.weight_decay,
+            )
             results["torch"].append(rmse)
             line = "  ".join(f"{name} {results[name][-1]:6.2f}" for name in SKLEARN_MODES)
-            line = (f"seed {seed}: {line}  torch {rmse:6.2f} (best epoch {best_epoch}, "
-                    f"{time.perf_counter() - t:.1f} s)")
+            line = f"seed {seed}: {line}  torch {rmse:6.2f} (best epoch {best_epoch}, {time.perf_counter() - t:.1f} s)"
             if args.tocha:
                 results["tocha"].append(run_tocha(csv_path, TARGET, seed, Path(tmp) / f"run{seed}"))
                 line += f"  tocha {results['tocha'][-1]:6.2f}"
             print(line, flush=True)
-    print(f"data: diabetes, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows; "
-          f"settings {settings}")
+    print(
+        f"data: diabetes, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows; "
+        f"settings {settings}"
+    )
     for name, values in results.items():
         print(f"test RMSE {name:10s} {_mean_std(values)}  (mean ± std over seeds {seeds})")
     best_sklearn = min(statistics.mean(results[name]) for name in SKLEARN_MODES)
@@ -190,11 +222,14 @@ def main() -> None:
     print(f"ratio torch / best sklearn {ratio:.3f} (target <= 1.05)")
     if args.tocha:
         print(f"ratio tocha / best sklearn {statistics.mean(results['tocha']) / best_sklearn:.3f}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, scikit-learn {sklearn.__version__}, "
-          f"{platform.machine()}, command: {' '.join(sys.argv)}")
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, scikit-learn {sklearn.__version__}, "
+        f"{platform.machine()}, command: {' '.join(sys.argv)}"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": settings, "seeds": seeds, "test_rmse": results,
-                                               "ratio": ratio}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"settings": settings, "seeds": seeds, "test_rmse": results, "ratio": ratio}, indent=2)
+        )
 
 
 if __name__ == "__main__":

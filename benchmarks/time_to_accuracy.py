@@ -33,8 +33,9 @@ def main() -> None:
     from tocha.bench.workload import load_workload
 
     logging.getLogger("tocha").setLevel(logging.WARNING)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, target test accuracy {args.target}",
-          flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, target test accuracy {args.target}", flush=True
+    )
     tocha_rows = []
     for epochs in (int(e) for e in args.tocha_epochs.split(",")):
         result = tocha.fit("cnn", "fashion-mnist", epochs=epochs, log={"progress": False})
@@ -44,8 +45,16 @@ def main() -> None:
     reached = [r for r in tocha_rows if r[2] >= args.target]
     best = min(reached, key=lambda r: r[1]) if reached else None
 
-    w = load_workload("fashion-mnist", "cnn", epochs=args.max_epochs, batch_size=40, lr=0.01, target=args.target,
-                      train_samples=None, seed=0)
+    w = load_workload(
+        "fashion-mnist",
+        "cnn",
+        epochs=args.max_epochs,
+        batch_size=40,
+        lr=0.01,
+        target=args.target,
+        train_samples=None,
+        seed=0,
+    )
     w = replace(w, stop_at=args.target, max_seconds=args.max_seconds)
     start = time.perf_counter()
     m = tutorial(w, torch.device("cpu"))
@@ -56,12 +65,16 @@ def main() -> None:
     if best is None:
         print(f"tocha did not reach {args.target} with epochs in {args.tocha_epochs}")
     elif t_tutorial is None:
-        print(f"tutorial did not reach {args.target} in {m.train_seconds:.0f} s ({len(m.curve)} epochs, best "
-              f"{max(a for _, a in m.curve):.4f}); tocha reached it in {best[1]:.1f} s (epochs={best[0]}): "
-              f"at least {m.train_seconds / best[1]:.1f}x faster")
+        print(
+            f"tutorial did not reach {args.target} in {m.train_seconds:.0f} s ({len(m.curve)} epochs, best "
+            f"{max(a for _, a in m.curve):.4f}); tocha reached it in {best[1]:.1f} s (epochs={best[0]}): "
+            f"at least {m.train_seconds / best[1]:.1f}x faster"
+        )
     else:
-        print(f"time to {args.target}: tutorial {t_tutorial:.1f} s, tocha {best[1]:.1f} s (epochs={best[0]}): "
-              f"{t_tutorial / best[1]:.1f}x faster")
+        print(
+            f"time to {args.target}: tutorial {t_tutorial:.1f} s, tocha {best[1]:.1f} s (epochs={best[0]}): "
+            f"{t_tutorial / best[1]:.1f}x faster"
+        )
 
 
 if __name__ == "__main__":

@@ -30,10 +30,15 @@ from tocha.data import load_data
 
 FIRST, SECOND = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 LR = 3e-3
-ARMS = (("scratch", {"name": "cnn"}, {}),
-        ("transfer: frozen 1 epoch, then all", {"name": "cnn", "weights": "", "freeze": ["backbone"]},
-         {"unfreeze_at_epoch": 2, "lr_backbone": LR}),
-        ("transfer: nothing frozen", {"name": "cnn", "weights": ""}, {"lr_backbone": LR}))
+ARMS = (
+    ("scratch", {"name": "cnn"}, {}),
+    (
+        "transfer: frozen 1 epoch, then all",
+        {"name": "cnn", "weights": "", "freeze": ["backbone"]},
+        {"unfreeze_at_epoch": 2, "lr_backbone": LR},
+    ),
+    ("transfer: nothing frozen", {"name": "cnn", "weights": ""}, {"lr_backbone": LR}),
+)
 COMMON = {"epochs": 15, "batch_size": 25, "lr": LR, "threads": 1, "log": {"tensorboard": False, "progress": False}}
 
 
@@ -67,9 +72,17 @@ def main() -> int:
     pretrained = out / "fmnist-first5"
     if not (pretrained / "checkpoints" / "best.safetensors").is_file():
         t = time.perf_counter()
-        tocha.fit("cnn", subset(x_train, y_train, FIRST, None, 0), test_data=subset(x_test, y_test, FIRST, None, 0),
-                  classes=[names[c] for c in FIRST], epochs=args.pretrain_epochs, out=str(pretrained),
-                  overwrite=True, log={"tensorboard": False, "progress": False}, threads=2)
+        tocha.fit(
+            "cnn",
+            subset(x_train, y_train, FIRST, None, 0),
+            test_data=subset(x_test, y_test, FIRST, None, 0),
+            classes=[names[c] for c in FIRST],
+            epochs=args.pretrain_epochs,
+            out=str(pretrained),
+            overwrite=True,
+            log={"tensorboard": False, "progress": False},
+            threads=2,
+        )
         print(f"pretrained on classes 0-4 in {time.perf_counter() - t:.0f} s: {pretrained}", file=sys.stderr)
 
     test = subset(x_test, y_test, SECOND, None, 0)
@@ -82,20 +95,30 @@ def main() -> int:
             model = {**model, "weights": str(pretrained)} if "weights" in model else model
             t = time.perf_counter()
             result = tocha.fit(model, few, test_data=test, classes=second_names, seed=seed, **common, **extra)
-            rows.append({"arm": arm, "seed": seed, "test_accuracy": result.test.accuracy,
-                         "seconds": round(time.perf_counter() - t, 1)})
+            rows.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "test_accuracy": result.test.accuracy,
+                    "seconds": round(time.perf_counter() - t, 1),
+                }
+            )
             print(json.dumps(rows[-1]), file=sys.stderr)
 
-    print(f"\nFashion-MNIST classes 5-9 from {args.per_class} images per class; test = all {len(test[1])} test "
-          f"images of classes 5-9; {args.epochs} epochs, batch {COMMON['batch_size']}, seeds {args.seeds}")
+    print(
+        f"\nFashion-MNIST classes 5-9 from {args.per_class} images per class; test = all {len(test[1])} test "
+        f"images of classes 5-9; {args.epochs} epochs, batch {COMMON['batch_size']}, seeds {args.seeds}"
+    )
     print("| arm | test accuracy, mean ± std | min – max | seconds per run |")
     print("|---|---|---|---|")
     for arm, _, _ in ARMS:
         accs = [r["test_accuracy"] for r in rows if r["arm"] == arm]
         secs = [r["seconds"] for r in rows if r["arm"] == arm]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        print(f"| {arm} | {statistics.mean(accs):.4f} ± {std:.4f} | {min(accs):.4f} – {max(accs):.4f} | "
-              f"{statistics.median(secs):.1f} |")
+        print(
+            f"| {arm} | {statistics.mean(accs):.4f} ± {std:.4f} | {min(accs):.4f} – {max(accs):.4f} | "
+            f"{statistics.median(secs):.1f} |"
+        )
     (out / "transfer-results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nrows: {out / 'transfer-results.json'}")
     return 0

@@ -14,8 +14,14 @@ def train_digits_cnn():
     import tocha
 
     def train(out: Path, *, width: int, epochs: int) -> Path:
-        tocha.fit({"name": "cnn", "width": width}, "digits", epochs=epochs, threads=1, out=str(out),
-                  log={"tensorboard": False, "progress": False})
+        tocha.fit(
+            {"name": "cnn", "width": width},
+            "digits",
+            epochs=epochs,
+            threads=1,
+            out=str(out),
+            log={"tensorboard": False, "progress": False},
+        )
         return out
 
     return train

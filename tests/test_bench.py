@@ -14,8 +14,13 @@ from tocha.errors import UserError
 
 
 def test_quick_bench_prints_a_row_for_every_runner(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tocha.cli", "bench", "--quick", "--data", "digits",
-                           "--json", "b.json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tocha.cli", "bench", "--quick", "--data", "digits", "--json", "b.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     rows = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("cpu ")}
@@ -32,10 +37,19 @@ def test_quick_bench_prints_a_row_for_every_runner(tmp_path):
 
 def test_bad_runner_and_device_are_user_errors(tmp_path):
     (tmp_path / "old.json").write_text("keep me")
-    for args in (["--runners", "raw,keras"], ["--devices", "tpu"], ["--json", "old.json"],
-                 ["--json", "missing/b.json"]):
-        proc = subprocess.run([sys.executable, "-m", "tocha.cli", "bench", *args], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+    for args in (
+        ["--runners", "raw,keras"],
+        ["--devices", "tpu"],
+        ["--json", "old.json"],
+        ["--json", "missing/b.json"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tocha.cli", "bench", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert "tocha bench: error:" in proc.stderr and "runner" not in proc.stdout
     assert (tmp_path / "old.json").read_text() == "keep me"
@@ -54,9 +68,25 @@ def test_cuda_alone_without_cuda_is_refused():
     from tocha.bench.suite import main
 
     with pytest.raises(UserError, match="no CUDA"):
-        main(Namespace(devices="cuda", runners="raw", quick=True, epochs=None, repeats=None, train_samples=None,
-                       data="digits", threads=None, model="mlp", batch_size=None, lr=None, target=None, seed=0,
-                       no_warmup=True, json=None))
+        main(
+            Namespace(
+                devices="cuda",
+                runners="raw",
+                quick=True,
+                epochs=None,
+                repeats=None,
+                train_samples=None,
+                data="digits",
+                threads=None,
+                model="mlp",
+                batch_size=None,
+                lr=None,
+                target=None,
+                seed=0,
+                no_warmup=True,
+                json=None,
+            )
+        )
 
 
 def measure(runner, seconds, steps, curve, device="cpu"):
@@ -76,11 +106,13 @@ def test_summary_takes_medians_and_time_to_target():
 
 
 def test_table_ratios_are_against_raw_and_tutorial_on_the_same_device():
-    rows = [Summary("tutorial", "cpu", 1000.0, 100.0, 0.8, None, 50.0, 3),
-            Summary("raw", "cpu", 20000.0, 5.0, 0.8, 1.0, 50.0, 3),
-            Summary("tocha", "cpu", 19000.0, 5.25, 0.8, 1.1, 50.0, 3),
-            Summary("lightning", "cpu", None, None, None, None, None, 0, "not installed (pip install lightning)"),
-            Summary("tocha", "cuda", 190000.0, 0.5, 0.8, 0.1, 50.0, 3)]
+    rows = [
+        Summary("tutorial", "cpu", 1000.0, 100.0, 0.8, None, 50.0, 3),
+        Summary("raw", "cpu", 20000.0, 5.0, 0.8, 1.0, 50.0, 3),
+        Summary("tocha", "cpu", 19000.0, 5.25, 0.8, 1.1, 50.0, 3),
+        Summary("lightning", "cpu", None, None, None, None, None, 0, "not installed (pip install lightning)"),
+        Summary("tocha", "cuda", 190000.0, 0.5, 0.8, 0.1, 50.0, 3),
+    ]
     text = table(rows, 0.8)
     tocha_cpu = next(line for line in text.splitlines() if line.startswith("cpu    tocha"))
     assert "1.05x" in tocha_cpu and "19.0x" in tocha_cpu

@@ -22,8 +22,19 @@ from PIL import Image
 TOCHA = [sys.executable, "-m", "tocha.cli"]
 TOCHA_SCRIPT = Path(sys.executable).parent / "tocha"
 DIGITS_EPOCHS = 30
-RUN_FILES = ("config.yaml", "env.json", "meta.json", "metrics.jsonl", "metrics.csv", "summary.json", "report.html",
-             "curves.png", "confusion_matrix.png", "checkpoints/best.safetensors", "checkpoints/last.safetensors")
+RUN_FILES = (
+    "config.yaml",
+    "env.json",
+    "meta.json",
+    "metrics.jsonl",
+    "metrics.csv",
+    "summary.json",
+    "report.html",
+    "curves.png",
+    "confusion_matrix.png",
+    "checkpoints/best.safetensors",
+    "checkpoints/last.safetensors",
+)
 
 
 def _env() -> dict[str, str]:
@@ -34,8 +45,7 @@ def _env() -> dict[str, str]:
 
 
 def tocha(args: list[str], cwd: Path, *, cmd: list[str] = TOCHA, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=_env(),
-                          timeout=timeout)
+    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=_env(), timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -45,6 +55,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 # ---------------------------------------------------------------- shared work
+
 
 def _write_image_folder(root: Path) -> None:
     """2 classes, bright vs dark 16x16 grayscale noise: 12 training and 4 test images each."""
@@ -98,8 +109,19 @@ def work(tmp_path_factory):
     _write_image_folder(root / "shapes")
     w = Work(root)
     w.submit("digits", ["train", "data=digits", "model=mlp", f"epochs={DIGITS_EPOCHS}", "out=runs/digits"])
-    w.submit("folder", ["train", "data=imagefolder", f"data.root={root / 'shapes'}", "model=cnn", "image_size=16",
-                        "epochs=3", "batch_size=8", "out=runs/folder"])
+    w.submit(
+        "folder",
+        [
+            "train",
+            "data=imagefolder",
+            f"data.root={root / 'shapes'}",
+            "model=cnn",
+            "image_size=16",
+            "epochs=3",
+            "batch_size=8",
+            "out=runs/folder",
+        ],
+    )
     w.submit("env", ["env"], cmd=[str(TOCHA_SCRIPT)])
     yield w
     w.pool.shutdown(wait=True, cancel_futures=True)
@@ -129,6 +151,7 @@ def digits(work) -> dict:
 
 
 # ---------------------------------------------------------------- help and imports (no training needed)
+
 
 def test_help_exits_zero_and_lists_commands(work):
     proc = ok(tocha(["--help"], work.root))
@@ -169,8 +192,13 @@ def test_help_does_not_import_torch(work):
     ok(proc)
     assert "HEAVY []" in proc.stdout, proc.stdout
 
-    imports = subprocess.run([sys.executable, "-X", "importtime", "-m", "tocha.cli", "--help"], cwd=work.root,
-                             capture_output=True, text=True, env=_env())
+    imports = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "tocha.cli", "--help"],
+        cwd=work.root,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
     ok(imports)
     assert "tocha.cli.train" in imports.stderr  # the import log is really there (every command's parser is built)
     top_level = [line.rsplit("|", 1)[-1] for line in imports.stderr.splitlines() if line.startswith("import time:")]
@@ -187,6 +215,7 @@ def test_env_prints_versions_and_device(work):
 
 
 # ---------------------------------------------------------------- Python API (in-process)
+
 
 def _blobs(n: int, seed: int):
     import torch
@@ -240,6 +269,7 @@ def test_evaluate_reports_accuracy_of_a_bad_model_too():
 
 
 # ---------------------------------------------------------------- the digits run
+
 
 def test_train_digits_writes_a_complete_run_folder(digits):
     ok(digits["proc"])
@@ -331,7 +361,7 @@ def test_predict_prints_top3_per_file(digits, work):
     assert len(lines) == 2
     for line, name in zip(lines, ("a.png", "b.png")):
         assert line.startswith(name)
-        pairs = re.findall(r"(\d) (\d\.\d{3})", line[len(name):])
+        pairs = re.findall(r"(\d) (\d\.\d{3})", line[len(name) :])
         assert len(pairs) == 3, line
         probabilities = [float(p) for _, p in pairs]
         assert probabilities == sorted(probabilities, reverse=True)
@@ -368,6 +398,7 @@ def test_resolved_config_can_be_fed_back(digits, work):
 
 
 # ---------------------------------------------------------------- an image-folder run
+
 
 def test_image_folder_run(work):
     proc = ok(work.result("folder"))

@@ -27,8 +27,7 @@ def _env() -> dict[str, str]:
 
 
 def tocha(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*TOCHA, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=_env(),
-                          timeout=300)
+    return subprocess.run([*TOCHA, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=_env(), timeout=300)
 
 
 def snapshot(folder: Path) -> dict[str, tuple]:
@@ -60,8 +59,9 @@ def error_message(proc: subprocess.CompletedProcess, command: str = "train") -> 
     assert "Traceback" not in proc.stderr, detail
     assert proc.stderr.startswith(f"tocha {command}: error: "), detail
     assert proc.stderr.count(f"tocha {command}: error:") == 1, detail
-    assert [line for line in proc.stderr.splitlines() if line.startswith("tocha ")] == \
-        [proc.stderr.splitlines()[0]], detail
+    assert [line for line in proc.stderr.splitlines() if line.startswith("tocha ")] == [proc.stderr.splitlines()[0]], (
+        detail
+    )
     assert proc.stdout == "", detail
     return proc.stderr
 
@@ -91,6 +91,7 @@ def _check_case(case: Case, command: str = "train") -> str:
 
 # ---------------------------------------------------------------- the cases that need torch, in a pool
 
+
 def _existing_run_folder(base: Path) -> dict:
     """Refuse an existing non-empty run folder; then train into it with overwrite=true; then predict a missing file."""
     folder = new_case(base, "existing")
@@ -102,8 +103,14 @@ def _existing_run_folder(base: Path) -> dict:
     marker_after_refusal = (run / "marker.txt").read_text()
     accepted = tocha(["train", "data=digits", "model=mlp", "epochs=1", "out=run", "overwrite=true"], folder)
     missing = Case(folder, ["predict", "run", "missing.png"]) if accepted.returncode == 0 else None
-    return {"folder": folder, "run": run, "refused": refused, "marker_after_refusal": marker_after_refusal,
-            "accepted": accepted, "missing": missing}
+    return {
+        "folder": folder,
+        "run": run,
+        "refused": refused,
+        "marker_after_refusal": marker_after_refusal,
+        "accepted": accepted,
+        "missing": missing,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +127,16 @@ def heavy(tmp_path_factory):
 
     futures["existing"] = pool.submit(_existing_run_folder, base)
     submit("unknown_model", ["train", "data=digits", "model=resnet81", "epochs=1", "out=run"])
-    submit("out_under_file", ["train", "data=digits", "model=mlp", "epochs=1", "out=afile/run"],
-           setup=lambda f: (f / "afile").write_text("a regular file\n"))
-    submit("empty_imagefolder", ["train", "data=imagefolder", "data.root=empty", "model=mlp", "out=run"],
-           setup=lambda f: (f / "empty").mkdir())
+    submit(
+        "out_under_file",
+        ["train", "data=digits", "model=mlp", "epochs=1", "out=afile/run"],
+        setup=lambda f: (f / "afile").write_text("a regular file\n"),
+    )
+    submit(
+        "empty_imagefolder",
+        ["train", "data=imagefolder", "data.root=empty", "model=mlp", "out=run"],
+        setup=lambda f: (f / "empty").mkdir(),
+    )
     submit("fashion_root", ["train", "data=fashion-mnist", "data.root=/nonexistent", "out=run"])
     submit("eval_missing_run", ["eval", "/nonexistent"])
     yield {name: f for name, f in futures.items()}
@@ -132,19 +145,23 @@ def heavy(tmp_path_factory):
 
 # ---------------------------------------------------------------- config errors (no torch needed)
 
+
 def test_unknown_key_suggests_the_right_one(tmp_path):
     message = check(new_case(tmp_path, "c"), ["train", "epoch=3"])
     assert "unknown config key 'epoch'" in message
     assert "did you mean 'epochs'" in message
 
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("lr=-1", ["lr", "out of range", "> 0"]),
-    ("batch_size=0", ["batch_size", "out of range", ">= 1"]),
-    ("data.val_fraction=1", ["data.val_fraction", "out of range", "< 1"]),
-    ("precision=fp8", ["precision", "'fp8'", "auto, fp32, bf16, fp16"]),
-    ("epochs=three", ["epochs", "'three' is not a valid int"]),
-])
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("lr=-1", ["lr", "out of range", "> 0"]),
+        ("batch_size=0", ["batch_size", "out of range", ">= 1"]),
+        ("data.val_fraction=1", ["data.val_fraction", "out of range", "< 1"]),
+        ("precision=fp8", ["precision", "'fp8'", "auto, fp32, bf16, fp16"]),
+        ("epochs=three", ["epochs", "'three' is not a valid int"]),
+    ],
+)
 def test_bad_value_names_the_key_and_what_is_allowed(tmp_path, override, expected):
     message = check(new_case(tmp_path, "c"), ["train", override])
     for text in expected:
@@ -199,6 +216,7 @@ def test_debug_before_the_command_shows_a_traceback(tmp_path):
 
 
 # ---------------------------------------------------------------- errors found after loading data / torch
+
 
 def _heavy_error(heavy, name: str, command: str = "train") -> str:
     return _check_case(heavy[name].result(), command)

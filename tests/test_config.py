@@ -11,9 +11,20 @@ def test_defaults_are_the_embedded_recipe():
 
 
 def test_overrides_are_typed_and_dotted():
-    cfg = config.load(overrides=["epochs=3", "lr=1e-3", "data.val_fraction=0.1", "model.hidden=[64,32]",
-                                 "deterministic=true", "grad_clip=none", "data=digits", "model=mlp",
-                                 "data.augment=crop,flip", "threads=1"])
+    cfg = config.load(
+        overrides=[
+            "epochs=3",
+            "lr=1e-3",
+            "data.val_fraction=0.1",
+            "model.hidden=[64,32]",
+            "deterministic=true",
+            "grad_clip=none",
+            "data=digits",
+            "model=mlp",
+            "data.augment=crop,flip",
+            "threads=1",
+        ]
+    )
     assert cfg.epochs == 3 and cfg.lr == pytest.approx(1e-3)
     assert cfg.data.val_fraction == 0.1 and cfg.model.hidden == [64, 32]
     assert cfg.deterministic is True and cfg.grad_clip is None
@@ -43,11 +54,19 @@ def test_wrong_type_names_key_value_and_type():
     assert "'big' is not a valid int" in message and "batch_size" in message
 
 
-@pytest.mark.parametrize("item, needle", [
-    ("lr=0", "lr"), ("lr=-1", "lr"), ("batch_size=0", ">= 1"), ("data.val_fraction=1", "< 1.0"),
-    ("precision=fp8", "auto, fp32, bf16, fp16"), ("optimizer=adam", "did you mean 'adamw'?"),
-    ("data.augment=rotate", "crop, flip"), ("monitor=val.acuracy", "did you mean 'val.accuracy'?"),
-])
+@pytest.mark.parametrize(
+    "item, needle",
+    [
+        ("lr=0", "lr"),
+        ("lr=-1", "lr"),
+        ("batch_size=0", ">= 1"),
+        ("data.val_fraction=1", "< 1.0"),
+        ("precision=fp8", "auto, fp32, bf16, fp16"),
+        ("optimizer=adam", "did you mean 'adamw'?"),
+        ("data.augment=rotate", "crop, flip"),
+        ("monitor=val.acuracy", "did you mean 'val.accuracy'?"),
+    ],
+)
 def test_out_of_range_and_choices(item, needle):
     with pytest.raises(UserError) as info:
         config.load(overrides=[item])
@@ -123,12 +142,19 @@ def test_non_finite_floats_from_yaml(tmp_path):
     assert "config key momentum" in str(info.value) and "config key warmup_epochs" in str(info.value)
 
 
-@pytest.mark.parametrize("item, needle", [
-    ("seed=4294967296", "< 4294967296"), ("seed=-1", ">= 0"), ("seed=99999999999999999999", "seed"),
-    ("image_size=4097", "<= 4096"), ("image_size=100000000", "image_size"),
-    ("out=" + "x" * 256, "255"), ("out=runs/" + "y" * 300 + "/z", "255"),
-    ("out=" + "/a" * 3000, "4096"),
-])
+@pytest.mark.parametrize(
+    "item, needle",
+    [
+        ("seed=4294967296", "< 4294967296"),
+        ("seed=-1", ">= 0"),
+        ("seed=99999999999999999999", "seed"),
+        ("image_size=4097", "<= 4096"),
+        ("image_size=100000000", "image_size"),
+        ("out=" + "x" * 256, "255"),
+        ("out=runs/" + "y" * 300 + "/z", "255"),
+        ("out=" + "/a" * 3000, "4096"),
+    ],
+)
 def test_ranges_the_libraries_below_would_refuse_later(item, needle):
     with pytest.raises(UserError) as info:
         config.load(overrides=[item])
@@ -164,13 +190,16 @@ def test_same_key_nested_and_dotted_is_a_duplicate(tmp_path):
     assert "data.root" in message and "twice" in message
 
 
-@pytest.mark.parametrize("text", [
-    "a: &x [1]\nb: *x\n",                                       # any alias
-    "x: &a [*a]\n",                                             # recursive
-    "a: &a ['lol']\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
-    "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",  # billion laughs
-    "base: &b {epochs: 2}\nrun:\n  <<: *b\n",                   # merge key
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x [1]\nb: *x\n",  # any alias
+        "x: &a [*a]\n",  # recursive
+        "a: &a ['lol']\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+        "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",  # billion laughs
+        "base: &b {epochs: 2}\nrun:\n  <<: *b\n",  # merge key
+    ],
+)
 def test_yaml_aliases_are_refused_quickly(tmp_path, text):
     message = _yaml_error(tmp_path, text)
     assert "aliases/anchors are not supported" in message and "c.yaml" in message and "line" in message
@@ -186,11 +215,14 @@ def test_huge_yaml_file_is_refused(tmp_path):
     assert "c.yaml" in message and "MiB" in message
 
 
-@pytest.mark.parametrize("items, needle", [
-    (["scheduler=cosine", "epochs=2", "warmup_epochs=2"], "as long as the whole run"),
-    (["scheduler=none", "epochs=2", "warmup_epochs=3.5"], "as long as the whole run"),
-    (["scheduler=onecycle", "warmup_epochs=1"], "does nothing with scheduler=onecycle"),
-])
+@pytest.mark.parametrize(
+    "items, needle",
+    [
+        (["scheduler=cosine", "epochs=2", "warmup_epochs=2"], "as long as the whole run"),
+        (["scheduler=none", "epochs=2", "warmup_epochs=3.5"], "as long as the whole run"),
+        (["scheduler=onecycle", "warmup_epochs=1"], "does nothing with scheduler=onecycle"),
+    ],
+)
 def test_impossible_warmups_are_refused_at_config_time(items, needle):
     with pytest.raises(UserError) as info:
         config.load(overrides=items)

@@ -9,9 +9,12 @@ from tocha import config
 from tocha.errors import UserError
 
 KEYS = [spec.key for spec in config.schema()] + ["epoch", "data", "model", "", "a.b.c", "data.nope"]
-VALUES = st.one_of(st.text(max_size=12), st.sampled_from(["auto", "none", "true", "[1,2]", "-1", "0", "1e9", "nan",
-                                                          "inf", "{a: 1}", "[", "'x"]),
-                   st.integers().map(str), st.floats(allow_nan=True).map(str))
+VALUES = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["auto", "none", "true", "[1,2]", "-1", "0", "1e9", "nan", "inf", "{a: 1}", "[", "'x"]),
+    st.integers().map(str),
+    st.floats(allow_nan=True).map(str),
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -24,8 +27,9 @@ def test_overrides_never_raise_anything_else(pairs):
     assert isinstance(cfg, config.TrainConfig)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(st.text(max_size=200))
 def test_any_yaml_text_is_a_config_or_a_user_error(tmp_path, text):
     path = tmp_path / "fuzz.yaml"
@@ -37,10 +41,15 @@ def test_any_yaml_text_is_a_config_or_a_user_error(tmp_path, text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
-                    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                            st.dictionaries(st.sampled_from(KEYS + ["name", "root"]), inner,
-                                                            max_size=3)), max_leaves=8))
+@given(
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KEYS + ["name", "root"]), inner, max_size=3)
+        ),
+        max_leaves=8,
+    )
+)
 def test_api_values_of_any_shape_are_checked(values):
     try:
         config.load(values=values if isinstance(values, dict) else {"epochs": values})

@@ -26,14 +26,23 @@ QUICK = ["data=digits", "model=mlp", "epochs=1", "threads=1", "log.progress=fals
 
 def tocha(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "120"}
-    return subprocess.run([sys.executable, "-m", "tocha.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tocha.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def sha256s(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """SHA-256 and modification time of every file under `folder` (names in `skip` left out)."""
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
 
 
 def fit(out: Path, **options) -> Path:
@@ -64,8 +73,9 @@ def holder(tmp_path):
     procs: list[subprocess.Popen] = []
 
     def start(run: Path) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True,
-                                env=dict(os.environ))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+        )
         procs.append(proc)
         assert proc.stdout.readline().strip() == "READY"
         return proc
@@ -115,6 +125,7 @@ def test_the_lock_is_idempotent_in_one_process_and_released_on_request(tmp_path)
 
 # ---------------------------------------------------------------- overwrite starts clean, keeps foreign files
 
+
 def test_overwrite_after_a_longer_run_leaves_no_old_checkpoint(tmp_path):
     run = fit(tmp_path / "run", epochs=3)
     old_steps = step_names(run)
@@ -148,27 +159,33 @@ def test_a_foreign_folder_is_refused_even_with_overwrite(tmp_path):
         assert proc.returncode == 2, proc.stderr
         message = proc.stderr
         assert "not written by tocha" in message and "data.csv" in message and "thesis.tex" in message, message
-        assert "overwrite" not in message.split("was not written")[1].replace("with or without overwrite", ""), \
-            message  # never recommended for a folder that is not tocha's
+        assert "overwrite" not in message.split("was not written")[1].replace("with or without overwrite", ""), (
+            message
+        )  # never recommended for a folder that is not tocha's
     assert sha256s(mine) == before and sorted(p.name for p in mine.iterdir()) == ["data.csv", "thesis.tex"]
 
 
 # ---------------------------------------------------------------- compress and export never destroy their source
+
 
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory, train_digits_cnn):
     return train_digits_cnn(tmp_path_factory.mktemp("dataloss") / "run", width=8, epochs=1)
 
 
-@pytest.mark.parametrize("out, words", [
-    (".", ["is the run being compressed"]),
-    ("..", ["holds the run being compressed"]),
-    ("checkpoints", ["lies inside the run being compressed"]),
-])
+@pytest.mark.parametrize(
+    "out, words",
+    [
+        (".", ["is the run being compressed"]),
+        ("..", ["holds the run being compressed"]),
+        ("checkpoints", ["lies inside the run being compressed"]),
+    ],
+)
 def test_compress_out_on_its_own_run_is_refused_and_nothing_changes(cnn_run, capsys, out, words):
     before = sha256s(cnn_run)
-    assert cli(["compress", str(cnn_run), "--out", str(cnn_run / out), "--overwrite",
-                "--quantize", "int8-dynamic"]) == 2
+    assert (
+        cli(["compress", str(cnn_run), "--out", str(cnn_run / out), "--overwrite", "--quantize", "int8-dynamic"]) == 2
+    )
     err = capsys.readouterr().err
     assert all(w in err for w in words) and "Traceback" not in err, err
     assert sha256s(cnn_run) == before
@@ -212,7 +229,20 @@ def test_export_inside_its_run_is_refused_except_its_export_folder(cnn_run, tmp_
 def test_distill_out_on_its_teacher_is_refused(cnn_run, tmp_path, capsys):
     before = sha256s(cnn_run)
     for out in (cnn_run, cnn_run.parent, cnn_run / "student"):
-        assert cli(["distill", "--teacher", str(cnn_run), "model=mlp", "epochs=1", "threads=1",
-                    f"out={out}", "overwrite=true"]) == 2
+        assert (
+            cli(
+                [
+                    "distill",
+                    "--teacher",
+                    str(cnn_run),
+                    "model=mlp",
+                    "epochs=1",
+                    "threads=1",
+                    f"out={out}",
+                    "overwrite=true",
+                ]
+            )
+            == 2
+        )
         assert "teacher run" in capsys.readouterr().err
     assert sha256s(cnn_run) == before

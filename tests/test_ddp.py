@@ -25,14 +25,25 @@ from tocha.engine import resume
 
 TOCHA = [sys.executable, "-m", "tocha"]
 # An MLP (no dropout, no augmentation): every random draw is the same on 1 and 2 processes.
-RUN = ["data=digits", "model=mlp", "epochs=2", "batch_size=64", "log_every=1", "deterministic=true", "threads=1",
-       "log.tensorboard=false", "checkpoint.every_steps=5", "checkpoint.keep=20"]
+RUN = [
+    "data=digits",
+    "model=mlp",
+    "epochs=2",
+    "batch_size=64",
+    "log_every=1",
+    "deterministic=true",
+    "threads=1",
+    "log.tensorboard=false",
+    "checkpoint.every_steps=5",
+    "checkpoint.keep=20",
+]
 LOSS_TOLERANCE = 1e-5
 
 
 def tocha(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*TOCHA, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*TOCHA, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -90,7 +101,7 @@ def test_evaluation_on_two_processes_equals_one_process_on_an_odd_split(runs):
     """The test split of digits has 359 samples: rank 1 gets one padded duplicate, which must not count."""
     from_training = json.loads((runs["two"] / "eval-test.json").read_text())
     assert from_training["n_samples"] == 359
-    ok(tocha(["eval", "two", "--batch-size", "100"], runs["root"]))   # one process, other batch size
+    ok(tocha(["eval", "two", "--batch-size", "100"], runs["root"]))  # one process, other batch size
     single = json.loads((runs["two"] / "eval-test.json").read_text())
     for key in ("n_samples", "accuracy", "confusion", "per_class", "macro", "weighted", "top_k_accuracy"):
         assert from_training[key] == single[key], key
@@ -109,8 +120,11 @@ def rewind_to_mid_epoch(src: Path, dst: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("start, resume_args", [("two", []), ("one", ["--nproc", "2"])],
-                         ids=["2-processes-resumed-on-1", "1-process-resumed-on-2"])
+@pytest.mark.parametrize(
+    "start, resume_args",
+    [("two", []), ("one", ["--nproc", "2"])],
+    ids=["2-processes-resumed-on-1", "1-process-resumed-on-2"],
+)
 def test_a_checkpoint_resumes_on_another_number_of_processes(runs, start, resume_args):
     run = runs["root"] / f"{start}-resumed-{len(resume_args)}"
     rewind_to_mid_epoch(runs[start], run)
@@ -132,8 +146,12 @@ def test_bad_process_counts_are_refused_before_anything_starts(tmp_path):
 
 
 def test_several_processes_without_a_rendezvous_address_are_refused(tmp_path):
-    result = tocha(["train", "data=digits", "out=run"], tmp_path, timeout=60,
-                   env={"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""})
+    result = tocha(
+        ["train", "data=digits", "out=run"],
+        tmp_path,
+        timeout=60,
+        env={"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""},
+    )
     assert result.returncode == 2
     assert "WORLD_SIZE=2 asks for several processes but MASTER_ADDR and MASTER_PORT are not set" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
@@ -168,9 +186,23 @@ def build(num_classes):
 def test_a_rank_that_raises_is_named_and_every_process_exits(tmp_path):
     (tmp_path / "boom_model.py").write_text(BOOM)
     start = time.monotonic()
-    result = tocha(["train", "--nproc", "2", "data=digits", "model=boom_model:build", "epochs=5", "threads=1",
-                    "log.tensorboard=false", "dist.timeout_s=20", "out=run"], tmp_path, timeout=120,
-                   env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    result = tocha(
+        [
+            "train",
+            "--nproc",
+            "2",
+            "data=digits",
+            "model=boom_model:build",
+            "epochs=5",
+            "threads=1",
+            "log.tensorboard=false",
+            "dist.timeout_s=20",
+            "out=run",
+        ],
+        tmp_path,
+        timeout=120,
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "tocha train: error: rank 1 of 2 failed (exit code 1): RuntimeError: boom on rank 1" in result.stderr
     assert time.monotonic() - start < 100
@@ -187,10 +219,20 @@ def start_ranks(cwd: Path, args: list[str]) -> list[subprocess.Popen]:
     port = str(free_port())
     procs = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        procs.append(subprocess.Popen([*TOCHA, "train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        procs.append(
+            subprocess.Popen(
+                [*TOCHA, "train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     return procs
 
 
@@ -211,8 +253,19 @@ def wait_for_training(run: Path, procs: list[subprocess.Popen], timeout: float =
 def test_a_dead_or_frozen_rank_makes_rank_0_exit_within_the_timeout(tmp_path, how):
     """kill -9 closes rank 1's sockets; SIGSTOP leaves them open, so only the timeout can end the wait."""
     timeout_s = 8
-    procs = start_ranks(tmp_path, ["data=digits", "model=mlp", "epochs=500", "threads=1", "log_every=1",
-                                   "log.tensorboard=false", f"dist.timeout_s={timeout_s}", "out=run"])
+    procs = start_ranks(
+        tmp_path,
+        [
+            "data=digits",
+            "model=mlp",
+            "epochs=500",
+            "threads=1",
+            "log_every=1",
+            "log.tensorboard=false",
+            f"dist.timeout_s={timeout_s}",
+            "out=run",
+        ],
+    )
     try:
         wait_for_training(tmp_path / "run", procs)
         procs[1].send_signal(signal.SIGKILL if how == "kill" else signal.SIGSTOP)
@@ -235,9 +288,25 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint(
     """torchrun passes SIGTERM on; the ranks agree on a step (at a log read), rank 0 checkpoints there."""
     import re
 
-    proc = subprocess.Popen([*TOCHA, "train", "--nproc", "2", "data=digits", "model=mlp", "epochs=300",
-                             "log_every=5", "threads=1", "log.tensorboard=false", "out=run"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *TOCHA,
+            "train",
+            "--nproc",
+            "2",
+            "data=digits",
+            "model=mlp",
+            "epochs=300",
+            "log_every=5",
+            "threads=1",
+            "log.tensorboard=false",
+            "out=run",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_training(tmp_path / "run", [proc])
         proc.send_signal(signal.SIGTERM)
@@ -249,6 +318,6 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint(
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "continue with: tocha train --resume run --nproc 2" in err and "Traceback" not in err
     step = int(re.search(r"stopped by SIGTERM at step (\d+)", err).group(1))
-    assert step % 5 == 0   # a log step: the only steps where ranks compare notes
+    assert step % 5 == 0  # a log step: the only steps where ranks compare notes
     newest = resume.all_checkpoints(tmp_path / "run" / "checkpoints")[0]
     assert newest.name == f"step-{step:08d}" and resume.problem(newest) is None

@@ -6,11 +6,19 @@ from tocha import config
 from tocha.errors import UserError, did_you_mean, edit_distance
 
 
-@pytest.mark.parametrize("a, b, distance", [
-    ("modle", "model", 1), ("modle", "mode", 1), ("resnet81", "resnet18", 1), ("abc", "abc", 0),
-    ("", "abc", 3), ("epoch", "epochs", 1), ("ca", "abc", 3),  # OSA, not full Damerau: 'ca'->'abc' is 3
-    ("kitten", "sitting", 3),
-])
+@pytest.mark.parametrize(
+    "a, b, distance",
+    [
+        ("modle", "model", 1),
+        ("modle", "mode", 1),
+        ("resnet81", "resnet18", 1),
+        ("abc", "abc", 0),
+        ("", "abc", 3),
+        ("epoch", "epochs", 1),
+        ("ca", "abc", 3),  # OSA, not full Damerau: 'ca'->'abc' is 3
+        ("kitten", "sitting", 3),
+    ],
+)
 def test_edit_distance_is_optimal_string_alignment(a, b, distance):
     assert edit_distance(a, b) == distance == edit_distance(b, a)
 

@@ -34,7 +34,8 @@ def test_user_model_by_module_function(tmp_path, monkeypatch):
     (tmp_path / "mymodels.py").write_text(
         "from torch import nn\n"
         "def tiny(in_channels, num_classes):\n"
-        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     model = build_model(ModelSpec("mymodels:tiny", 1, 3, 8))
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)

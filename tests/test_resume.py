@@ -24,8 +24,15 @@ import tocha
 from tocha.engine import resume
 from tocha.errors import UserError
 
-RUN = dict(epochs=4, batch_size=64, threads=1, deterministic=True, log={"tensorboard": False, "progress": False},
-           data={"augment": ["flip"]}, checkpoint={"every_steps": 3, "keep": 3})
+RUN = dict(
+    epochs=4,
+    batch_size=64,
+    threads=1,
+    deterministic=True,
+    log={"tensorboard": False, "progress": False},
+    data={"augment": ["flip"]},
+    checkpoint={"every_steps": 3, "keep": 3},
+)
 
 
 def fit(out: Path, **extra):
@@ -43,8 +50,11 @@ def same_weights(a: dict, b: dict) -> bool:
 def eval_records(run: Path) -> list[dict]:
     """Eval records of metrics.jsonl without the timing fields (they differ run to run)."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in r.items() if "second" not in k and "wait" not in k}
-            for r in map(json.loads, lines) if r["kind"] == "eval"]
+    return [
+        {k: v for k, v in r.items() if "second" not in k and "wait" not in k}
+        for r in map(json.loads, lines)
+        if r["kind"] == "eval"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +113,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(reference, t
     newest = resume.all_checkpoints(run / "checkpoints")[0]
     target = newest / random.Random(seed).choice(["state.pt", "model.safetensors", "manifest.json"])
     data = target.read_bytes()
-    target.write_bytes(data[:random.Random(seed).randrange(0, len(data))])
+    target.write_bytes(data[: random.Random(seed).randrange(0, len(data))])
     fit(run, resume="auto")
     assert f"{newest.name}:" in caplog.text and "not used" in caplog.text
     assert same_weights(weights(run), weights(reference))
@@ -170,8 +180,16 @@ def test_skip_mode_drops_non_finite_batches_and_counts_them(tmp_path):
     y = torch.randint(0, 2, (200,))
     model = torch.nn.Sequential(torch.nn.Linear(5, 2))
     val = (torch.randn(40, 5), torch.randint(0, 2, (40,)))
-    result = tocha.fit(model, (x, y), val, epochs=2, batch_size=20, on_nonfinite="skip", threads=1,
-                       log={"tensorboard": False, "progress": False})
+    result = tocha.fit(
+        model,
+        (x, y),
+        val,
+        epochs=2,
+        batch_size=20,
+        on_nonfinite="skip",
+        threads=1,
+        log={"tensorboard": False, "progress": False},
+    )
     assert result.summary["skipped_nonfinite_batches"] == 2  # the batch holding sample 7, once per epoch
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -183,22 +201,41 @@ def test_early_stopping_ends_the_run_when_the_metric_stalls(tmp_path):
 
 
 def cli(args: list, cwd: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tocha.cli", *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tocha.cli", *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_resume_errors_are_clear(tmp_path):
     (tmp_path / "empty").mkdir()
-    for args, words in ((["train", "--resume", "nowhere"], "does not exist"),
-                        (["train", "--resume", "empty"], "not a tocha run folder"),
-                        (["train", "--resume", "empty", "epochs=3"], "no other arguments")):
+    for args, words in (
+        (["train", "--resume", "nowhere"], "does not exist"),
+        (["train", "--resume", "empty"], "not a tocha run folder"),
+        (["train", "--resume", "empty", "epochs=3"], "no other arguments"),
+    ):
         proc = cli(args, tmp_path)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 2 and words in err and "Traceback" not in err, err
 
 
-TRAIN = ["train", "data=digits", "model=cnn", "model.width=8", "epochs=12", "batch_size=32", "threads=1",
-         "deterministic=true", "data.augment=[flip]", "log.tensorboard=false", "checkpoint.every_steps=1"]
+TRAIN = [
+    "train",
+    "data=digits",
+    "model=cnn",
+    "model.width=8",
+    "epochs=12",
+    "batch_size=32",
+    "threads=1",
+    "deterministic=true",
+    "data.augment=[flip]",
+    "log.tensorboard=false",
+    "checkpoint.every_steps=1",
+]
 
 
 def newest_step(run: Path) -> int:

@@ -54,8 +54,9 @@ def test_run_folder_weights_new_head_only_for_other_classes(tmp_path):
     other = build_model(ModelSpec("cnn", 1, 5, 28, width=4))
     notes = load_pretrained(other, run, classes=("5", "6", "7", "8", "9"))
     assert any("newly initialised: that run learned other classes" in n for n in notes)
-    assert torch.equal(other[0].weight, pretrained[0].weight) and not torch.equal(other[-1].weight,
-                                                                                 pretrained[-1].weight)
+    assert torch.equal(other[0].weight, pretrained[0].weight) and not torch.equal(
+        other[-1].weight, pretrained[-1].weight
+    )
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):
@@ -85,17 +86,32 @@ def test_frozen_backbone_does_not_change_then_unfreezes():
     opt = build_optimizer(model, "adamw", lr=1e-2, weight_decay=5e-4, lr_of=lr_of)
     assert sorted({g["lr"] for g in opt.param_groups}) == [1e-3, 1e-2]
     before = _snapshot(model)
-    train_loop(model, freezing.wrap(batches), device=CPU, optimizer=opt, scheduler=None, epochs=1,
-               loss_fn=nn.CrossEntropyLoss())
+    train_loop(
+        model,
+        freezing.wrap(batches),
+        device=CPU,
+        optimizer=opt,
+        scheduler=None,
+        epochs=1,
+        loss_fn=nn.CrossEntropyLoss(),
+    )
     after = _snapshot(model)
     for k in before:
         changed = not torch.equal(before[k], after[k])
         # BatchNorm statistics are buffers: eval mode while frozen keeps them as they were.
         assert changed == k.startswith("16."), k
-    train_loop(model, freezing.wrap(batches), device=CPU, optimizer=opt, scheduler=None, epochs=2,
-               loss_fn=nn.CrossEntropyLoss(), start={"epoch": 1})
+    train_loop(
+        model,
+        freezing.wrap(batches),
+        device=CPU,
+        optimizer=opt,
+        scheduler=None,
+        epochs=2,
+        loss_fn=nn.CrossEntropyLoss(),
+        start={"epoch": 1},
+    )
     final = _snapshot(model)
-    assert not torch.equal(after["0.weight"], final["0.weight"])            # unfrozen at epoch 2
+    assert not torch.equal(after["0.weight"], final["0.weight"])  # unfrozen at epoch 2
     assert not torch.equal(after["1.running_mean"], final["1.running_mean"])  # BatchNorm back to training
     assert all(p.requires_grad for p in model.parameters())
 

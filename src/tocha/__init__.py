@@ -10,6 +10,7 @@ Public API (imported lazily so that `import tocha` and `tocha --help` stay fast)
 from __future__ import annotations
 
 from tocha._version import __version__
+
 __all__ = ["fit", "evaluate", "load_run", "UserError", "__version__"]
 
 from tocha.errors import UserError

@@ -26,24 +26,40 @@ def _as_splits(train_data: Any, val_data: Any, test_data: Any, *, val_fraction: 
 
     if isinstance(train_data, str):
         if val_data is not None or test_data is not None:
-            raise UserError("val_data/test_data cannot be combined with a registered dataset name",
-                            where="tocha.fit", fix="pass tensors or Datasets for all splits, or only the name")
+            raise UserError(
+                "val_data/test_data cannot be combined with a registered dataset name",
+                where="tocha.fit",
+                fix="pass tensors or Datasets for all splits, or only the name",
+            )
         return None
     if isinstance(train_data, (tuple, list)) and len(train_data) == 2:
-        return splits_from_tensors(*train_data, val=val_data, test=test_data, val_fraction=val_fraction,
-                                   seed=seed, classes=classes)
+        return splits_from_tensors(
+            *train_data, val=val_data, test=test_data, val_fraction=val_fraction, seed=seed, classes=classes
+        )
     import torch
 
     if isinstance(train_data, torch.utils.data.Dataset):
-        return splits_from_dataset(train_data, val_data, test_data, val_fraction=val_fraction, seed=seed,
-                                   classes=classes)
-    raise UserError(f"train_data of type {type(train_data).__name__} is not supported", where="tocha.fit",
-                    allowed="an (x, y) tensor pair, a torch.utils.data.Dataset, or a dataset name "
-                    "(fashion-mnist, digits, imagefolder)")
+        return splits_from_dataset(
+            train_data, val_data, test_data, val_fraction=val_fraction, seed=seed, classes=classes
+        )
+    raise UserError(
+        f"train_data of type {type(train_data).__name__} is not supported",
+        where="tocha.fit",
+        allowed="an (x, y) tensor pair, a torch.utils.data.Dataset, or a dataset name "
+        "(fashion-mnist, digits, imagefolder)",
+    )
 
 
-def fit(model: Any = None, train_data: Any = "fashion-mnist", val_data: Any = None, *, test_data: Any = None,
-        classes: list[str] | None = None, config: str | Path | None = None, **options: Any):
+def fit(
+    model: Any = None,
+    train_data: Any = "fashion-mnist",
+    val_data: Any = None,
+    *,
+    test_data: Any = None,
+    classes: list[str] | None = None,
+    config: str | Path | None = None,
+    **options: Any,
+):
     """Train `model`: an nn.Module, a registered model name, a dict of model options
     (``{"name": "cnn", "width": 8}``), or None for `model.name` from the options.
 
@@ -61,17 +77,18 @@ def fit(model: Any = None, train_data: Any = "fashion-mnist", val_data: Any = No
         values["model"] = {**values.get("model", {}), **model} if isinstance(values.get("model"), dict) else model
         model = None
     if isinstance(model, str):
-        values["model"] = {**values.get("model", {}), "name": model} if isinstance(values.get("model"), dict) \
-            else model
+        values["model"] = {**values.get("model", {}), "name": model} if isinstance(values.get("model"), dict) else model
         model = None
     task = str(values.get("task", "classify"))
     if isinstance(train_data, str) and task == "classify":
-        values["data"] = {**values.get("data", {}), "name": train_data} if isinstance(values.get("data"), dict) \
-            else train_data
+        values["data"] = (
+            {**values.get("data", {}), "name": train_data} if isinstance(values.get("data"), dict) else train_data
+        )
     cfg = config_module.load(config, values=values)
     if cfg.task == "classify":
-        data = _as_splits(train_data, val_data, test_data, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
-                          classes=classes)
+        data = _as_splits(
+            train_data, val_data, test_data, val_fraction=cfg.data.val_fraction, seed=cfg.seed, classes=classes
+        )
     else:  # the task reads its own data (data.path) or takes the tensors as they are
         data = None if isinstance(train_data, str) else (train_data, val_data, test_data)
     from tocha.harness import train
@@ -82,8 +99,16 @@ def fit(model: Any = None, train_data: Any = "fashion-mnist", val_data: Any = No
     return result
 
 
-def evaluate(model: Any, data: Any = None, *, split: str = "test", batch_size: int = 512, device: str = "auto",
-             classes: list[str] | None = None, top_k: int = 5):
+def evaluate(
+    model: Any,
+    data: Any = None,
+    *,
+    split: str = "test",
+    batch_size: int = 512,
+    device: str = "auto",
+    classes: list[str] | None = None,
+    top_k: int = 5,
+):
     """Evaluate a run folder (``evaluate("runs/cnn")``) or an nn.Module on ``(x, y)`` tensors / a Dataset.
 
     Returns an :class:`tocha.recipes.runs.EvalResult` with the loss and the classification metrics.
@@ -109,15 +134,27 @@ def evaluate(model: Any, data: Any = None, *, split: str = "test", batch_size: i
     elif isinstance(data, torch.utils.data.Dataset):
         splits = splits_from_dataset(data, val_fraction=0.0, classes=classes)
     else:
-        raise UserError("evaluate needs data with a model", where="tocha.evaluate",
-                        allowed="an (x, y) tensor pair or a torch.utils.data.Dataset")
+        raise UserError(
+            "evaluate needs data with a model",
+            where="tocha.evaluate",
+            allowed="an (x, y) tensor pair or a torch.utils.data.Dataset",
+        )
     hw = plan(device, "auto", "auto", "auto", file_data=splits.train.inputs is None)
     dev = torch.device(hw.device)
     # The statistics the model was trained with (tocha.fit keeps them on it); a bare module sees the data as is.
     mean, std = (meta["mean"], meta["std"]) if meta is not None else (None, None)
     transform = DeviceTransform(mean, std, device=dev)
-    batches = make_batches(splits.train, batch_size, device=dev, transform=transform, train=False,
-                           workers=hw.workers, pin_memory=hw.pin_memory, seed=0)
-    loss, metrics = evaluate_classifier(module.to(dev), batches, classes=splits.classes, device=dev,
-                                        precision="fp32", top_k=top_k)
+    batches = make_batches(
+        splits.train,
+        batch_size,
+        device=dev,
+        transform=transform,
+        train=False,
+        workers=hw.workers,
+        pin_memory=hw.pin_memory,
+        seed=0,
+    )
+    loss, metrics = evaluate_classifier(
+        module.to(dev), batches, classes=splits.classes, device=dev, precision="fp32", top_k=top_k
+    )
     return EvalResult(split, loss, metrics, "given model", None)

@@ -83,7 +83,7 @@ def close_matches(word: str, choices: Iterable[str]) -> list[str]:
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """"did you mean 'x'?" (or "'x' or 'y'", ...) for the closest choices, or '' when nothing is close."""
+    """ "did you mean 'x'?" (or "'x' or 'y'", ...) for the closest choices, or '' when nothing is close."""
     close = [f"'{c}'" for c in close_matches(word, choices)]
     if not close:
         return ""

@@ -28,9 +28,27 @@ _TMP = ".*.tmp"  # engine/checkpoint.atomic_path's temporaries of a killed proce
 # name pattern -> WHOLE, a nested layout (cleaned inside, removed when empty), or the kind of a
 # nested tocha folder (cleaned by its own kind when it is tocha's).
 RUN_LAYOUT: dict = {
-    **dict.fromkeys(("config.yaml", "env.json", "meta.json", "metrics.jsonl", "metrics.csv", "summary.json",
-                     "report.html", "curves.png", "confusion_matrix.png", "eval-*.json", "samples.txt",
-                     "sample-final.txt", "prune.json", "bench.json", ".tocha-write-test", _TMP), WHOLE),
+    **dict.fromkeys(
+        (
+            "config.yaml",
+            "env.json",
+            "meta.json",
+            "metrics.jsonl",
+            "metrics.csv",
+            "summary.json",
+            "report.html",
+            "curves.png",
+            "confusion_matrix.png",
+            "eval-*.json",
+            "samples.txt",
+            "sample-final.txt",
+            "prune.json",
+            "bench.json",
+            ".tocha-write-test",
+            _TMP,
+        ),
+        WHOLE,
+    ),
     "checkpoints": dict.fromkeys(("best.safetensors", "last.safetensors", "step-*", ".step-*", _TMP), WHOLE),
     "tensorboard": dict.fromkeys(("events.out.tfevents.*",), WHOLE),
     # derived from the old weights: stale after an overwrite
@@ -38,8 +56,9 @@ RUN_LAYOUT: dict = {
     "compressed": "compress",
 }
 COMPRESS_LAYOUT: dict = {
-    **dict.fromkeys(("compress.json", "model-*.onnx", "model-*.onnx.parity.json", "*.prep.onnx", ".model-*.tmp-*",
-                     _TMP), WHOLE),
+    **dict.fromkeys(
+        ("compress.json", "model-*.onnx", "model-*.onnx.parity.json", "*.prep.onnx", ".model-*.tmp-*", _TMP), WHOLE
+    ),
     "pruned": "run",
 }
 
@@ -91,11 +110,17 @@ def refuse_foreign(path: Path, kind: str, *, where: str, label: str) -> None:
     if found == kind:
         return
     if found is None:
-        raise UserError(f"{label} '{path}' is not empty and was not written by tocha (it holds {_listing(names)}); "
-                        "tocha writes only into new, empty or its own folders, with or without overwrite",
-                        where=where, fix="choose a new or empty folder")
-    raise UserError(f"{label} '{path}' is a tocha {found} folder, not a {kind} folder", where=where,
-                    fix="choose a new or empty folder")
+        raise UserError(
+            f"{label} '{path}' is not empty and was not written by tocha (it holds {_listing(names)}); "
+            "tocha writes only into new, empty or its own folders, with or without overwrite",
+            where=where,
+            fix="choose a new or empty folder",
+        )
+    raise UserError(
+        f"{label} '{path}' is a tocha {found} folder, not a {kind} folder",
+        where=where,
+        fix="choose a new or empty folder",
+    )
 
 
 def prepare(path: Path, kind: str, *, overwrite: bool, where: str, label: str, overwrite_flag: str) -> Path:
@@ -106,9 +131,12 @@ def prepare(path: Path, kind: str, *, overwrite: bool, where: str, label: str, o
     refuse_foreign(path, kind, where=where, label=label)
     if contents(path):
         if not overwrite:
-            raise UserError(f"{label} '{path}' already exists and is not empty", where=where,
-                            fix=f"choose another folder, or pass {overwrite_flag} to replace the files tocha wrote "
-                                "there (files tocha did not write are kept)")
+            raise UserError(
+                f"{label} '{path}' already exists and is not empty",
+                where=where,
+                fix=f"choose another folder, or pass {overwrite_flag} to replace the files tocha wrote "
+                "there (files tocha did not write are kept)",
+            )
         clean(path, kind)
     path.mkdir(parents=True, exist_ok=True)
     mark(path, kind)
@@ -192,8 +220,9 @@ def is_tocha_export(path: Path) -> bool:
     return False
 
 
-def check_out_vs_source(out: Path, source: Path, *, where: str, what: str, allowed_inside: tuple[str, ...] = ()
-                        ) -> None:
+def check_out_vs_source(
+    out: Path, source: Path, *, where: str, what: str, allowed_inside: tuple[str, ...] = ()
+) -> None:
     """Refuse an output that is, holds or lies inside the source run folder (resolved paths compared).
 
     `allowed_inside` names the source's own sub-folders tocha writes derived files into (compressed/, export/).
@@ -203,14 +232,18 @@ def check_out_vs_source(out: Path, source: Path, *, where: str, what: str, allow
         problem = f"is the {what} itself"
     elif source_r.is_relative_to(out_r):
         problem = f"holds the {what} '{source}'"
-    elif out_r.is_relative_to(source_r) and not any(out_r == source_r / name or out_r.parent == source_r / name
-                                                    for name in allowed_inside):
+    elif out_r.is_relative_to(source_r) and not any(
+        out_r == source_r / name or out_r.parent == source_r / name for name in allowed_inside
+    ):
         problem = f"lies inside the {what} '{source}'"
     else:
         return
     inside = f" (its own {', '.join(n + '/' for n in allowed_inside)} is allowed)" if allowed_inside else ""
-    raise UserError(f"output '{out}' {problem}: writing there could destroy the run", where=where,
-                    fix=f"choose an output outside the run folder{inside}")
+    raise UserError(
+        f"output '{out}' {problem}: writing there could destroy the run",
+        where=where,
+        fix=f"choose an output outside the run folder{inside}",
+    )
 
 
 class RunLock:
@@ -253,15 +286,19 @@ def lock_run_dir(path: str | Path) -> RunLock:
     if held is not None:
         return held
     if path.exists() and not path.is_dir():
-        raise UserError(f"out '{path}' exists and is not a folder", where="config key out",
-                        fix="choose another out=PATH")
+        raise UserError(
+            f"out '{path}' exists and is not a folder", where="config key out", fix="choose another out=PATH"
+        )
     refuse_foreign(path, "run", where="config key out", label="run folder")  # before writing a byte there
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's PID is in it
     except OSError as exc:
-        raise UserError(f"cannot write the run folder '{path}': {exc.strerror or exc}", where="config key out",
-                        fix="choose a writable location with out=PATH") from None
+        raise UserError(
+            f"cannot write the run folder '{path}': {exc.strerror or exc}",
+            where="config key out",
+            fix="choose a writable location with out=PATH",
+        ) from None
     try:
         import fcntl
     except ImportError:  # Windows: no flock; one writer per folder is then up to the user
@@ -272,10 +309,12 @@ def lock_run_dir(path: str | Path) -> RunLock:
         except OSError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise UserError(f"run folder '{path}' is in use by PID {holder} (another tocha train is writing it)",
-                            where="config key out",
-                            fix="wait for that run to end (or stop it), or choose another out=PATH; "
-                                "a killed run releases the folder at once") from None
+            raise UserError(
+                f"run folder '{path}' is in use by PID {holder} (another tocha train is writing it)",
+                where="config key out",
+                fix="wait for that run to end (or stop it), or choose another out=PATH; "
+                "a killed run releases the folder at once",
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     lock = _HELD[path.resolve()] = RunLock(path.resolve(), fd)

@@ -26,8 +26,13 @@ class HardwarePlan:
 
     def lines(self) -> list[str]:
         """One line per choice with its reason, for the start of a run and `tocha env`."""
-        values = {"device": self.device, "precision": self.precision, "workers": self.workers,
-                  "pin_memory": self.pin_memory, "threads": self.threads}
+        values = {
+            "device": self.device,
+            "precision": self.precision,
+            "workers": self.workers,
+            "pin_memory": self.pin_memory,
+            "threads": self.threads,
+        }
         return [f"{k:<11} {v!s:<8} {self.reasons[k]}" for k, v in values.items()]
 
 
@@ -38,8 +43,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def plan(device: str = AUTO, precision: str = AUTO, workers: int | str = AUTO,
-         threads: int | str = AUTO, *, file_data: bool = True) -> HardwarePlan:
+def plan(
+    device: str = AUTO,
+    precision: str = AUTO,
+    workers: int | str = AUTO,
+    threads: int | str = AUTO,
+    *,
+    file_data: bool = True,
+) -> HardwarePlan:
     """Resolve every 'auto' against the machine; explicit values are checked, then kept."""
     import torch
 
@@ -74,13 +85,19 @@ def plan(device: str = AUTO, precision: str = AUTO, workers: int | str = AUTO,
         reasons["workers"] = f"half of {cpus} usable CPU cores (the rest train), at most 4"
 
     pin = kind == "cuda" and file_data
-    reasons["pin_memory"] = ("CUDA: page-locked host buffers allow asynchronous copies" if pin else
-                             "only useful for host-to-CUDA copies of loader batches")
+    reasons["pin_memory"] = (
+        "CUDA: page-locked host buffers allow asynchronous copies"
+        if pin
+        else "only useful for host-to-CUDA copies of loader batches"
+    )
 
     if threads == AUTO:
         n_threads = cpus
-        reasons["threads"] = (f"{cpus} usable CPU cores; training measures 1..{cpus} on its model and keeps the "
-                              "fastest" if kind == "cpu" else f"{cpus} usable CPU cores (host-side work only)")
+        reasons["threads"] = (
+            f"{cpus} usable CPU cores; training measures 1..{cpus} on its model and keeps the fastest"
+            if kind == "cpu"
+            else f"{cpus} usable CPU cores (host-side work only)"
+        )
     else:
         n_threads, reasons["threads"] = int(threads), "set by the user"
     return HardwarePlan(dev, prec, n_workers, pin, n_threads, reasons)
@@ -101,16 +118,27 @@ def _device(requested: str, torch) -> tuple[str, str]:
         return "cpu", "set by the user"
     if kind == "cuda" and (not index or index.isdigit()):
         if not has_cuda:
-            raise UserError("device=cuda was asked for but no CUDA device is available", where="config key device",
-                            allowed=allowed, fix="use device=auto or device=cpu")
+            raise UserError(
+                "device=cuda was asked for but no CUDA device is available",
+                where="config key device",
+                allowed=allowed,
+                fix="use device=auto or device=cpu",
+            )
         if index and int(index) >= torch.cuda.device_count():
-            raise UserError(f"device={requested} but only {torch.cuda.device_count()} CUDA device(s) exist",
-                            where="config key device", fix=f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+            raise UserError(
+                f"device={requested} but only {torch.cuda.device_count()} CUDA device(s) exist",
+                where="config key device",
+                fix=f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}",
+            )
         return requested, "set by the user"
     if kind == "mps" and not index:
         if not has_mps:
-            raise UserError("device=mps was asked for but MPS is not available", where="config key device",
-                            allowed=allowed, fix="use device=auto or device=cpu")
+            raise UserError(
+                "device=mps was asked for but MPS is not available",
+                where="config key device",
+                allowed=allowed,
+                fix="use device=auto or device=cpu",
+            )
         return "mps", "set by the user"
     raise UserError(f"unknown device '{requested}'", where="config key device", allowed=allowed)
 

@@ -21,29 +21,43 @@ EXIT_USER_ERROR = 2
 def check_nproc(nproc: int, device: str) -> None:
     """A process count this machine can run; raises UserError otherwise."""
     if nproc < 1:
-        raise UserError(f"--nproc {nproc} is not a process count", where="tocha train --nproc",
-                        allowed="a whole number >= 1", fix="e.g. --nproc 2")
+        raise UserError(
+            f"--nproc {nproc} is not a process count",
+            where="tocha train --nproc",
+            allowed="a whole number >= 1",
+            fix="e.g. --nproc 2",
+        )
     if os.environ.get("WORLD_SIZE") or os.environ.get("TORCHELASTIC_RUN_ID"):
-        raise UserError("--nproc was given to a process that torchrun already started", where="tocha train --nproc",
-                        fix="either launch with torchrun --nproc-per-node N -m tocha train ..., or run "
-                            "tocha train --nproc N yourself, not both")
+        raise UserError(
+            "--nproc was given to a process that torchrun already started",
+            where="tocha train --nproc",
+            fix="either launch with torchrun --nproc-per-node N -m tocha train ..., or run "
+            "tocha train --nproc N yourself, not both",
+        )
     import torch
 
     kind = device.split(":")[0]
     if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
         count = torch.cuda.device_count()
         if nproc > count:
-            raise UserError(f"--nproc {nproc} but this machine has {count} CUDA device(s)",
-                            where="tocha train --nproc", allowed=f"1 to {count} (one process per GPU)",
-                            fix=f"use --nproc {count}, or device=cpu to run processes on the CPU")
+            raise UserError(
+                f"--nproc {nproc} but this machine has {count} CUDA device(s)",
+                where="tocha train --nproc",
+                allowed=f"1 to {count} (one process per GPU)",
+                fix=f"use --nproc {count}, or device=cpu to run processes on the CPU",
+            )
     else:
         from tocha.hardware import usable_cpus
 
         cpus = usable_cpus()
         if nproc > cpus:
-            raise UserError(f"--nproc {nproc} but only {cpus} CPU core(s) are usable: the processes would "
-                            "take turns on the cores and every collective would wait", where="tocha train --nproc",
-                            allowed=f"1 to {cpus} on this CPU", fix=f"use --nproc {cpus} or fewer")
+            raise UserError(
+                f"--nproc {nproc} but only {cpus} CPU core(s) are usable: the processes would "
+                "take turns on the cores and every collective would wait",
+                where="tocha train --nproc",
+                allowed=f"1 to {cpus} on this CPU",
+                fix=f"use --nproc {cpus} or fewer",
+            )
 
 
 def launch(nproc: int, train_args: list[str], *, debug: bool) -> int:
@@ -54,9 +68,17 @@ def launch(nproc: int, train_args: list[str], *, debug: bool) -> int:
 
     # torchrun's own INFO/WARNING lines (rendezvous, worker groups) are noise unless debugging.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.INFO if debug else logging.CRITICAL)
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"tocha-{uuid.uuid4().hex[:8]}",
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
-                          start_method="spawn")
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"tocha-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
     args = ["-m", "tocha", *(["--debug"] if debug else []), "train", *train_args]
     try:
         elastic_launch(config, entrypoint=sys.executable)(*args)
@@ -109,8 +131,9 @@ def write_error_file(text: str, *, secondary: bool) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
-    data = {"message": {"message": text, "extraInfo": {"timestamp": str(int(time.time())),
-                                                       "tocha_secondary": secondary}}}
+    data = {
+        "message": {"message": text, "extraInfo": {"timestamp": str(int(time.time())), "tocha_secondary": secondary}}
+    }
     try:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(data, f)

@@ -54,19 +54,30 @@ def length_problem(path: str | Path, where: str) -> UserError | None:
     name_max, path_max = _limits(path)
     for part in path.parts:
         if len(os.fsencode(part)) > name_max:
-            return UserError(f"the name '{shown(part)}' in path '{shown(path)}' is {len(os.fsencode(part))} bytes "
-                             "long", where=where, allowed=f"names of at most {name_max} bytes",
-                             fix="use a shorter file or folder name")
+            return UserError(
+                f"the name '{shown(part)}' in path '{shown(path)}' is {len(os.fsencode(part))} bytes long",
+                where=where,
+                allowed=f"names of at most {name_max} bytes",
+                fix="use a shorter file or folder name",
+            )
     total = len(os.fsencode(str(path.absolute())))
     if total >= path_max:
-        return UserError(f"path '{shown(path)}' is {total} bytes long (as an absolute path)", where=where,
-                         allowed=f"paths shorter than {path_max} bytes", fix="use a shorter path")
+        return UserError(
+            f"path '{shown(path)}' is {total} bytes long (as an absolute path)",
+            where=where,
+            allowed=f"paths shorter than {path_max} bytes",
+            fix="use a shorter path",
+        )
     return None
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "a special file"
@@ -80,19 +91,32 @@ def _stat(path: Path, where: str, expected: str) -> os.stat_result:
         return path.stat()
     except FileNotFoundError:
         if path.is_symlink():
-            raise UserError(f"'{shown(path)}' is a broken symbolic link (it points to '{os.readlink(path)}', "
-                            "which does not exist)", where=where, fix=f"point it at {expected}") from None
-        raise UserError(f"'{shown(path)}' does not exist", where=where,
-                        fix=f"check the path; it should be {expected}") from None
+            raise UserError(
+                f"'{shown(path)}' is a broken symbolic link (it points to '{os.readlink(path)}', which does not exist)",
+                where=where,
+                fix=f"point it at {expected}",
+            ) from None
+        raise UserError(
+            f"'{shown(path)}' does not exist", where=where, fix=f"check the path; it should be {expected}"
+        ) from None
     except NotADirectoryError:
-        raise UserError(f"'{shown(path)}' does not exist (a part of it is a file, not a folder)", where=where,
-                        fix=f"check the path; it should be {expected}") from None
+        raise UserError(
+            f"'{shown(path)}' does not exist (a part of it is a file, not a folder)",
+            where=where,
+            fix=f"check the path; it should be {expected}",
+        ) from None
     except PermissionError:
-        raise UserError(f"'{shown(path)}' cannot be reached (permission denied on a folder above it)", where=where,
-                        fix="check the folder permissions (chmod), or use another path") from None
+        raise UserError(
+            f"'{shown(path)}' cannot be reached (permission denied on a folder above it)",
+            where=where,
+            fix="check the folder permissions (chmod), or use another path",
+        ) from None
     except OSError as exc:  # ELOOP, EIO, ...
-        raise UserError(f"'{shown(path)}' cannot be used ({exc.strerror or exc})", where=where,
-                        fix=f"check the path; it should be {expected}") from None
+        raise UserError(
+            f"'{shown(path)}' cannot be used ({exc.strerror or exc})",
+            where=where,
+            fix=f"check the path; it should be {expected}",
+        ) from None
 
 
 def require_file(path: str | Path, where: str, *, expected: str = "a file") -> Path:
@@ -102,11 +126,15 @@ def require_file(path: str | Path, where: str, *, expected: str = "a file") -> P
     if stat.S_ISDIR(mode):
         raise UserError(f"'{shown(path)}' is a folder, not a file", where=where, fix=f"pass {expected}")
     if not stat.S_ISREG(mode):
-        raise UserError(f"'{shown(path)}' is not a regular file (it is {_kind(mode)})", where=where,
-                        fix=f"pass {expected}")
+        raise UserError(
+            f"'{shown(path)}' is not a regular file (it is {_kind(mode)})", where=where, fix=f"pass {expected}"
+        )
     if not os.access(path, os.R_OK):
-        raise UserError(f"'{shown(path)}' cannot be read (permission denied)", where=where,
-                        fix="make it readable (chmod +r), or pass another file")
+        raise UserError(
+            f"'{shown(path)}' cannot be read (permission denied)",
+            where=where,
+            fix="make it readable (chmod +r), or pass another file",
+        )
     return path
 
 
@@ -119,8 +147,11 @@ def require_dir(path: str | Path, where: str, *, expected: str = "a folder") -> 
     if not stat.S_ISDIR(mode):
         raise UserError(f"'{shown(path)}' is not a folder (it is {_kind(mode)})", where=where, fix=f"pass {expected}")
     if not os.access(path, os.R_OK | os.X_OK):
-        raise UserError(f"folder '{shown(path)}' cannot be read (permission denied)", where=where,
-                        fix="make it readable (chmod +rx), or pass another folder")
+        raise UserError(
+            f"folder '{shown(path)}' cannot be read (permission denied)",
+            where=where,
+            fix="make it readable (chmod +rx), or pass another folder",
+        )
     return path
 
 

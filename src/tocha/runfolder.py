@@ -15,7 +15,14 @@ from tocha.errors import UserError
 from tocha.folders import RunLock, held_lock, lock_run_dir  # noqa: F401 - writers lock through the run folder
 
 CONFIG, ENV, META, METRICS, METRICS_CSV, SUMMARY, REPORT = (
-    "config.yaml", "env.json", "meta.json", "metrics.jsonl", "metrics.csv", "summary.json", "report.html")
+    "config.yaml",
+    "env.json",
+    "meta.json",
+    "metrics.jsonl",
+    "metrics.csv",
+    "summary.json",
+    "report.html",
+)
 BEST_WEIGHTS, LAST_WEIGHTS = "checkpoints/best.safetensors", "checkpoints/last.safetensors"
 
 
@@ -34,20 +41,25 @@ def prepare_run_dir(out: str, *, overwrite: bool) -> Path:
     """
     path = Path(out)
     lock_run_dir(path)
-    folders.prepare(path, "run", overwrite=overwrite, where="config key out", label="run folder",
-                    overwrite_flag="overwrite=true")
+    folders.prepare(
+        path, "run", overwrite=overwrite, where="config key out", label="run folder", overwrite_flag="overwrite=true"
+    )
     try:
         (path / "checkpoints").mkdir(exist_ok=True)
         probe = path / ".tocha-write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write the run folder '{out}': {exc.strerror or exc}", where="config key out",
-                        fix="choose a writable location with out=PATH") from None
+        raise UserError(
+            f"cannot write the run folder '{out}': {exc.strerror or exc}",
+            where="config key out",
+            fix="choose a writable location with out=PATH",
+        ) from None
     return path
 
 
 # ---------------------------------------------------------------- one writer per run folder
+
 
 def write_json(path: Path, data: Any) -> None:
     from tocha.engine.checkpoint import write_text_atomic
@@ -69,8 +81,9 @@ def read_json(path: Path) -> Any:
     except FileNotFoundError:
         raise UserError(f"'{path}' is missing", fix="pass a run folder written by 'tocha train'") from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"'{path}' is not valid JSON (line {exc.lineno}): the run folder is damaged",
-                        fix="re-run 'tocha train'") from None
+        raise UserError(
+            f"'{path}' is not valid JSON (line {exc.lineno}): the run folder is damaged", fix="re-run 'tocha train'"
+        ) from None
 
 
 class MetricsLog:
@@ -144,8 +157,10 @@ def check_run_dir(run_dir: str | Path) -> Path:
         raise UserError(f"run folder '{run_dir}' does not exist", fix="pass a folder written by 'tocha train'")
     for name in (CONFIG, META):
         if not (path / name).is_file():
-            raise UserError(f"'{run_dir}' is not a tocha run folder: {name} is missing",
-                            fix="pass a folder written by 'tocha train' (it has config.yaml and meta.json)")
+            raise UserError(
+                f"'{run_dir}' is not a tocha run folder: {name} is missing",
+                fix="pass a folder written by 'tocha train' (it has config.yaml and meta.json)",
+            )
     return path
 
 
@@ -153,8 +168,7 @@ def git_sha() -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.getcwd())
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=os.getcwd())
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
-          np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
+_CODES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(np.int16): 0x0B,
+    np.dtype(np.int32): 0x0C,
+    np.dtype(np.float32): 0x0D,
+    np.dtype(np.float64): 0x0E,
+}
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -30,8 +36,9 @@ def write_idx_file(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def write_fashion_files(folder: Path, *, n_train: int = 30, n_test: int = 10, gz: bool = True,
-                        seed: int = 0) -> dict[str, np.ndarray]:
+def write_fashion_files(
+    folder: Path, *, n_train: int = 30, n_test: int = 10, gz: bool = True, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Fake Fashion-MNIST: the four IDX files with random 28x28 images, 3 of each class at least."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,7 +53,9 @@ def write_fashion_files(folder: Path, *, n_train: int = 30, n_test: int = 10, gz
     return arrays
 
 
-def write_png(path: Path, color: int | tuple[int, int, int], mode: str = "RGB", size: tuple[int, int] = (12, 10)) -> Path:
+def write_png(
+    path: Path, color: int | tuple[int, int, int], mode: str = "RGB", size: tuple[int, int] = (12, 10)
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, color).save(path)
     return path
@@ -66,10 +75,12 @@ def make_image_folder(root: Path, counts: dict[str, int], mode: str = "RGB") -> 
 @pytest.fixture
 def fixtures():
     """The helpers above, as a fixture (conftest modules are not importable from tests)."""
+
     class Helpers:
         idx_bytes = staticmethod(idx_bytes)
         write_idx_file = staticmethod(write_idx_file)
         write_fashion_files = staticmethod(write_fashion_files)
         write_png = staticmethod(write_png)
         make_image_folder = staticmethod(make_image_folder)
+
     return Helpers

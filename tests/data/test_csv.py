@@ -22,8 +22,9 @@ def _regression_csv(tmp_path: Path, n: int = 40) -> Path:
     rng = np.random.default_rng(0)
     a, b = rng.normal(5, 2, n), rng.normal(-3, 0.5, n)
     y = 3 * a - 2 * b + 10
-    return _write(tmp_path / "reg.csv", ["a", "b", "y"], [[f"{p:.6f}", f"{q:.6f}", f"{r:.6f}"]
-                                                          for p, q, r in zip(a, b, y)])
+    return _write(
+        tmp_path / "reg.csv", ["a", "b", "y"], [[f"{p:.6f}", f"{q:.6f}", f"{r:.6f}"] for p, q, r in zip(a, b, y)]
+    )
 
 
 def _class_csv(tmp_path: Path, per_class: int = 10) -> Path:
@@ -136,12 +137,13 @@ def test_constant_feature_and_zero_fractions(tmp_path):
 
 def test_bom_quotes_and_blank_lines_are_accepted(tmp_path):
     path = tmp_path / "bom.csv"
-    path.write_bytes("\ufeff\"a\",b,y\n1,\"2\",3\n\n4,5,6\n7,8,9\n10,11,12\n\n".encode())
+    path.write_bytes('\ufeff"a",b,y\n1,"2",3\n\n4,5,6\n7,8,9\n10,11,12\n\n'.encode())
     data = load_csv(path, target="y", val_fraction=0.0, test_fraction=0.0, seed=0)
     assert data.feature_names == ("a", "b") and len(data.train) == 4
 
 
 # --- every bad file is a UserError that names what and where --------------------------------------
+
 
 def _error(path: Path, **kwargs: object) -> str:
     kwargs = {"target": "y", "val_fraction": 0.2, "seed": 0, **kwargs}
@@ -179,16 +181,19 @@ def test_ragged_row_names_line(tmp_path):
     assert "line 3" in msg and "2 values but the header has 3 columns" in msg
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"", "is empty"),
-    (b"\n\n", "is empty"),
-    (b"a,b,y\n", "has a header but no rows"),
-    (b"a,,y\n1,2,3\n", "column 2 of"),
-    (b"a,a,y\n1,2,3\n", "column 'a' appears twice"),
-    (b"y\n1\n2\n", "no features"),
-    (b"a,y\n1,\xe9t\xe9\n", "is not UTF-8 text (byte 6"),
-    (b"a,y\n1,\x002\n", "looks binary"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "is empty"),
+        (b"\n\n", "is empty"),
+        (b"a,b,y\n", "has a header but no rows"),
+        (b"a,,y\n1,2,3\n", "column 2 of"),
+        (b"a,a,y\n1,2,3\n", "column 'a' appears twice"),
+        (b"y\n1\n2\n", "no features"),
+        (b"a,y\n1,\xe9t\xe9\n", "is not UTF-8 text (byte 6"),
+        (b"a,y\n1,\x002\n", "looks binary"),
+    ],
+)
 def test_bad_files(tmp_path, content, expected):
     path = tmp_path / "bad.csv"
     path.write_bytes(content)

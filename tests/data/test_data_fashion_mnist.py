@@ -98,8 +98,12 @@ def test_resize_and_channels(tmp_path, fixtures):
     # antialiased bilinear, like PIL's resize (what image folders use), to within rounding
     from PIL import Image
 
-    pil = np.stack([np.array(Image.fromarray(a).resize((14, 14), Image.Resampling.BILINEAR))
-                    for a in arrays["train-images-idx3-ubyte"]])
+    pil = np.stack(
+        [
+            np.array(Image.fromarray(a).resize((14, 14), Image.Resampling.BILINEAR))
+            for a in arrays["train-images-idx3-ubyte"]
+        ]
+    )
     assert np.abs(d.train.inputs[:, 0].numpy().astype(int) - pil.astype(int)).max() <= 1
 
 

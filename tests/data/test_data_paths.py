@@ -22,6 +22,7 @@ def _message(call) -> str:
 
 # --- the helpers
 
+
 def test_require_file_names_what_the_path_is(tmp_path):
     (tmp_path / "d").mkdir()
     os.mkfifo(tmp_path / "fifo")
@@ -51,8 +52,11 @@ def test_a_name_longer_than_the_os_allows(tmp_path):
 
 # --- where they are used
 
-@pytest.mark.parametrize("path, needle", [("/dev/null", "not a regular file"), ("/dev/zero", "not a regular file"),
-                                          ("FOLDER", "is a folder")])
+
+@pytest.mark.parametrize(
+    "path, needle",
+    [("/dev/null", "not a regular file"), ("/dev/zero", "not a regular file"), ("FOLDER", "is a folder")],
+)
 def test_yaml_config_file_that_is_not_a_file(tmp_path, path, needle):
     path = str(tmp_path) if path == "FOLDER" else path
     assert needle in _message(lambda: config.load(path))
@@ -98,6 +102,7 @@ def test_model_weights_that_are_not_a_file(tmp_path, path, needle):
 
 
 # --- image folders: unreadable, hidden, symlinked
+
 
 def test_unreadable_class_folder_is_named(tmp_path, fixtures, monkeypatch):
     fixtures.make_image_folder(tmp_path, {"a": 3, "b": 3})

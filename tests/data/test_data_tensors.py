@@ -81,8 +81,9 @@ class _Pairs(Dataset):
 def test_splits_from_dataset(with_targets):
     images = _images(20, (3, 5, 5))
     labels = torch.arange(20) % 2
-    d = splits_from_dataset(_Pairs(images, labels, with_targets), test_ds=_Pairs(images[:4], labels[:4], False),
-                            val_fraction=0.2, seed=0)
+    d = splits_from_dataset(
+        _Pairs(images, labels, with_targets), test_ds=_Pairs(images[:4], labels[:4], False), val_fraction=0.2, seed=0
+    )
     assert isinstance(d.train.dataset, Subset) and len(d.train) == 16 and len(d.val) == 4 and len(d.test) == 4
     assert (d.in_channels, d.image_size) == (3, 5)
     assert d.classes == (("zero", "one") if with_targets else ("0", "1"))

@@ -22,12 +22,15 @@ def step(name, acc, ms, mb=1.0):
     return Step(name, f"{name}.onnx", acc, ms, mb)
 
 
-@pytest.mark.parametrize("after, keep, words", [
-    (step("int8", 0.899, 2.0, 0.25), True, ["2.50x faster", "4.0x smaller", "kept"]),
-    (step("int8", 0.90, 6.0, 0.25), False, ["not faster", "rejected"]),
-    (step("int8", 0.85, 1.0, 0.25), False, ["5.00 accuracy points", "allowed 1", "rejected"]),
-    (step("int8", 0.891, 4.9), True, ["kept"]),
-])
+@pytest.mark.parametrize(
+    "after, keep, words",
+    [
+        (step("int8", 0.899, 2.0, 0.25), True, ["2.50x faster", "4.0x smaller", "kept"]),
+        (step("int8", 0.90, 6.0, 0.25), False, ["not faster", "rejected"]),
+        (step("int8", 0.85, 1.0, 0.25), False, ["5.00 accuracy points", "allowed 1", "rejected"]),
+        (step("int8", 0.891, 4.9), True, ["kept"]),
+    ],
+)
 def test_a_step_is_kept_only_if_it_pays(after, keep, words):
     kept, reason = judge(step("fp32", 0.90, 5.0), after, max_accuracy_drop=1.0)
     assert kept is keep
@@ -53,8 +56,7 @@ def test_compress_prunes_fine_tunes_measures_and_reports(run, tmp_path):
     pytest.importorskip("torch_pruning")
     from tocha.recipes.runs import evaluate_run
 
-    report = compress_run(run, out=tmp_path / "c", prune=0.5, finetune_epochs=1, quantize="none",
-                          echo=lambda *_: None)
+    report = compress_run(run, out=tmp_path / "c", prune=0.5, finetune_epochs=1, quantize="none", echo=lambda *_: None)
     fp32, pruned = report["steps"]
     assert pruned["name"] == "pruned" and abs(pruned["macs"] / fp32["macs"] - 0.5) <= 0.05
     assert pruned["params"] < fp32["params"]
@@ -71,8 +73,7 @@ def test_compress_prunes_fine_tunes_measures_and_reports(run, tmp_path):
 def test_a_step_that_is_slower_is_rejected_and_its_file_renamed(run, tmp_path, monkeypatch, times, keep):
     """The decision uses the side-by-side timer; stubbed here so the outcome is known."""
     monkeypatch.setattr(measure, "paired_latency", lambda *_a, **_k: times)
-    report = compress_run(run, out=tmp_path / "c", quantize="int8-dynamic", max_accuracy_drop=100,
-                          echo=lambda *_: None)
+    report = compress_run(run, out=tmp_path / "c", quantize="int8-dynamic", max_accuracy_drop=100, echo=lambda *_: None)
     fp32, int8 = report["steps"]
     assert int8["p50_ms"] == times[1]
     assert (report["kept"] == int8["path"]) is keep
@@ -82,8 +83,22 @@ def test_a_step_that_is_slower_is_rejected_and_its_file_renamed(run, tmp_path, m
 
 def test_bench_model_rows_for_every_artifact_and_batch(run, tmp_path, capsys):
     assert cli(["export", str(run), "--out", str(tmp_path / "m.onnx"), "--samples", "64"]) == 0
-    assert cli(["bench-model", str(run), str(tmp_path / "m.onnx"), "--batch", "1,16", "--calls", "5",
-                "--json", str(tmp_path / "b.json")]) == 0
+    assert (
+        cli(
+            [
+                "bench-model",
+                str(run),
+                str(tmp_path / "m.onnx"),
+                "--batch",
+                "1,16",
+                "--calls",
+                "5",
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "b.json").read_text())
     assert [(r["runtime"], r["batch"]) for r in rows] == [("torch", 1), ("torch", 16), ("ort", 1), ("ort", 16)]
     assert rows[0]["accuracy"] == rows[2]["accuracy"] is not None  # same model, same test split
@@ -99,19 +114,22 @@ def test_bench_model_runs_a_run_folder_on_both_runtimes(run, tmp_path):
     assert rows[0].accuracy == rows[1].accuracy
 
 
-@pytest.mark.parametrize("args, words", [
-    (["compress", "RUN", "--quantize", "int4"], ["unknown quantization", "int8"]),
-    (["compress", "RUN", "--calibration", "magic"], ["calibration", "minmax"]),
-    (["compress", "RUN", "--max-accuracy-drop", "-1"], ["out of range"]),
-    (["bench-model", "nothing.onnx"], ["does not exist"]),
-    (["bench-model", "RUN", "--batch", "x"], ["--batch"]),
-    (["bench-model", "weights.bin"], ["cannot benchmark"]),
-    (["bench-model", "RUN", "--runtime", "tensorrt"], ["unknown runtime", "torch, ort"]),
-    (["compress", "RUN", "--prune", "1.0"], ["out of range", "between 0 and 1"]),
-    (["compress", "RUN", "--prune", "0.5", "--prune-method", "l1"], ["--prune-method", "channels, masks"]),
-    (["compress", "RUN", "--prune", "0.5", "--finetune-epochs", "0"], ["--finetune-epochs", "at least 1"]),
-    (["compress", "RUN", "--quantize", "none"], ["nothing to do"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["compress", "RUN", "--quantize", "int4"], ["unknown quantization", "int8"]),
+        (["compress", "RUN", "--calibration", "magic"], ["calibration", "minmax"]),
+        (["compress", "RUN", "--max-accuracy-drop", "-1"], ["out of range"]),
+        (["bench-model", "nothing.onnx"], ["does not exist"]),
+        (["bench-model", "RUN", "--batch", "x"], ["--batch"]),
+        (["bench-model", "weights.bin"], ["cannot benchmark"]),
+        (["bench-model", "RUN", "--runtime", "tensorrt"], ["unknown runtime", "torch, ort"]),
+        (["compress", "RUN", "--prune", "1.0"], ["out of range", "between 0 and 1"]),
+        (["compress", "RUN", "--prune", "0.5", "--prune-method", "l1"], ["--prune-method", "channels, masks"]),
+        (["compress", "RUN", "--prune", "0.5", "--finetune-epochs", "0"], ["--finetune-epochs", "at least 1"]),
+        (["compress", "RUN", "--quantize", "none"], ["nothing to do"]),
+    ],
+)
 def test_bad_compress_and_bench_model_arguments(run, tmp_path, capsys, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "weights.bin").write_bytes(b"x")

@@ -88,14 +88,17 @@ def test_onnx_file_alone_predicts_like_the_run(run, tmp_path, capsys):
     assert from_onnx == capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--format", "keras"], ["unknown export format", "onnx, pt2"]),
-    (["--out", "EXISTING"], ["already exists", "not written by tocha"]),
-    (["--out", "EXISTING", "--overwrite"], ["already exists", "not written by tocha"]),  # not tocha's: kept
-    (["--out", "nowhere/m.onnx"], ["does not exist"]),
-    (["--precision", "int4"], ["unknown precision", "fp32, fp16, bf16"]),
-    (["--precision", "bf16"], ["bf16 ONNX", "--precision fp16"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--format", "keras"], ["unknown export format", "onnx, pt2"]),
+        (["--out", "EXISTING"], ["already exists", "not written by tocha"]),
+        (["--out", "EXISTING", "--overwrite"], ["already exists", "not written by tocha"]),  # not tocha's: kept
+        (["--out", "nowhere/m.onnx"], ["does not exist"]),
+        (["--precision", "int4"], ["unknown precision", "fp32, fp16, bf16"]),
+        (["--precision", "bf16"], ["bf16 ONNX", "--precision fp16"]),
+    ],
+)
 def test_bad_export_arguments(run, tmp_path, capsys, args, words):
     existing = tmp_path / "old.onnx"
     existing.write_text("keep")

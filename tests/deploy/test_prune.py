@@ -18,8 +18,10 @@ def model(name: str, size: int = 16, channels: int = 1):
     return build_model(ModelSpec(name, channels, 10, size, (48,), 8, 0.0)).eval()
 
 
-@pytest.mark.parametrize("name, size, channels, scope", [
-    ("cnn", 16, 1, "uniform"), ("cnn", 16, 1, "global"), ("mlp", 8, 1, "uniform"), ("resnet18", 16, 3, "global")])
+@pytest.mark.parametrize(
+    "name, size, channels, scope",
+    [("cnn", 16, 1, "uniform"), ("cnn", 16, 1, "global"), ("mlp", 8, 1, "uniform"), ("resnet18", 16, 3, "global")],
+)
 def test_channel_pruning_hits_the_asked_mac_ratio_and_keeps_the_output_shape(name, size, channels, scope):
     net = model(name, size, channels)
     x = torch.randn(2, channels, size, size)
@@ -77,12 +79,15 @@ def test_mask_pruning_zeroes_weights_keeps_shapes_and_warns(caplog):
     assert all(bool(((w == 0) == (m == 0)).all()) for w, m in result.masks)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"ratio": 1.0}, ["out of range", "between 0 and 1"]),
-    ({"ratio": 0.0}, ["out of range"]),
-    ({"ratio": 0.5, "method": "l1"}, ["--prune-method", "channels, masks"]),
-    ({"ratio": 0.5, "scope": "local"}, ["--prune-scope", "uniform, global"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"ratio": 1.0}, ["out of range", "between 0 and 1"]),
+        ({"ratio": 0.0}, ["out of range"]),
+        ({"ratio": 0.5, "method": "l1"}, ["--prune-method", "channels, masks"]),
+        ({"ratio": 0.5, "scope": "local"}, ["--prune-scope", "uniform, global"]),
+    ],
+)
 def test_bad_prune_options_are_user_errors(kwargs, words):
     ratio = kwargs.pop("ratio")
     with pytest.raises(UserError) as err:

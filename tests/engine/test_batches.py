@@ -19,18 +19,34 @@ def images(n: int = 37, c: int = 3, s: int = 8, seed: int = 0) -> tuple[torch.Te
 
 
 def transform(seed: int = 7, augment=("crop", "flip"), channels_last: bool = False) -> DeviceTransform:
-    return DeviceTransform((0.4, 0.5, 0.6), (0.2, 0.25, 0.3), augment=augment, crop_padding=2, device=CPU,
-                           seed=seed, channels_last=channels_last)
+    return DeviceTransform(
+        (0.4, 0.5, 0.6),
+        (0.2, 0.25, 0.3),
+        augment=augment,
+        crop_padding=2,
+        device=CPU,
+        seed=seed,
+        channels_last=channels_last,
+    )
 
 
 @pytest.mark.parametrize("prepare_once", [True, False])
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_resident_and_dataloader_paths_give_identical_batches(prepare_once, channels_last):
     x, y = images()
-    resident = ResidentBatches(x, y, 8, device=CPU, transform=transform(channels_last=channels_last), train=True,
-                               seed=3, prepare_once=prepare_once)
-    loader = LoaderBatches(TensorItems(x, y), 8, device=CPU, transform=transform(channels_last=channels_last),
-                           train=True, seed=3)
+    resident = ResidentBatches(
+        x,
+        y,
+        8,
+        device=CPU,
+        transform=transform(channels_last=channels_last),
+        train=True,
+        seed=3,
+        prepare_once=prepare_once,
+    )
+    loader = LoaderBatches(
+        TensorItems(x, y), 8, device=CPU, transform=transform(channels_last=channels_last), train=True, seed=3
+    )
     assert len(resident) == len(loader) == 5
     for epoch in range(2):  # a new order each epoch, the same on both paths
         resident.set_epoch(epoch), loader.set_epoch(epoch)
@@ -70,8 +86,7 @@ def test_device_augmentation_matches_torchvision_reference():
 
 def test_flat_features_pass_through_untouched():
     x = torch.randn(12, 5)
-    batches = ResidentBatches(x, torch.zeros(12, dtype=torch.long), 4, device=CPU, transform=transform(),
-                              train=True)
+    batches = ResidentBatches(x, torch.zeros(12, dtype=torch.long), 4, device=CPU, transform=transform(), train=True)
     assert torch.equal(torch.cat([b[0] for b in batches]).sort(0).values, x.sort(0).values)
 
 

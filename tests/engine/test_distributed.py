@@ -23,14 +23,23 @@ CPU = torch.device("cpu")
 def test_shards_are_equal_in_size_and_unshard_restores_the_order(n, world):
     order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
     parts = [shard(order, r, world) for r in range(world)]
-    assert len({len(p) for p in parts}) == 1          # equal shares: no rank waits for another
-    assert set(torch.cat(parts).tolist()) == set(order.tolist())   # every sample is somewhere
-    assert torch.equal(unshard(parts, n), order)      # gathered back: each sample once, in order
+    assert len({len(p) for p in parts}) == 1  # equal shares: no rank waits for another
+    assert set(torch.cat(parts).tolist()) == set(order.tolist())  # every sample is somewhere
+    assert torch.equal(unshard(parts, n), order)  # gathered back: each sample once, in order
 
 
 def _resident(x, y, batch, rank, world, train=True):
-    return ResidentBatches(x, y, batch, device=CPU, transform=DeviceTransform(None, None, device=CPU), train=train,
-                           seed=3, rank=rank, world_size=world)
+    return ResidentBatches(
+        x,
+        y,
+        batch,
+        device=CPU,
+        transform=DeviceTransform(None, None, device=CPU),
+        train=train,
+        seed=3,
+        rank=rank,
+        world_size=world,
+    )
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -40,7 +49,7 @@ def test_a_global_batch_holds_the_same_samples_on_any_number_of_ranks(world):
     single = [yb for _, yb in _resident(x, y, global_batch, 0, 1)]
     ranks = [[yb for _, yb in _resident(x, y, global_batch // world, r, world)] for r in range(world)]
     assert all(len(r) == len(single) for r in ranks)  # same steps per epoch, so the same schedule
-    for i, whole in enumerate(single[:-1]):           # the last batch differs only by the wrap-around padding
+    for i, whole in enumerate(single[:-1]):  # the last batch differs only by the wrap-around padding
         together = torch.cat([r[i] for r in ranks])
         assert sorted(together.tolist()) == sorted(whole.tolist())
 
@@ -50,8 +59,16 @@ def test_dataloader_path_shards_like_the_resident_path():
     x, y = torch.arange(n, dtype=torch.float32).view(n, 1), torch.arange(n)
     for rank in range(world):
         resident = [yb for _, yb in _resident(x, y, 16, rank, world)]
-        loader = LoaderBatches(TensorItems(x, y), 16, device=CPU, transform=DeviceTransform(None, None, device=CPU),
-                               train=True, seed=3, rank=rank, world_size=world)
+        loader = LoaderBatches(
+            TensorItems(x, y),
+            16,
+            device=CPU,
+            transform=DeviceTransform(None, None, device=CPU),
+            train=True,
+            seed=3,
+            rank=rank,
+            world_size=world,
+        )
         loader.set_epoch(0)
         assert [b.tolist() for b in resident] == [yb.tolist() for _, yb in loader]
 
@@ -63,8 +80,16 @@ def test_environment_without_a_rendezvous_address_is_a_clear_error():
     with pytest.raises(UserError, match="RANK=2 and WORLD_SIZE=2"):
         from_env({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"})
     assert from_env({}) == DistInfo()
-    assert from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-                     "MASTER_ADDR": "h", "MASTER_PORT": "1"}) == DistInfo(3, 4, 1, 2)
+    assert from_env(
+        {
+            "WORLD_SIZE": "4",
+            "RANK": "3",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "h",
+            "MASTER_PORT": "1",
+        }
+    ) == DistInfo(3, 4, 1, 2)
 
 
 def test_backend_that_is_not_available_is_a_clear_error():
@@ -108,7 +133,15 @@ class CountingNoSync(nn.Module):
 def test_gradient_accumulation_skips_the_all_reduce_on_all_but_the_last_micro_batch():
     x, y = torch.randn(320, 5), torch.randint(0, 3, (320,))
     model = CountingNoSync(nn.Linear(5, 3))
-    batches = _resident(x, y, 32, 0, 1)          # 10 micro-batches: groups of 4, 4 and a short one of 2
-    train_loop(model, batches, device=CPU, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scheduler=None,
-               epochs=1, loss_fn=nn.CrossEntropyLoss(), grad_accum_steps=4)
+    batches = _resident(x, y, 32, 0, 1)  # 10 micro-batches: groups of 4, 4 and a short one of 2
+    train_loop(
+        model,
+        batches,
+        device=CPU,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        scheduler=None,
+        epochs=1,
+        loss_fn=nn.CrossEntropyLoss(),
+        grad_accum_steps=4,
+    )
     assert model.skipped_syncs == 3 + 3 + 1

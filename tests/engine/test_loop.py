@@ -24,16 +24,40 @@ def _mlp(d=20, k=4, seed=0):
     return nn.Sequential(nn.Linear(d, 32), nn.ReLU(), nn.Linear(32, k))
 
 
-def _train(model, x, y, *, batch_size, accum=1, epochs=1, lr=0.1, log_every=1000, on_log=None,
-           optimizer="sgd", scheduler="none", progress=None):
-    batches = ResidentBatches(x, y, batch_size, device=CPU, transform=DeviceTransform(None, None, device=CPU),
-                              train=True, seed=0)
+def _train(
+    model,
+    x,
+    y,
+    *,
+    batch_size,
+    accum=1,
+    epochs=1,
+    lr=0.1,
+    log_every=1000,
+    on_log=None,
+    optimizer="sgd",
+    scheduler="none",
+    progress=None,
+):
+    batches = ResidentBatches(
+        x, y, batch_size, device=CPU, transform=DeviceTransform(None, None, device=CPU), train=True, seed=0
+    )
     opt = build_optimizer(model, optimizer, lr=lr, momentum=0.9 if optimizer == "sgd" else 0.0)
     steps = -(-len(batches) // accum)
     sched = build_scheduler(opt, scheduler, total_steps=epochs * steps, steps_per_epoch=steps)
-    return train_loop(model, batches, device=CPU, optimizer=opt, scheduler=sched, epochs=epochs,
-                      loss_fn=nn.CrossEntropyLoss(), grad_accum_steps=accum, log_every=log_every, on_log=on_log,
-                      progress=progress)
+    return train_loop(
+        model,
+        batches,
+        device=CPU,
+        optimizer=opt,
+        scheduler=sched,
+        epochs=epochs,
+        loss_fn=nn.CrossEntropyLoss(),
+        grad_accum_steps=accum,
+        log_every=log_every,
+        on_log=on_log,
+        progress=progress,
+    )
 
 
 def test_grad_accumulation_4x32_equals_1x128():
@@ -65,8 +89,18 @@ def test_golden_loss_after_20_deterministic_steps():
     """Pins the loss after 20 CPU steps: any unintended change to the step shows up here."""
     x, y = _data()
     records = []
-    _train(_mlp(), x, y, batch_size=32, epochs=2, log_every=20, on_log=records.append, optimizer="adamw",
-           lr=1e-2, scheduler="cosine")
+    _train(
+        _mlp(),
+        x,
+        y,
+        batch_size=32,
+        epochs=2,
+        log_every=20,
+        on_log=records.append,
+        optimizer="adamw",
+        lr=1e-2,
+        scheduler="cosine",
+    )
     first = records[0]
     assert first["step"] == 20
     assert first["train.loss"] == pytest.approx(1.021934, rel=1e-4)
@@ -166,8 +200,9 @@ def test_fp16_group_of_skipped_batches_steps_nothing():
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
-    stepper = Stepper(model, opt, sched, device=CPU, loss_fn=nn.CrossEntropyLoss(), precision="fp16",
-                      skip_nonfinite=True)
+    stepper = Stepper(
+        model, opt, sched, device=CPU, loss_fn=nn.CrossEntropyLoss(), precision="fp16", skip_nonfinite=True
+    )
     state = LoopState()
     before = [p.detach().clone() for p in model.parameters()]
     bad = x[:32].clone()
@@ -175,7 +210,7 @@ def test_fp16_group_of_skipped_batches_steps_nothing():
     scale = stepper.scaler.get_scale()
     assert stepper.step([(bad, y[:32])], state) == 0
     assert state.skipped_steps == 1 and state.seen == 0
-    assert stepper.scaler.get_scale() == scale and sched.last_epoch == 0      # no update, no schedule step
+    assert stepper.scaler.get_scale() == scale and sched.last_epoch == 0  # no update, no schedule step
     assert all(torch.equal(p0, p) for p0, p in zip(before, model.parameters()))
-    assert stepper.step([(x[32:], y[32:])], state) == 32                     # a good group still steps
+    assert stepper.step([(x[32:], y[32:])], state) == 32  # a good group still steps
     assert sched.last_epoch == 1 and not all(torch.equal(p0, p) for p0, p in zip(before, model.parameters()))

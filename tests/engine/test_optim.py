@@ -26,8 +26,9 @@ def test_every_schedule_steps_through_any_run_length(name, total_steps, optimize
     for warmup_steps in sorted({0, 0 if name == "onecycle" else total_steps // 2}):
         check_schedule(name, total_steps=total_steps, warmup_steps=warmup_steps)
         opt = _optimizer(optimizer)
-        scheduler = build_scheduler(opt, name, total_steps=total_steps, steps_per_epoch=max(1, total_steps // 3),
-                                    warmup_steps=warmup_steps)
+        scheduler = build_scheduler(
+            opt, name, total_steps=total_steps, steps_per_epoch=max(1, total_steps // 3), warmup_steps=warmup_steps
+        )
         lrs = [g["lr"] for g in opt.param_groups]
         for _ in range(total_steps):
             opt.step()
@@ -54,16 +55,19 @@ def test_onecycle_is_unchanged_where_it_already_worked():
     assert scheduler.total_steps == 100 and scheduler._schedule_phases[0]["end_step"] == 24
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(name="cosine", total_steps=10, warmup_steps=10), "warm-up"),
-    (dict(name="none", total_steps=10, warmup_steps=11), "warm-up"),
-    (dict(name="cosine", total_steps=0), "total_steps"),
-    (dict(name="cosine", total_steps=10, warmup_steps=-1), "warmup"),
-    (dict(name="onecycle", total_steps=10, warmup_steps=3), "onecycle"),
-    (dict(name="step", total_steps=10, steps_per_epoch=0), "steps_per_epoch"),
-    (dict(name="step", total_steps=10, step_epochs=0), "step_epochs"),
-    (dict(name="cosnie", total_steps=10), "did you mean 'cosine'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(name="cosine", total_steps=10, warmup_steps=10), "warm-up"),
+        (dict(name="none", total_steps=10, warmup_steps=11), "warm-up"),
+        (dict(name="cosine", total_steps=0), "total_steps"),
+        (dict(name="cosine", total_steps=10, warmup_steps=-1), "warmup"),
+        (dict(name="onecycle", total_steps=10, warmup_steps=3), "onecycle"),
+        (dict(name="step", total_steps=10, steps_per_epoch=0), "steps_per_epoch"),
+        (dict(name="step", total_steps=10, step_epochs=0), "step_epochs"),
+        (dict(name="cosnie", total_steps=10), "did you mean 'cosine'"),
+    ],
+)
 def test_impossible_schedules_are_user_errors(kwargs, needle):
     with pytest.raises(UserError) as info:
         check_schedule(**kwargs)

@@ -59,13 +59,19 @@ def test_matches_sklearn_classification_report(n_classes, absent, seed):
     for row in m.per_class:
         r = ref[row.name]
         assert (row.precision, row.recall, row.f1, row.support) == (
-            r["precision"], r["recall"], r["f1-score"], r["support"]
+            r["precision"],
+            r["recall"],
+            r["f1-score"],
+            r["support"],
         )
     for row, key in ((m.macro, "macro avg"), (m.weighted, "weighted avg")):
         r = ref[key]
         assert row.name == key
         assert (row.precision, row.recall, row.f1, row.support) == (
-            r["precision"], r["recall"], r["f1-score"], r["support"]
+            r["precision"],
+            r["recall"],
+            r["f1-score"],
+            r["support"],
         )
     if absent is not None:
         assert m.per_class[absent].support == 0
@@ -139,21 +145,24 @@ def test_torch_tensors_give_same_result_as_numpy():
     torch = pytest.importorskip("torch")
     y_true, y_prob, classes = _random_case(6, 100, seed=9, absent=2)
     ref = classification_metrics(y_true, y_prob, classes, top_k=(3,))
-    got = classification_metrics(torch.from_numpy(y_true), torch.from_numpy(y_prob), classes,
-                                 top_k=(3,))
+    got = classification_metrics(torch.from_numpy(y_true), torch.from_numpy(y_prob), classes, top_k=(3,))
     assert got == ref
     # Low-precision logits straight from an autocast forward pass must also work.
-    half = classification_metrics(torch.from_numpy(y_true), torch.from_numpy(y_prob).bfloat16(),
-                                  classes)
+    half = classification_metrics(torch.from_numpy(y_true), torch.from_numpy(y_prob).bfloat16(), classes)
     assert half.n_samples == 100 and 0.0 <= half.accuracy <= 1.0
 
 
 def test_flat_keys_and_metric_names():
     m = classification_metrics(*_random_case(8, 64, seed=10))
     assert set(m.flat("val")) == {
-        "val.accuracy", "val.top5_accuracy",
-        "val.precision_macro", "val.recall_macro", "val.f1_macro",
-        "val.precision_weighted", "val.recall_weighted", "val.f1_weighted",
+        "val.accuracy",
+        "val.top5_accuracy",
+        "val.precision_macro",
+        "val.recall_macro",
+        "val.f1_macro",
+        "val.precision_weighted",
+        "val.recall_weighted",
+        "val.f1_weighted",
     }
     assert m.flat("val")["val.f1_macro"] == m.macro.f1
     assert m.flat("val")["val.recall_weighted"] == m.weighted.recall
@@ -178,9 +187,13 @@ def test_to_dict_json_round_trip():
     assert again == d
     assert ClassificationMetrics.from_dict(again) == m
     assert d["top_k_accuracy"] == {"2": m.top_k_accuracy[2], "5": m.top_k_accuracy[5]}
-    assert d["per_class"][0] == {"name": "class_0", "precision": m.per_class[0].precision,
-                                 "recall": m.per_class[0].recall, "f1": m.per_class[0].f1,
-                                 "support": m.per_class[0].support}
+    assert d["per_class"][0] == {
+        "name": "class_0",
+        "precision": m.per_class[0].precision,
+        "recall": m.per_class[0].recall,
+        "f1": m.per_class[0].f1,
+        "support": m.per_class[0].support,
+    }
     assert d["confusion"] == [list(r) for r in m.confusion]
     binary = classification_metrics(np.array([0, 1, 1, 0]), np.eye(2)[[0, 1, 0, 0]], ["a", "b"])
     assert ClassificationMetrics.from_dict(json.loads(json.dumps(binary.to_dict()))) == binary
@@ -194,7 +207,7 @@ def test_report_text_matches_sklearn_layout(digits):
     text = m.report_text(digits=digits)
     ref = _sklearn_report(y_true, y_prob, classes, output_dict=False, digits=digits)
     assert text.startswith(ref)
-    assert f"top-2 accuracy  {m.top_k_accuracy[2]:>9.{digits}f}" in text[len(ref):]
+    assert f"top-2 accuracy  {m.top_k_accuracy[2]:>9.{digits}f}" in text[len(ref) :]
 
 
 def test_nan_scores_do_not_crash_and_withhold_aucs():

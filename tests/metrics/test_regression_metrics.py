@@ -55,11 +55,14 @@ def test_diverged_and_constant_cases():
     assert math.isnan(const.r2) and const.mae == pytest.approx(2 / 3)
 
 
-@pytest.mark.parametrize("y_true, y_pred, match", [
-    ([1.0, 2.0], [1.0], "2 values but y_pred has 1"),
-    ([], [], "0 samples"),
-    (np.zeros((2, 2)), np.zeros((2, 2)), "shape"),
-])
+@pytest.mark.parametrize(
+    "y_true, y_pred, match",
+    [
+        ([1.0, 2.0], [1.0], "2 values but y_pred has 1"),
+        ([], [], "0 samples"),
+        (np.zeros((2, 2)), np.zeros((2, 2)), "shape"),
+    ],
+)
 def test_bad_shapes(y_true, y_pred, match):
     with pytest.raises(ValueError, match=match):
         regression_metrics(y_true, y_pred)

@@ -53,8 +53,9 @@ def test_cuda_epoch_makes_no_host_sync_inside_the_step():
     y = torch.randint(0, 10, (512,))
     t = DeviceTransform((0.3,), (0.3,), augment=("flip", "crop"), device=dev, channels_last=True)
     batches = ResidentBatches(x, y, 64, device=dev, transform=t, train=True)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(8 * 26 * 26, 10)).to(dev, memory_format=torch.channels_last)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 26 * 26, 10)
+    ).to(dev, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), fused=True)
     loss_sum = torch.zeros((), device=dev)
     batches.set_epoch(0)

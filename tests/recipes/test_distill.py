@@ -43,33 +43,68 @@ def test_cached_and_per_batch_teacher_logits_train_the_same_student(teacher_run,
     """Caching is an optimisation only: with nothing random in the batches, both paths give the same weights."""
     from tocha import config
     from tocha.harness import train
-    from tocha.tasks import create
     from tocha.recipes.distill import load_teacher
+    from tocha.tasks import create
 
     results = []
     for cache in ("auto", False):
         model, meta = load_teacher(teacher_run, torch.device("cpu"))
-        cfg = config.load(None, ["data=digits", "model.width=4", "epochs=2", "deterministic=true",
-                                 f"data.augment={augment}", *QUIET])
+        cfg = config.load(
+            None, ["data=digits", "model.width=4", "epochs=2", "deterministic=true", f"data.augment={augment}", *QUIET]
+        )
         with caplog.at_level("INFO", logger="tocha"):
-            results.append(train(cfg, task=create("classify", teacher=Teacher(model, 4.0, 0.7, cache, meta)))
-                           .model.state_dict())
+            results.append(
+                train(cfg, task=create("classify", teacher=Teacher(model, 4.0, 0.7, cache, meta))).model.state_dict()
+            )
     assert ("teacher logits cached" in caplog.text) is (augment == "none")
     same = all(torch.equal(results[0][k], results[1][k]) for k in results[0])
     assert same, "cached and per-batch teacher logits trained different students"
 
 
 def test_cache_true_on_augmented_batches_is_a_clear_error(teacher_run, tmp_path):
-    proc = subprocess.run([*TOCHA, "distill", "--teacher", str(teacher_run), "--cache", "true", "data.augment=flip",
-                           "model.width=4", "epochs=1", *QUIET, f"out={tmp_path / 'kd'}"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            *TOCHA,
+            "distill",
+            "--teacher",
+            str(teacher_run),
+            "--cache",
+            "true",
+            "data.augment=flip",
+            "model.width=4",
+            "epochs=1",
+            *QUIET,
+            f"out={tmp_path / 'kd'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "cannot be cached" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_tocha_distill_end_to_end(teacher_run, tmp_path):
-    proc = subprocess.run([*TOCHA, "distill", "--teacher", str(teacher_run), "--student", "model=cnn",
-                           "model.width=4", "epochs=2", "--temperature", "4", "--alpha", "0.7", *QUIET,
-                           f"out={tmp_path / 'kd'}"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            *TOCHA,
+            "distill",
+            "--teacher",
+            str(teacher_run),
+            "--student",
+            "model=cnn",
+            "model.width=4",
+            "epochs=2",
+            "--temperature",
+            "4",
+            "--alpha",
+            "0.7",
+            *QUIET,
+            f"out={tmp_path / 'kd'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout and "teacher" in proc.stderr
     meta = json.loads((tmp_path / "kd" / "meta.json").read_text())
@@ -80,23 +115,34 @@ def test_tocha_distill_end_to_end(teacher_run, tmp_path):
     assert ev.returncode == 0, ev.stderr
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--alpha", "1.5"], ["--alpha", "between 0 and 1"]),
-    (["--temperature", "0"], ["--temperature", "positive"]),
-    (["image_size=16"], ["other data", "image_size 8 vs 16"]),
-    (["epochs"], ["unexpected argument 'epochs'"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--alpha", "1.5"], ["--alpha", "between 0 and 1"]),
+        (["--temperature", "0"], ["--temperature", "positive"]),
+        (["image_size=16"], ["other data", "image_size 8 vs 16"]),
+        (["epochs"], ["unexpected argument 'epochs'"]),
+    ],
+)
 def test_bad_distill_inputs(teacher_run, tmp_path, args, words):
-    proc = subprocess.run([*TOCHA, "distill", "--teacher", str(teacher_run), *args, "epochs=1", *QUIET,
-                           f"out={tmp_path / 'kd'}"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*TOCHA, "distill", "--teacher", str(teacher_run), *args, "epochs=1", *QUIET, f"out={tmp_path / 'kd'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert all(w in proc.stderr for w in words) and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "kd" / "best.safetensors").exists()
 
 
 def test_missing_teacher_run_is_a_clear_error(tmp_path):
-    proc = subprocess.run([*TOCHA, "distill", "--teacher", str(tmp_path / "nope"), "epochs=1"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*TOCHA, "distill", "--teacher", str(tmp_path / "nope"), "epochs=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -105,6 +151,7 @@ def test_a_language_model_teacher_is_a_clear_error(tmp_path):
     run.mkdir()
     (run / "config.yaml").write_text("task: charlm\n")
     (run / "meta.json").write_text('{"task": "charlm"}')
-    proc = subprocess.run([*TOCHA, "distill", "--teacher", str(run), "epochs=1"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [*TOCHA, "distill", "--teacher", str(run), "epochs=1"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2 and "not an image classifier" in proc.stderr and "Traceback" not in proc.stderr

@@ -17,14 +17,15 @@ from tocha.recipes.runs import load_run, predict_files
 @pytest.fixture(scope="module")
 def digits32(tmp_path_factory):
     out = tmp_path_factory.mktemp("p") / "run"
-    tocha.fit("mlp", "digits", out=str(out), epochs=1, image_size=32, threads=1,
-              log={"progress": False, "tensorboard": False})
+    tocha.fit(
+        "mlp", "digits", out=str(out), epochs=1, image_size=32, threads=1, log={"progress": False, "tensorboard": False}
+    )
     return out
 
 
 def test_predicting_a_file_equals_the_in_memory_pipeline(digits32, tmp_path):
-    raw = load_data("digits", image_size=None)          # 8x8 uint8, as stored
-    big = load_data("digits", image_size=32)            # what training saw: torch antialiased resize
+    raw = load_data("digits", image_size=None)  # 8x8 uint8, as stored
+    big = load_data("digits", image_size=32)  # what training saw: torch antialiased resize
     files = []
     for i in range(5):
         path = tmp_path / f"d{i}.png"
@@ -46,8 +47,9 @@ def test_a_folder_predicts_its_images_and_a_bomb_is_refused(digits32, tmp_path):
     folder.mkdir()
     for i in range(3):
         Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8), mode="L").save(folder / f"{i}.png")
-    assert [p.file for p in predict_files(digits32, [str(folder)], device="cpu")] == \
-        [str(folder / f"{i}.png") for i in range(3)]
+    assert [p.file for p in predict_files(digits32, [str(folder)], device="cpu")] == [
+        str(folder / f"{i}.png") for i in range(3)
+    ]
     bomb = tmp_path / "bomb.png"
     Image.new("L", (1, 1)).save(bomb)
     limit = Image.MAX_IMAGE_PIXELS

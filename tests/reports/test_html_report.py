@@ -41,15 +41,28 @@ def _metrics(classes, seed=0):
     y_true = rng.integers(0, len(classes), size=120)
     y_prob = rng.dirichlet(np.ones(len(classes)), size=120)
     y_prob[np.arange(60), y_true[:60]] += 1.0  # better than chance, so numbers differ per class
-    return classification_metrics(y_true, y_prob / y_prob.sum(1, keepdims=True), classes,
-                                  top_k=(2,))
+    return classification_metrics(y_true, y_prob / y_prob.sum(1, keepdims=True), classes, top_k=(2,))
 
 
 HISTORY = [
-    {"kind": "train", "step": 10, "epoch": 0.5, "train.loss": 1.5, "train.accuracy": 0.4,
-     "lr": 0.1, "samples_per_second": 900.0},
-    {"kind": "eval", "step": 20, "epoch": 1.0, "train.loss": 1.2, "train.accuracy": 0.5,
-     "val.loss": 1.3, "val.accuracy": 0.45},
+    {
+        "kind": "train",
+        "step": 10,
+        "epoch": 0.5,
+        "train.loss": 1.5,
+        "train.accuracy": 0.4,
+        "lr": 0.1,
+        "samples_per_second": 900.0,
+    },
+    {
+        "kind": "eval",
+        "step": 20,
+        "epoch": 1.0,
+        "train.loss": 1.2,
+        "train.accuracy": 0.5,
+        "val.loss": 1.3,
+        "val.accuracy": 0.45,
+    },
 ]
 
 
@@ -68,8 +81,13 @@ def test_full_report(tmp_path):
         "epochs": 3,
     }
     out = write_report(
-        tmp_path / "run", title="run <1>", summary=summary, config_text="model:\n  name: <mlp>\n",
-        test_metrics=test_m, val_metrics=val_m, history=HISTORY,
+        tmp_path / "run",
+        title="run <1>",
+        summary=summary,
+        config_text="model:\n  name: <mlp>\n",
+        test_metrics=test_m,
+        val_metrics=val_m,
+        history=HISTORY,
         extra_sections=[("Benchmark", "<table><tr><td>latency_ms_p50</td></tr></table>")],
     )
     assert out == tmp_path / "run" / "report.html"
@@ -107,8 +125,9 @@ def test_full_report(tmp_path):
 
 def test_confusion_falls_back_to_val(tmp_path):
     val_m = _metrics(["a", "b"], seed=3)
-    out = write_report(tmp_path, title="t", summary={}, config_text="", test_metrics=None,
-                       val_metrics=val_m, history=HISTORY)
+    out = write_report(
+        tmp_path, title="t", summary={}, config_text="", test_metrics=None, val_metrics=val_m, history=HISTORY
+    )
     parsed = _parse(out)
     assert "confusion_matrix.png" in parsed.img_src
     text = "".join(parsed.text)
@@ -117,8 +136,9 @@ def test_confusion_falls_back_to_val(tmp_path):
 
 
 def test_missing_pieces_say_not_available(tmp_path):
-    out = write_report(tmp_path, title="empty", summary={}, config_text="", test_metrics=None,
-                       val_metrics=None, history=[])
+    out = write_report(
+        tmp_path, title="empty", summary={}, config_text="", test_metrics=None, val_metrics=None, history=[]
+    )
     parsed = _parse(out)
     assert parsed.img_src == []
     assert not (tmp_path / "curves.png").exists()
@@ -131,8 +151,9 @@ def test_missing_pieces_say_not_available(tmp_path):
 
 def test_test_metrics_none_with_history(tmp_path):
     summary = {"val": {"accuracy": 0.5}, "best": {"metric": "val.loss", "value": 0.9}}
-    out = write_report(tmp_path, title="t", summary=summary, config_text="a: 1",
-                       test_metrics=None, val_metrics=None, history=HISTORY)
+    out = write_report(
+        tmp_path, title="t", summary=summary, config_text="a: 1", test_metrics=None, val_metrics=None, history=HISTORY
+    )
     parsed = _parse(out)
     assert parsed.img_src == ["curves.png"]
     assert (tmp_path / "curves.png").stat().st_size > 5_000

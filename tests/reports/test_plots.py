@@ -32,13 +32,29 @@ def _history(epochs: int = 3, logs_per_epoch: int = 4) -> list[dict]:
         for i in range(logs_per_epoch):
             step += 10
             e = epoch + (i + 1) / logs_per_epoch
-            history.append({"kind": "train", "step": step, "epoch": e, "train.loss": 2.0 / (1 + e),
-                            "train.accuracy": 0.5 + 0.1 * e, "lr": 0.1,
-                            "samples_per_second": 1000.0})
-        history.append({"kind": "eval", "step": step, "epoch": float(epoch + 1),
-                        "train.loss": 2.0 / (2 + epoch), "train.accuracy": 0.6 + 0.1 * epoch,
-                        "val.loss": 2.2 / (2 + epoch), "val.accuracy": 0.55 + 0.1 * epoch,
-                        "val.f1_macro": 0.5})
+            history.append(
+                {
+                    "kind": "train",
+                    "step": step,
+                    "epoch": e,
+                    "train.loss": 2.0 / (1 + e),
+                    "train.accuracy": 0.5 + 0.1 * e,
+                    "lr": 0.1,
+                    "samples_per_second": 1000.0,
+                }
+            )
+        history.append(
+            {
+                "kind": "eval",
+                "step": step,
+                "epoch": float(epoch + 1),
+                "train.loss": 2.0 / (2 + epoch),
+                "train.accuracy": 0.6 + 0.1 * epoch,
+                "val.loss": 2.2 / (2 + epoch),
+                "val.accuracy": 0.55 + 0.1 * epoch,
+                "val.f1_macro": 0.5,
+            }
+        )
     return history
 
 
@@ -51,8 +67,17 @@ def test_plot_curves_writes_png(tmp_path):
 
 
 def test_plot_curves_single_eval_point(tmp_path):
-    history = [{"kind": "eval", "step": 5, "epoch": 1.0, "train.loss": 1.0, "val.loss": 1.2,
-                "train.accuracy": 0.6, "val.accuracy": 0.5}]
+    history = [
+        {
+            "kind": "eval",
+            "step": 5,
+            "epoch": 1.0,
+            "train.loss": 1.0,
+            "val.loss": 1.2,
+            "train.accuracy": 0.6,
+            "val.accuracy": 0.5,
+        }
+    ]
     _assert_png(plot_curves(history, tmp_path / "one.png"))
 
 
@@ -79,8 +104,7 @@ def test_plot_confusion_writes_png(tmp_path, n_classes):
 
 
 def test_plot_confusion_unnormalised(tmp_path):
-    _assert_png(plot_confusion([[5, 1], [0, 7]], ["cat", "dog"], tmp_path / "cm.png",
-                               normalize=False))
+    _assert_png(plot_confusion([[5, 1], [0, 7]], ["cat", "dog"], tmp_path / "cm.png", normalize=False))
 
 
 def test_plot_confusion_shape_mismatch(tmp_path):

@@ -16,8 +16,15 @@ from safetensors.torch import load_file
 from tocha.cli import main
 from tocha.tasks import TASKS
 
-COMMON = ["threads=1", "deterministic=true", "log.progress=false", "log.tensorboard=false",
-          "checkpoint.every_steps=1", "checkpoint.keep=10", "epochs=2"]
+COMMON = [
+    "threads=1",
+    "deterministic=true",
+    "log.progress=false",
+    "log.tensorboard=false",
+    "checkpoint.every_steps=1",
+    "checkpoint.keep=10",
+    "epochs=2",
+]
 
 
 def _text(tmp: Path) -> str:
@@ -41,10 +48,21 @@ def _table(tmp: Path) -> str:
 # Per task: the arguments of a run of a few optimizer steps per epoch, and a monitor it never produces.
 TINY = {
     "classify": (lambda tmp: ["data=digits", "model=mlp", "batch_size=400"], "val.rmse"),
-    "charlm": (lambda tmp: ["task=charlm", f"data.path={_text(tmp)}", "seq_len=16", "batch_size=12",
-                            "model.hidden=16", "sample_chars=20"], "val.f1_macro"),
-    "regress": (lambda tmp: ["task=regress", "data=csv", f"data.path={_table(tmp)}", "data.target=target",
-                             "batch_size=100"], "val.accuracy"),
+    "charlm": (
+        lambda tmp: [
+            "task=charlm",
+            f"data.path={_text(tmp)}",
+            "seq_len=16",
+            "batch_size=12",
+            "model.hidden=16",
+            "sample_chars=20",
+        ],
+        "val.f1_macro",
+    ),
+    "regress": (
+        lambda tmp: ["task=regress", "data=csv", f"data.path={_table(tmp)}", "data.target=target", "batch_size=100"],
+        "val.accuracy",
+    ),
 }
 
 

@@ -34,8 +34,17 @@ def _golden_run(steps=20):
     assert len(batches) * 2 >= steps
     opt = build_optimizer(model, "adamw", lr=1e-2)
     records = []
-    train_loop(model, batches, device=CPU, optimizer=opt, scheduler=None, epochs=2, loss_fn=lm_loss,
-               log_every=steps // 2, on_log=records.append)
+    train_loop(
+        model,
+        batches,
+        device=CPU,
+        optimizer=opt,
+        scheduler=None,
+        epochs=2,
+        loss_fn=lm_loss,
+        log_every=steps // 2,
+        on_log=records.append,
+    )
     return records
 
 
@@ -51,8 +60,9 @@ def test_truncated_bptt_carries_and_resets_the_state():
     vocab = Vocab.build(TEXT)
     model = build_text_model(TextModelSpec("gru", len(vocab), hidden=8, layers=1, dropout=0.0))
     model.carry_state = True
-    batches = TextBatches(vocab.encode(TEXT), 10, 4, device=CPU, shuffle=False, streams=True,
-                          on_start=model.reset_state)
+    batches = TextBatches(
+        vocab.encode(TEXT), 10, 4, device=CPU, shuffle=False, streams=True, on_start=model.reset_state
+    )
     it = iter(batches)
     x0, _ = next(it)
     model(x0)

@@ -11,13 +11,28 @@ import sys
 from pathlib import Path
 
 TOCHA = [sys.executable, "-m", "tocha.cli"]
-TINY = ["model.hidden=32", "model.layers=1", "seq_len=24", "batch_size=8", "epochs=2", "lr=0.02", "threads=1",
-        "sample_chars=40", "log.tensorboard=false"]
+TINY = [
+    "model.hidden=32",
+    "model.layers=1",
+    "seq_len=24",
+    "batch_size=8",
+    "epochs=2",
+    "lr=0.02",
+    "threads=1",
+    "sample_chars=40",
+    "log.tensorboard=false",
+]
 
 
 def tocha(args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*TOCHA, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": "120"})
+    return subprocess.run(
+        [*TOCHA, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "120"},
+    )
 
 
 def tiny_corpus(path: Path) -> Path:
@@ -29,13 +44,22 @@ def tiny_corpus(path: Path) -> Path:
 
 def test_train_then_generate(tmp_path):
     tiny_corpus(tmp_path / "corpus.txt")
-    trained = tocha(["train", "task=charlm", "data=text", "data.path=corpus.txt", "model=lstm", *TINY, "out=runs/lm"],
-                    tmp_path)
+    trained = tocha(
+        ["train", "task=charlm", "data=text", "data.path=corpus.txt", "model=lstm", *TINY, "out=runs/lm"], tmp_path
+    )
     assert trained.returncode == 0, trained.stderr
     assert "character 3-gram baseline" in trained.stdout and "report: runs/lm/report.html" in trained.stdout
     run = tmp_path / "runs" / "lm"
-    for name in ("config.yaml", "meta.json", "metrics.jsonl", "summary.json", "report.html", "samples.txt",
-                 "checkpoints/best.safetensors", "checkpoints/last.safetensors"):
+    for name in (
+        "config.yaml",
+        "meta.json",
+        "metrics.jsonl",
+        "summary.json",
+        "report.html",
+        "samples.txt",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.safetensors",
+    ):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     uniform_bpc = math.log2(summary["vocab_size"])
@@ -49,8 +73,21 @@ def test_train_then_generate(tmp_path):
     assert "3-gram" in report and "Generated text" in report
 
     first = tocha(["generate", "runs/lm", "--prompt", "the ", "--length", "60", "--seed", "3"], tmp_path)
-    again = tocha(["generate", "runs/lm/checkpoints/best.safetensors", "--prompt", "the ", "--length", "60",
-                   "--seed", "3", "--device", "cpu"], tmp_path)
+    again = tocha(
+        [
+            "generate",
+            "runs/lm/checkpoints/best.safetensors",
+            "--prompt",
+            "the ",
+            "--length",
+            "60",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+        ],
+        tmp_path,
+    )
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
     assert first.stdout == again.stdout  # the checkpoint file alone gives the same text
     assert first.stdout.startswith("the ") and len(first.stdout.rstrip("\n")) == 64

@@ -56,7 +56,7 @@ def test_streams_continue_row_by_row():
     ids = torch.arange(1001)
     batches = TextBatches(ids, 10, 4, device=CPU, shuffle=False, streams=True)
     got = list(batches)
-    assert len(got) == len(batches) == 25   # 4 streams of 250 characters, 25 windows each
+    assert len(got) == len(batches) == 25  # 4 streams of 250 characters, 25 windows each
     for (x0, _), (x1, _) in zip(got, got[1:]):
         assert torch.equal(x1[:, 0], x0[:, -1] + 1)  # row b of the next batch continues row b
     x = torch.cat([b[0] for b in got])
@@ -72,12 +72,15 @@ def test_resume_mid_epoch_gives_the_remaining_batches():
     assert all(torch.equal(a, b) for a, b in zip(full[5:], rest)) and len(rest) == len(full) - 5
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"", ["empty"]),
-    (b"   \n\n", ["empty"]),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ["binary", "NUL"]),
-    (b"caf\xe9 latin-1 text " * 20, ["not UTF-8", "iconv"]),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", ["empty"]),
+        (b"   \n\n", ["empty"]),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ["binary", "NUL"]),
+        (b"caf\xe9 latin-1 text " * 20, ["not UTF-8", "iconv"]),
+    ],
+)
 def test_bad_text_files_are_user_errors(tmp_path, content, words):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)
@@ -107,6 +110,15 @@ def test_fit_api_trains_the_text_task(tmp_path):
     import tocha
 
     (tmp_path / "t.txt").write_text("abcabcabd " * 60)
-    result = tocha.fit({"name": "gru", "hidden": [8], "layers": 1}, task="charlm", data={"path": str(tmp_path / "t.txt")},
-                       seq_len=8, batch_size=8, epochs=1, threads=1, sample_chars=0, log={"progress": False})
+    result = tocha.fit(
+        {"name": "gru", "hidden": [8], "layers": 1},
+        task="charlm",
+        data={"path": str(tmp_path / "t.txt")},
+        seq_len=8,
+        batch_size=8,
+        epochs=1,
+        threads=1,
+        sample_chars=0,
+        log={"progress": False},
+    )
     assert result.run_dir is None and result.val["val.bpc"] > 0 and result.baseline.chars > 0

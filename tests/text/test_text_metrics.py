@@ -10,8 +10,11 @@ from tocha.metrics.text import LMScore, trigram_add_one, word_hit_rate, words
 def test_bpc_and_perplexity_from_nats():
     s = LMScore(math.log(4), 10)
     assert s.bpc == pytest.approx(2.0) and s.perplexity == pytest.approx(4.0)
-    assert s.flat("val") == {"val.loss": pytest.approx(math.log(4)), "val.bpc": pytest.approx(2.0),
-                             "val.perplexity": pytest.approx(4.0)}
+    assert s.flat("val") == {
+        "val.loss": pytest.approx(math.log(4)),
+        "val.bpc": pytest.approx(2.0),
+        "val.perplexity": pytest.approx(4.0),
+    }
 
 
 def test_trigram_add_one_matches_a_hand_computation():

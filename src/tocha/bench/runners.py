@@ -56,7 +56,7 @@ def test_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: to
     model.eval()
     correct = 0
     for i in range(0, len(y), 1000):
-        correct += int((model(x[i:i + 1000].to(device)).argmax(1) == y[i:i + 1000].to(device)).sum())
+        correct += int((model(x[i : i + 1000].to(device)).argmax(1) == y[i : i + 1000].to(device)).sum())
     model.train(was_training)
     return correct / len(y)
 
@@ -176,6 +176,7 @@ def tutorial(w: Workload, device: torch.device) -> Measure:
 
 # ------------------------------------------------------------------ the floor: a raw loop on device tensors
 
+
 def raw(w: Workload, device: torch.device) -> Measure:
     """Pre-made normalised tensors on the device, a device-side permutation, index slices, nothing else."""
     m = Measure("raw", device.type)
@@ -188,7 +189,7 @@ def raw(w: Workload, device: torch.device) -> Measure:
         start = time.perf_counter()
         perm = torch.randperm(n, device=device)
         for i in range(0, n, w.batch_size):
-            idx = perm[i:i + w.batch_size]
+            idx = perm[i : i + w.batch_size]
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
@@ -203,6 +204,7 @@ def raw(w: Workload, device: torch.device) -> Measure:
 
 # ------------------------------------------------------------------ tocha
 
+
 def tocha_fit(w: Workload, device: torch.device) -> Measure:
     """`tocha.fit` with the same model, optimizer and batches; tocha's own data path and step."""
     import tocha
@@ -214,10 +216,23 @@ def tocha_fit(w: Workload, device: torch.device) -> Measure:
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        result = tocha.fit(model, (w.x_train, w.y_train), val_data=(w.x_test, w.y_test), epochs=w.epochs,
-                           batch_size=w.batch_size, optimizer="sgd", lr=w.lr, momentum=0.0, weight_decay=0.0,
-                           scheduler="none", seed=w.seed, device=str(device), threads=torch.get_num_threads(),
-                           data={"augment": []}, log={"tensorboard": False, "progress": False})
+        result = tocha.fit(
+            model,
+            (w.x_train, w.y_train),
+            val_data=(w.x_test, w.y_test),
+            epochs=w.epochs,
+            batch_size=w.batch_size,
+            optimizer="sgd",
+            lr=w.lr,
+            momentum=0.0,
+            weight_decay=0.0,
+            scheduler="none",
+            seed=w.seed,
+            device=str(device),
+            threads=torch.get_num_threads(),
+            data={"augment": []},
+            log={"tensorboard": False, "progress": False},
+        )
     finally:
         logger.setLevel(level)
     evals = [r for r in result.history if r["kind"] == "eval"]
@@ -229,6 +244,7 @@ def tocha_fit(w: Workload, device: torch.device) -> Measure:
 
 
 # ------------------------------------------------------------------ PyTorch Lightning
+
 
 def lightning_available() -> str | None:
     import importlib.util
@@ -282,9 +298,17 @@ def lightning(w: Workload, device: torch.device) -> Measure:
 
     data = torch.utils.data.TensorDataset(w.normalised(w.x_train), w.y_train)
     loader = torch.utils.data.DataLoader(data, batch_size=w.batch_size, shuffle=True)
-    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=w.epochs,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Timer()])
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_epochs=w.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[Timer()],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "does not have many workers", "GPU available but not used", ...
         trainer.fit(Module(), loader)

@@ -12,24 +12,37 @@ import argparse
 import logging
 import sys
 
-from tocha.cli import (bench, bench_model, compress, distill, env, eval as eval_, export, generate, predict,
-                       train)
+from tocha.cli import bench, bench_model, compress, distill, env, export, generate, predict, train
+from tocha.cli import eval as eval_
 from tocha.cli._common import EXIT_USER_ERROR, BadUsage, Parser, rank
 from tocha.cli._hints import key_value_hint, option_hint
 from tocha.errors import UserError
 
 # In the order `tocha --help` lists them.
-COMMANDS = {"train": train, "eval": eval_, "predict": predict, "export": export, "compress": compress,
-            "distill": distill, "bench-model": bench_model, "bench": bench, "generate": generate, "env": env}
+COMMANDS = {
+    "train": train,
+    "eval": eval_,
+    "predict": predict,
+    "export": export,
+    "compress": compress,
+    "distill": distill,
+    "bench-model": bench_model,
+    "bench": bench,
+    "generate": generate,
+    "env": env,
+}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each command's own parser, by name."""
     from tocha import __version__
 
-    parser = Parser(prog="tocha", description="Train, evaluate, compress and deploy PyTorch models (image "
-                    "classifiers, character language models) with the right defaults.",
-                    epilog="Run 'tocha COMMAND --help' for a command's options.")
+    parser = Parser(
+        prog="tocha",
+        description="Train, evaluate, compress and deploy PyTorch models (image "
+        "classifiers, character language models) with the right defaults.",
+        epilog="Run 'tocha COMMAND --help' for a command's options.",
+    )
     parser.add_argument("--version", action="version", version=f"tocha {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -37,9 +50,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     for name, module in COMMANDS.items():
         command = commands[name] = module.add_parser(sub)
         # `tocha COMMAND --debug` works as well as `tocha --debug COMMAND`.
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show full tracebacks" + (" (and the output of every rank, not only rank 0's)"
-                                                            if name == "train" else ""))
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show full tracebacks"
+            + (" (and the output of every rank, not only rank 0's)" if name == "train" else ""),
+        )
     return parser, commands
 
 
@@ -50,20 +67,25 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if args.command is None:
         return args
     module, command = COMMANDS[args.command], commands[args.command]
-    rest = argv[argv.index(args.command) + 1:]
+    rest = argv[argv.index(args.command) + 1 :]
     # what argparse took as positional values (a `name=value` there may be a misplaced option); argparse
     # lists a parser's arguments only in the private _actions
-    positionals = [v for a in command._actions if not a.option_strings and a.dest != "help"
-                   for v in _as_list(getattr(args, a.dest, None))]
+    positionals = [
+        v
+        for a in command._actions
+        if not a.option_strings and a.dest != "help"
+        for v in _as_list(getattr(args, a.dest, None))
+    ]
     candidates = [t for t in rest if t in extra or t in positionals]
     if getattr(module, "TAKES_OVERRIDES", False):
         from tocha.config import SHORTHANDS, schema
 
         hint = key_value_hint(args.command, command, rest, extra) or option_hint(
-            args.command, command, candidates, skip={s.key for s in schema()} | set(SHORTHANDS))
+            args.command, command, candidates, skip={s.key for s in schema()} | set(SHORTHANDS)
+        )
         if extra and not hint and not any(e.startswith("-") for e in extra):
             args.args += extra  # key=value after an option (`train data=digits --nproc 2 out=runs/x`): argparse
-            extra = []          # stops collecting positionals at the option; the rest belong to the same list
+            extra = []  # stops collecting positionals at the option; the rest belong to the same list
     else:
         hint = option_hint(args.command, command, candidates)
     if hint:

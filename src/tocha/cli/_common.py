@@ -41,6 +41,7 @@ class Parser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------- argument types (raise ArgumentTypeError)
 
+
 def _convert(text: str, convert, what: str):
     try:
         return convert(text)
@@ -136,6 +137,7 @@ def device(text: str) -> str:
 
 # ---------------------------------------------------------------- shared by the training commands
 
+
 def rank() -> int:
     """This process's rank under torchrun (0 otherwise); only rank 0 talks unless --debug."""
     text = os.environ.get("RANK", "0")
@@ -151,6 +153,8 @@ def print_train_result(result) -> None:
 
 def print_cost(result, speed: str) -> None:
     s = result.summary
-    print(f"{speed}, {s['wall_seconds']:.1f} s wall, peak memory {s['peak_memory_mb']:.0f} MB ({s['peak_memory_kind']})")
+    print(
+        f"{speed}, {s['wall_seconds']:.1f} s wall, peak memory {s['peak_memory_mb']:.0f} MB ({s['peak_memory_kind']})"
+    )
     if result.run_dir is not None:
         print(f"report: {result.run_dir / 'report.html'}")

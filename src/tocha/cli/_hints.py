@@ -37,8 +37,7 @@ def _flag_spelling(action: argparse.Action, option: str, value: str) -> str:
     return f"{option} {shlex.quote(value)}"
 
 
-def key_value_hint(command: str, parser: argparse.ArgumentParser, tokens: list[str],
-                   unknown: list[str]) -> str | None:
+def key_value_hint(command: str, parser: argparse.ArgumentParser, tokens: list[str], unknown: list[str]) -> str | None:
     """For a command that takes key=value overrides: `--epochs 3` -> 'write epochs=3 ...'.
 
     `tokens` are the command's arguments in order (the value may follow the option); `unknown` are
@@ -60,13 +59,13 @@ def key_value_hint(command: str, parser: argparse.ArgumentParser, tokens: list[s
             following = tokens[i + 1] if i + 1 < len(tokens) else ""
             value = following if following and not following.startswith("-") and "=" not in following else "VALUE"
         given = token if eq or value == "VALUE" else f"{token} {value}"
-        return (f"'{given}': write {key}={value} (tocha {command} takes key=value config overrides, "
-                "not --options)")
+        return f"'{given}': write {key}={value} (tocha {command} takes key=value config overrides, not --options)"
     return None
 
 
-def option_hint(command: str, parser: argparse.ArgumentParser, tokens: list[str], *,
-                skip: set[str] | None = None) -> str | None:
+def option_hint(
+    command: str, parser: argparse.ArgumentParser, tokens: list[str], *, skip: set[str] | None = None
+) -> str | None:
     """For an --options command (or an option of a key=value one): `out=x` -> 'write --out x'.
 
     `tokens` are the arguments argparse did not take as option values; a token that names an
@@ -80,7 +79,10 @@ def option_hint(command: str, parser: argparse.ArgumentParser, tokens: list[str]
         if not eq or token.startswith("-") or key not in own or key in (skip or ()) or Path(token).exists():
             continue
         action, option = own[key]
-        why = (f"{option} is an option of tocha {command}, not a config key" if skip is not None
-               else f"tocha {command} takes --options, not key=value")
+        why = (
+            f"{option} is an option of tocha {command}, not a config key"
+            if skip is not None
+            else f"tocha {command} takes --options, not key=value"
+        )
         return f"'{token}': write {_flag_spelling(action, option, value)} ({why})"
     return None

@@ -13,11 +13,13 @@ PRUNE_SCOPES = ("uniform", "global")
 QUANTIZE = ("int8", "int8-dynamic", "none")
 CALIBRATION = ("minmax", "entropy", "percentile")
 
-DESCRIPTION = ("Export the run's model to fp32 ONNX and measure it on this machine. Then, when asked, prune "
-               "channels (torch-pruning) and fine-tune with the same training engine, and quantize to int8 for "
-               "ONNX Runtime. Every step is measured (test accuracy, latency) and kept only if it is faster and "
-               "loses at most --max-accuracy-drop points against the best artifact so far; otherwise it is "
-               "rejected, said so, and the better artifact stays the result.")
+DESCRIPTION = (
+    "Export the run's model to fp32 ONNX and measure it on this machine. Then, when asked, prune "
+    "channels (torch-pruning) and fine-tune with the same training engine, and quantize to int8 for "
+    "ONNX Runtime. Every step is measured (test accuracy, latency) and kept only if it is faster and "
+    "loses at most --max-accuracy-drop points against the best artifact so far; otherwise it is "
+    "rejected, said so, and the better artifact stays the result."
+)
 EPILOG = """\
 examples:
   tocha compress runs/cnn                              # int8 only
@@ -27,42 +29,92 @@ examples:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("compress", help="prune and/or int8-quantize a run's model; each step kept only if "
-                              "it pays", formatter_class=argparse.RawDescriptionHelpFormatter,
-                              description=DESCRIPTION, epilog=EPILOG)
+    p = subparsers.add_parser(
+        "compress",
+        help="prune and/or int8-quantize a run's model; each step kept only if it pays",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
     p.add_argument("run", help="run folder written by 'tocha train'")
-    p.add_argument("--prune", type=in_range(0, 1, high_open=True, allowed="a fraction between 0 and 1, e.g. 0.5 "
-                                            "to remove half the MACs (0 = no pruning)"),
-                   default=0.0, metavar="RATIO",
-                   help="remove this share of the MACs (or --prune-target params) by pruning, e.g. 0.5 (default 0: "
-                        "no pruning)")
-    p.add_argument("--prune-method", type=one_of("value", PRUNE_METHODS), default="channels",
-                   help="channels (structured, torch-pruning: smaller and faster; default) or masks "
-                        "(torch.nn.utils.prune zeros: NOT faster, offered with a warning)")
-    p.add_argument("--prune-target", type=one_of("value", PRUNE_TARGETS), default="macs",
-                   help="what --prune reduces: macs (default) or params")
-    p.add_argument("--prune-scope", type=one_of("value", PRUNE_SCOPES), default="uniform",
-                   help="uniform (the same share of channels in every layer; default) or global (rank channels "
-                        "across layers)")
-    p.add_argument("--prune-steps", type=positive_int, default=1,
-                   help="iterative pruning: reach the ratio in N prune + fine-tune rounds (default 1)")
-    p.add_argument("--prune-round-to", type=positive_int, default=8,
-                   help="keep channel counts multiples of this (default 8: CPU kernels work in blocks of 8 "
-                        "channels; odd counts can make a pruned model slower); 1 = exact")
-    p.add_argument("--finetune-epochs", type=non_negative_int, default=2,
-                   help="fine-tuning epochs after pruning (default 2)")
-    p.add_argument("--finetune-lr", type=positive_float, default=None,
-                   help="fine-tuning learning rate (default: a tenth of the run's)")
-    p.add_argument("--quantize", type=one_of("quantization", QUANTIZE), default="int8",
-                   help="int8 (static, calibrated; best for conv nets; default), int8-dynamic (weights only, "
-                        "activations at run time; for Linear/LSTM-heavy models), none")
-    p.add_argument("--calibration", type=one_of("calibration method", CALIBRATION), default="minmax",
-                   help="minmax (default), entropy, percentile")
-    p.add_argument("--quantize-edges", action="store_true",
-                   help="quantize the first and last layers too (default: they stay fp32, which keeps accuracy)")
+    p.add_argument(
+        "--prune",
+        type=in_range(
+            0,
+            1,
+            high_open=True,
+            allowed="a fraction between 0 and 1, e.g. 0.5 to remove half the MACs (0 = no pruning)",
+        ),
+        default=0.0,
+        metavar="RATIO",
+        help="remove this share of the MACs (or --prune-target params) by pruning, e.g. 0.5 (default 0: no pruning)",
+    )
+    p.add_argument(
+        "--prune-method",
+        type=one_of("value", PRUNE_METHODS),
+        default="channels",
+        help="channels (structured, torch-pruning: smaller and faster; default) or masks "
+        "(torch.nn.utils.prune zeros: NOT faster, offered with a warning)",
+    )
+    p.add_argument(
+        "--prune-target",
+        type=one_of("value", PRUNE_TARGETS),
+        default="macs",
+        help="what --prune reduces: macs (default) or params",
+    )
+    p.add_argument(
+        "--prune-scope",
+        type=one_of("value", PRUNE_SCOPES),
+        default="uniform",
+        help="uniform (the same share of channels in every layer; default) or global (rank channels across layers)",
+    )
+    p.add_argument(
+        "--prune-steps",
+        type=positive_int,
+        default=1,
+        help="iterative pruning: reach the ratio in N prune + fine-tune rounds (default 1)",
+    )
+    p.add_argument(
+        "--prune-round-to",
+        type=positive_int,
+        default=8,
+        help="keep channel counts multiples of this (default 8: CPU kernels work in blocks of 8 "
+        "channels; odd counts can make a pruned model slower); 1 = exact",
+    )
+    p.add_argument(
+        "--finetune-epochs", type=non_negative_int, default=2, help="fine-tuning epochs after pruning (default 2)"
+    )
+    p.add_argument(
+        "--finetune-lr",
+        type=positive_float,
+        default=None,
+        help="fine-tuning learning rate (default: a tenth of the run's)",
+    )
+    p.add_argument(
+        "--quantize",
+        type=one_of("quantization", QUANTIZE),
+        default="int8",
+        help="int8 (static, calibrated; best for conv nets; default), int8-dynamic (weights only, "
+        "activations at run time; for Linear/LSTM-heavy models), none",
+    )
+    p.add_argument(
+        "--calibration",
+        type=one_of("calibration method", CALIBRATION),
+        default="minmax",
+        help="minmax (default), entropy, percentile",
+    )
+    p.add_argument(
+        "--quantize-edges",
+        action="store_true",
+        help="quantize the first and last layers too (default: they stay fp32, which keeps accuracy)",
+    )
     p.add_argument("--calibration-batches", type=positive_int, default=8, help="training batches of 64 (default 8)")
-    p.add_argument("--max-accuracy-drop", type=in_range(0, 100, allowed="0 to 100 (percentage points)"),
-                   default=1.0, help="percentage points of test accuracy a step may cost (default 1)")
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=in_range(0, 100, allowed="0 to 100 (percentage points)"),
+        default=1.0,
+        help="percentage points of test accuracy a step may cost (default 1)",
+    )
     p.add_argument("--batch", type=positive_int, default=64, help="batch size for the latency check (default 64)")
     p.add_argument("--out", help="output folder (default RUN/compressed)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -72,12 +124,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from tocha.deploy.compress import compress_run, table
 
-    report = compress_run(args.run, out=args.out, prune=args.prune, prune_method=args.prune_method,
-                          prune_target=args.prune_target, prune_scope=args.prune_scope, prune_steps=args.prune_steps,
-                          prune_round_to=args.prune_round_to,
-                          finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, quantize=args.quantize,
-                          calibration_batches=args.calibration_batches, calibration=args.calibration,
-                          max_accuracy_drop=args.max_accuracy_drop, batch=args.batch,
-                          quantize_edges=args.quantize_edges, overwrite=args.overwrite)
+    report = compress_run(
+        args.run,
+        out=args.out,
+        prune=args.prune,
+        prune_method=args.prune_method,
+        prune_target=args.prune_target,
+        prune_scope=args.prune_scope,
+        prune_steps=args.prune_steps,
+        prune_round_to=args.prune_round_to,
+        finetune_epochs=args.finetune_epochs,
+        finetune_lr=args.finetune_lr,
+        quantize=args.quantize,
+        calibration_batches=args.calibration_batches,
+        calibration=args.calibration,
+        max_accuracy_drop=args.max_accuracy_drop,
+        batch=args.batch,
+        quantize_edges=args.quantize_edges,
+        overwrite=args.overwrite,
+    )
     print(table(report))
     return 0

@@ -21,29 +21,48 @@ examples:
 def _temperature(text: str) -> float:
     value = number(text)  # the words of tocha.recipes.distill's own check
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}; allowed: > 0 (1 = the teacher's own "
-                                         "probabilities; 2 to 8 is usual)")
+        raise argparse.ArgumentTypeError(
+            f"must be positive, got {text}; allowed: > 0 (1 = the teacher's own probabilities; 2 to 8 is usual)"
+        )
     return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("distill", help="train a student model from a teacher run (knowledge distillation)",
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              description="Train a student with the training engine of 'tocha train', on the "
-                                          "teacher's data, with the loss alpha * T^2 * KL(teacher/T || student/T) "
-                                          "+ (1 - alpha) * cross-entropy. Student settings are 'tocha train' "
-                                          "key=value overrides.",
-                              epilog=EPILOG)
+    p = subparsers.add_parser(
+        "distill",
+        help="train a student model from a teacher run (knowledge distillation)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a student with the training engine of 'tocha train', on the "
+        "teacher's data, with the loss alpha * T^2 * KL(teacher/T || student/T) "
+        "+ (1 - alpha) * cross-entropy. Student settings are 'tocha train' "
+        "key=value overrides.",
+        epilog=EPILOG,
+    )
     p.add_argument("args", nargs="*", metavar="key=value", help="student settings, as for 'tocha train'")
     p.add_argument("--teacher", required=True, metavar="RUN", help="run folder of the teacher (its best checkpoint)")
-    p.add_argument("--student", nargs="+", action="extend", default=[], metavar="key=value",
-                   help="student settings (the same as trailing key=value arguments)")
-    p.add_argument("--temperature", type=_temperature, default=4.0,
-                   help="softening temperature T, positive (default 4)")
-    p.add_argument("--alpha", type=in_range(0, 1, allowed="between 0 and 1: 0 (labels only) to 1 (teacher only)"),
-                   default=0.7, help="weight of the teacher's soft targets (default 0.7)")
-    p.add_argument("--cache", choices=("auto", "true", "false"), default="auto",
-                   help="compute the teacher's logits once when the training data is not augmented (default auto)")
+    p.add_argument(
+        "--student",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="key=value",
+        help="student settings (the same as trailing key=value arguments)",
+    )
+    p.add_argument(
+        "--temperature", type=_temperature, default=4.0, help="softening temperature T, positive (default 4)"
+    )
+    p.add_argument(
+        "--alpha",
+        type=in_range(0, 1, allowed="between 0 and 1: 0 (labels only) to 1 (teacher only)"),
+        default=0.7,
+        help="weight of the teacher's soft targets (default 0.7)",
+    )
+    p.add_argument(
+        "--cache",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="compute the teacher's logits once when the training data is not augmented (default auto)",
+    )
     return p
 
 
@@ -53,11 +72,20 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     overrides = [*args.student, *args.args]
     if bad := [a for a in overrides if "=" not in a]:
-        raise UserError(f"unexpected argument '{bad[0]}'", where="tocha distill",
-                        fix="student settings are key=value, e.g. model=cnn epochs=5 out=runs/kd")
+        raise UserError(
+            f"unexpected argument '{bad[0]}'",
+            where="tocha distill",
+            fix="student settings are key=value, e.g. model=cnn epochs=5 out=runs/kd",
+        )
     try:
-        result = distill_run(args.teacher, overrides, temperature=args.temperature, alpha=args.alpha,
-                             cache=args.cache, argv=["tocha", *argv])
+        result = distill_run(
+            args.teacher,
+            overrides,
+            temperature=args.temperature,
+            alpha=args.alpha,
+            cache=args.cache,
+            argv=["tocha", *argv],
+        )
     except Interrupted as stop:
         print(f"tocha distill: stopped by {stop}", file=sys.stderr)
         return 128 + stop.signum

@@ -19,8 +19,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.json:
         import json
 
-        print(json.dumps({**info, "choices": {"in_memory_data": hw_memory.__dict__, "file_data": hw_files.__dict__}},
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                {**info, "choices": {"in_memory_data": hw_memory.__dict__, "file_data": hw_files.__dict__}},
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     for key, value in info.items():
         print(f"{key:<17} {value if value is not None else 'not installed'}")

@@ -14,16 +14,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
     p.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=positive_int, default=512, help="evaluation batch size (default 512)")
-    p.add_argument("--json", action="store_true", help="print the JSON written to RUN/eval-SPLIT.json instead of "
-                   "a table")
+    p.add_argument(
+        "--json", action="store_true", help="print the JSON written to RUN/eval-SPLIT.json instead of a table"
+    )
     return p
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from tocha.recipes.runs import evaluate_run
 
-    result = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, device=args.device,
-                          batch_size=args.batch_size)
+    result = evaluate_run(
+        args.run, split=args.split, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size
+    )
     if args.json:
         print(result.json_path.read_text(), end="")  # the file itself: what is printed is what was written
         return 0

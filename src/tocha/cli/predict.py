@@ -21,13 +21,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from tocha.recipes.runs import predict_files
 
-    predictions = predict_files(args.run, args.images, top_k=args.top_k, device=args.device,
-                                checkpoint=args.checkpoint)
+    predictions = predict_files(args.run, args.images, top_k=args.top_k, device=args.device, checkpoint=args.checkpoint)
     if args.json:
         import json
 
-        print(json.dumps([{"file": p.file, "top": [{"class": c, "probability": round(q, 6)} for c, q in p.top]}
-                          for p in predictions], indent=2))
+        print(
+            json.dumps(
+                [
+                    {"file": p.file, "top": [{"class": c, "probability": round(q, 6)} for c, q in p.top]}
+                    for p in predictions
+                ],
+                indent=2,
+            )
+        )
         return 0
     width = max(len(p.file) for p in predictions)
     for p in predictions:

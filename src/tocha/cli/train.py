@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tocha.cli._common import print_cost, print_train_result, rank
+from tocha.cli._common import print_train_result, rank
 from tocha.errors import UserError
 
 # key=value items may follow options (`train data=digits --nproc 2 out=runs/x`); main() collects them into args.args
@@ -37,18 +37,29 @@ def _epilog() -> str:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("train", help="train a model and write a run folder with a report",
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              description="Train a model. Arguments are an optional YAML config file followed by "
-                                          "key=value overrides.",
-                              epilog=_epilog)
-    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value",
-                   help="a YAML config file and/or key=value overrides")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest valid "
-                   "checkpoint, with its own config (no other arguments)")
-    p.add_argument("--nproc", type=int, metavar="N", help="train on N processes of this machine "
-                   "(DistributedDataParallel started through torchrun's launcher; one per GPU on CUDA). "
-                   "batch_size stays the global batch")
+    p = subparsers.add_parser(
+        "train",
+        help="train a model and write a run folder with a report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a model. Arguments are an optional YAML config file followed by key=value overrides.",
+        epilog=_epilog,
+    )
+    p.add_argument(
+        "args", nargs="*", metavar="[CONFIG.yaml] key=value", help="a YAML config file and/or key=value overrides"
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run from its newest valid checkpoint, with its own config (no other arguments)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train on N processes of this machine "
+        "(DistributedDataParallel started through torchrun's launcher; one per GPU on CUDA). "
+        "batch_size stays the global batch",
+    )
     return p
 
 
@@ -62,8 +73,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         elif i == 0:
             path = item
         else:
-            raise UserError(f"unexpected argument '{item}'", where="tocha train",
-                            fix="give at most one config file, first, then key=value overrides")
+            raise UserError(
+                f"unexpected argument '{item}'",
+                where="tocha train",
+                fix="give at most one config file, first, then key=value overrides",
+            )
     if args.resume:
         cfg = _resume_config(args.resume, args.args)
     else:
@@ -75,8 +89,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         from tocha.tasks import info
 
         if info(cfg.task).one_process:
-            raise UserError(f"task={cfg.task} runs in one process", where="tocha train --nproc",
-                            fix="drop --nproc (a model of this size trains fastest in one process)")
+            raise UserError(
+                f"task={cfg.task} runs in one process",
+                where="tocha train --nproc",
+                fix="drop --nproc (a model of this size trains fastest in one process)",
+            )
         return launch(args.nproc, _without_nproc(argv), debug=args.debug)
     return train_task(cfg, argv)
 
@@ -100,7 +117,7 @@ def train_task(cfg, argv: list[str]) -> int:
 def _without_nproc(argv: list[str]) -> list[str]:
     """The `train` arguments for each launched process: --nproc and global flags removed."""
     out, skip = [], False
-    for item in argv[argv.index("train") + 1:]:
+    for item in argv[argv.index("train") + 1 :]:
         if skip:
             skip = False
         elif item == "--nproc":
@@ -116,12 +133,18 @@ def _resume_config(run_dir: str, extra: list[str]):
     from tocha.engine import resume
 
     if extra:
-        raise UserError(f"--resume takes no other arguments, got {' '.join(extra)}", where="tocha train --resume",
-                        fix="resume continues the run exactly as configured; start a new run to change settings")
+        raise UserError(
+            f"--resume takes no other arguments, got {' '.join(extra)}",
+            where="tocha train --resume",
+            fix="resume continues the run exactly as configured; start a new run to change settings",
+        )
     path = rf.check_run_dir(run_dir)
     found = resume.latest_valid(path / "checkpoints")
     if found is None or not found.state:
         damaged = f" ({'; '.join(found.skipped)})" if found else ""
-        raise UserError(f"'{run_dir}' has no valid checkpoint to resume from{damaged}", where="tocha train --resume",
-                        fix=f"start it again with: tocha train {path / rf.CONFIG} out={run_dir} overwrite=true")
+        raise UserError(
+            f"'{run_dir}' has no valid checkpoint to resume from{damaged}",
+            where="tocha train --resume",
+            fix=f"start it again with: tocha train {path / rf.CONFIG} out={run_dir} overwrite=true",
+        )
     return config.load(path / rf.CONFIG, [f"out={run_dir}", "resume=auto"])

@@ -14,8 +14,9 @@ TEST_FRACTION = 0.2
 TEST_SEED = 0
 
 
-def load(*, val_fraction: float = 0.2, seed: int = 0, image_size: int | None = None,
-         channels: str | int = "auto") -> DataSplits:
+def load(
+    *, val_fraction: float = 0.2, seed: int = 0, image_size: int | None = None, channels: str | int = "auto"
+) -> DataSplits:
     """Digits as uint8 [N,1,8,8]: a fixed 20% test split, then val from the rest with `seed`."""
     from sklearn.datasets import load_digits
 
@@ -24,8 +25,18 @@ def load(*, val_fraction: float = 0.2, seed: int = 0, image_size: int | None = N
     images = torch.from_numpy(bunch.images).mul(255 / 16).round_().clamp_(0, 255).to(torch.uint8)
     full = Split(labels=torch.from_numpy(bunch.target).to(torch.int64), inputs=images.unsqueeze(1))
     keep, held = stratified_split(full.labels, TEST_FRACTION, TEST_SEED)
-    note = (f"digits has no official test split: held out a stratified {TEST_FRACTION:.0%} "
-            f"({len(held)} images, fixed seed {TEST_SEED}) as the test split")
-    return image_splits(full.subset(keep), full.subset(held), classes=CLASSES, val_fraction=val_fraction,
-                        seed=seed, image_size=image_size, channels=channels,
-                        source="scikit-learn load_digits (8x8, 0..16 scaled to 0..255)", notes=(note,))
+    note = (
+        f"digits has no official test split: held out a stratified {TEST_FRACTION:.0%} "
+        f"({len(held)} images, fixed seed {TEST_SEED}) as the test split"
+    )
+    return image_splits(
+        full.subset(keep),
+        full.subset(held),
+        classes=CLASSES,
+        val_fraction=val_fraction,
+        seed=seed,
+        image_size=image_size,
+        channels=channels,
+        source="scikit-learn load_digits (8x8, 0..16 scaled to 0..255)",
+        notes=(note,),
+    )

@@ -13,8 +13,7 @@ from tocha.data.types import DataSplits, Split
 from tocha.errors import UserError
 from tocha.paths import require_dir
 
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -69,28 +68,43 @@ def _missing_error(root: str | None) -> UserError:
         f"Fashion-MNIST files not found: looked for {names} in {looked}",
         where="config key data.root" if root else "the Debian package's folder",
         fix="install them with 'apt-get install dataset-fashion-mnist', point data.root=PATH at a "
-            "folder that holds them, or set data.download=true (needs network)")
+        "folder that holds them, or set data.download=true (needs network)",
+    )
 
 
 def _pair(images_path: Path, labels_path: Path) -> Split:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dtype != torch.uint8 or images.ndim != 3:
-        raise UserError(f"'{images_path}' holds {images.dtype} {tuple(images.shape)}, expected uint8 [N,28,28]",
-                        where="Fashion-MNIST images", fix="point data.root at the original files")
+        raise UserError(
+            f"'{images_path}' holds {images.dtype} {tuple(images.shape)}, expected uint8 [N,28,28]",
+            where="Fashion-MNIST images",
+            fix="point data.root at the original files",
+        )
     if labels.ndim != 1 or len(labels) != len(images):
-        raise UserError(f"'{labels_path}' holds {tuple(labels.shape)} labels for {len(images)} images "
-                        f"in '{images_path}'", where="Fashion-MNIST labels",
-                        fix="the image and label files must come from the same release")
+        raise UserError(
+            f"'{labels_path}' holds {tuple(labels.shape)} labels for {len(images)} images in '{images_path}'",
+            where="Fashion-MNIST labels",
+            fix="the image and label files must come from the same release",
+        )
     labels = labels.to(torch.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
-        raise UserError(f"'{labels_path}' has labels {int(labels.min())}..{int(labels.max())}, expected "
-                        f"0..{len(CLASSES) - 1}", where="Fashion-MNIST labels",
-                        fix="point data.root at the original Fashion-MNIST files")
+        raise UserError(
+            f"'{labels_path}' has labels {int(labels.min())}..{int(labels.max())}, expected 0..{len(CLASSES) - 1}",
+            where="Fashion-MNIST labels",
+            fix="point data.root at the original Fashion-MNIST files",
+        )
     return Split(labels=labels, inputs=images.unsqueeze(1))
 
 
-def load(*, root: str | None = None, val_fraction: float = 0.2, seed: int = 0,
-         image_size: int | None = None, channels: str | int = "auto", download: bool = False) -> DataSplits:
+def load(
+    *,
+    root: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    image_size: int | None = None,
+    channels: str | int = "auto",
+    download: bool = False,
+) -> DataSplits:
     """Fashion-MNIST: 60,000 train (minus val) and 10,000 test images, uint8 [N,1,28,28]."""
     if root is not None and os.path.lexists(root):  # a missing root gets the list of places searched
         require_dir(root, "config key data.root", expected="a folder that holds the Fashion-MNIST IDX files")
@@ -108,6 +122,14 @@ def load(*, root: str | None = None, val_fraction: float = 0.2, seed: int = 0,
     kind = "gzip" if gz == {True} else "plain" if gz == {False} else "gzip and plain"
     train = _pair(files["train_images"], files["train_labels"])
     test = _pair(files["test_images"], files["test_labels"])
-    return image_splits(train, test, classes=CLASSES, val_fraction=val_fraction, seed=seed,
-                        image_size=image_size, channels=channels, source=f"{folder} (IDX, {kind})",
-                        notes=notes)
+    return image_splits(
+        train,
+        test,
+        classes=CLASSES,
+        val_fraction=val_fraction,
+        seed=seed,
+        image_size=image_size,
+        channels=channels,
+        source=f"{folder} (IDX, {kind})",
+        notes=notes,
+    )

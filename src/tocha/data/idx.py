@@ -52,8 +52,11 @@ def read_idx(path: str | Path) -> torch.Tensor:
         raise _bad(path, f"expected at least a 4-byte magic number, found {len(raw)} bytes")
     zero1, zero2, code, ndim = raw[0], raw[1], raw[2], raw[3]
     if zero1 != 0 or zero2 != 0 or code not in IDX_DTYPES:
-        raise _bad(path, f"expected magic 0x0000TTNN with type TT in "
-                         f"{{{', '.join(f'0x{c:02X}' for c in IDX_DTYPES)}}}, found 0x{raw[:4].hex().upper()}")
+        raise _bad(
+            path,
+            f"expected magic 0x0000TTNN with type TT in "
+            f"{{{', '.join(f'0x{c:02X}' for c in IDX_DTYPES)}}}, found 0x{raw[:4].hex().upper()}",
+        )
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise _bad(path, f"expected a {header}-byte header for {ndim} dimensions, found {len(raw)} bytes")

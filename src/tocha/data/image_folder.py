@@ -59,8 +59,9 @@ def decode_image(path: str, image_size: int | None, channels: int) -> torch.Tens
 class ImageFiles(Dataset):
     """Item i -> (uint8 [C,S,S], label). Holds only paths and ints, so it pickles to workers."""
 
-    def __init__(self, paths: list[str], labels: list[int], image_size: int, channels: int,
-                 on_bad_file: str = "error") -> None:
+    def __init__(
+        self, paths: list[str], labels: list[int], image_size: int, channels: int, on_bad_file: str = "error"
+    ) -> None:
         self.paths, self.labels = paths, labels
         self.image_size, self.channels, self.on_bad_file = image_size, channels, on_bad_file
 
@@ -73,8 +74,7 @@ class ImageFiles(Dataset):
             image = decode_image(path, self.image_size, self.channels)
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
             if self.on_bad_file == "error":
-                raise UserError(f"cannot read image '{path}' ({e})", where="data.root",
-                                fix=_BAD_FILE_FIX) from None
+                raise UserError(f"cannot read image '{path}' ({e})", where="data.root", fix=_BAD_FILE_FIX) from None
             # A blank image keeps the index, label and batch shapes consistent; it is rare by design.
             log.warning("unreadable image %s (%s): using a blank image", path, e)
             image = torch.zeros((self.channels, self.image_size, self.image_size), dtype=torch.uint8)
@@ -86,8 +86,11 @@ def find_classes(folder: Path) -> list[str]:
     try:
         return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     except OSError as err:
-        raise UserError(f"folder '{folder}' cannot be read ({err.strerror or err})", where="config key data.root",
-                        fix="make it readable (chmod -R u+rX), or pass another folder") from None
+        raise UserError(
+            f"folder '{folder}' cannot be read ({err.strerror or err})",
+            where="config key data.root",
+            fix="make it readable (chmod -R u+rX), or pass another folder",
+        ) from None
 
 
 def _links_to_ancestor(path: str, parent_real: str) -> bool:
@@ -102,14 +105,18 @@ def list_images(folder: Path, class_to_idx: dict[str, int]) -> tuple[list[str], 
     """(paths, labels, other_files): images under each class folder (recursively), sorted.
 
     Symbolic links to folders are followed, but never to a folder above the link (`cat/up -> ..`
-    would otherwise list every image again, forever) nor into one already walked for that class; a file reached twice through
-    links counts once; hidden sub-folders are skipped, as hidden class folders are. A folder that
-    cannot be read is an error naming it (os.walk would silently leave it out)."""
+    would otherwise list every image again, forever) nor into one already walked for that class; a
+    file reached twice through links counts once; hidden sub-folders are skipped, as hidden class
+    folders are. A folder that cannot be read is an error naming it (os.walk would silently leave it
+    out)."""
     paths, labels, other = [], [], 0
 
     def unreadable(err: OSError) -> None:
-        raise UserError(f"folder '{err.filename}' cannot be read ({err.strerror or err})", where="config key data.root",
-                        fix="make it readable (chmod -R u+rX), or move it out of the image folder")
+        raise UserError(
+            f"folder '{err.filename}' cannot be read ({err.strerror or err})",
+            where="config key data.root",
+            fix="make it readable (chmod -R u+rX), or move it out of the image folder",
+        )
 
     for name, index in class_to_idx.items():
         base = folder / name
@@ -123,8 +130,9 @@ def list_images(folder: Path, class_to_idx: dict[str, int]) -> tuple[list[str], 
                 dirnames[:] = []
                 continue
             walked.add(real)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                                 and not _links_to_ancestor(os.path.join(dirpath, d), real))
+            dirnames[:] = sorted(
+                d for d in dirnames if not d.startswith(".") and not _links_to_ancestor(os.path.join(dirpath, d), real)
+            )
             listing.append((dirpath, filenames))
         seen_files: set[str] = set()
         for dirpath, filenames in sorted(listing):
@@ -160,8 +168,9 @@ def _verify(paths: list[str], labels: list[int], on_bad_file: str) -> tuple[list
                 img.verify()
         except Exception as e:  # anything PIL raises means the file cannot be used
             if on_bad_file == "error":
-                raise UserError(f"cannot read image '{path}' ({type(e).__name__}: {e})", where="data.root",
-                                fix=_BAD_FILE_FIX) from None
+                raise UserError(
+                    f"cannot read image '{path}' ({type(e).__name__}: {e})", where="data.root", fix=_BAD_FILE_FIX
+                ) from None
             bad.append(path)
             continue
         good_paths.append(path)
@@ -176,16 +185,30 @@ def _auto_channels(path: str) -> int:
 
 def _check_args(root: str | None, on_bad_file: str) -> Path:
     if on_bad_file not in ON_BAD_FILE:
-        raise UserError(f"on_bad_file {on_bad_file!r} is not supported", where="config key data.on_bad_file",
-                        allowed=", ".join(ON_BAD_FILE), fix="use error (stop) or skip (leave the file out)")
+        raise UserError(
+            f"on_bad_file {on_bad_file!r} is not supported",
+            where="config key data.on_bad_file",
+            allowed=", ".join(ON_BAD_FILE),
+            fix="use error (stop) or skip (leave the file out)",
+        )
     if not root:
-        raise UserError("data=imagefolder needs a folder", where="config key data.root",
-                        fix="pass data.root=PATH/TO/FOLDERS (one sub-folder per class)")
+        raise UserError(
+            "data=imagefolder needs a folder",
+            where="config key data.root",
+            fix="pass data.root=PATH/TO/FOLDERS (one sub-folder per class)",
+        )
     return require_dir(root, "config key data.root", expected="a folder that holds one sub-folder per class")
 
 
-def load(*, root: str | None, val_fraction: float = 0.2, seed: int = 0, image_size: int | None = None,
-         channels: str | int = "auto", on_bad_file: str = "error") -> DataSplits:
+def load(
+    *,
+    root: str | None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    image_size: int | None = None,
+    channels: str | int = "auto",
+    on_bad_file: str = "error",
+) -> DataSplits:
     """Images in `root/<class>/...` (or `root/train/<class>`, `root/test/<class>`), file-backed."""
     root_path = _check_args(root, on_bad_file)
     check_image_size(image_size)
@@ -193,8 +216,11 @@ def load(*, root: str | None, val_fraction: float = 0.2, seed: int = 0, image_si
     train_dir, test_dir, notes = _layout(root_path)
     classes = find_classes(train_dir)
     if not classes:
-        raise UserError(f"'{train_dir}' has no class sub-folders", where="config key data.root",
-                        fix=f"put each class's images in its own folder, e.g. {train_dir}/cat/1.png")
+        raise UserError(
+            f"'{train_dir}' has no class sub-folders",
+            where="config key data.root",
+            fix=f"put each class's images in its own folder, e.g. {train_dir}/cat/1.png",
+        )
     class_to_idx = {c: i for i, c in enumerate(classes)}
     paths, labels, other = list_images(train_dir, class_to_idx)
     test_paths: list[str] = []
@@ -202,9 +228,12 @@ def load(*, root: str | None, val_fraction: float = 0.2, seed: int = 0, image_si
     if test_dir is not None:
         extra = sorted(set(find_classes(test_dir)) - set(classes))
         if extra:
-            raise UserError(f"'{test_dir}' has class folders that '{train_dir}' lacks: {', '.join(extra)}",
-                            where="config key data.root", allowed=", ".join(classes),
-                            fix="use the same class folder names in train/ and in the test folder")
+            raise UserError(
+                f"'{test_dir}' has class folders that '{train_dir}' lacks: {', '.join(extra)}",
+                where="config key data.root",
+                allowed=", ".join(classes),
+                fix="use the same class folder names in train/ and in the test folder",
+            )
         test_paths, test_labels, _ = list_images(test_dir, class_to_idx)
 
     bad: list[str] = []
@@ -213,23 +242,31 @@ def load(*, root: str | None, val_fraction: float = 0.2, seed: int = 0, image_si
         test_paths, test_labels, bad_test = _verify(test_paths, test_labels, on_bad_file)
         bad += bad_test
     else:
-        notes.append(f"{len(paths) + len(test_paths)} image files: too many to check up front "
-                     f"(limit {VERIFY_LIMIT_FILES}); an unreadable one is handled when read "
-                     f"(on_bad_file={on_bad_file}; skip gives a blank image)")
+        notes.append(
+            f"{len(paths) + len(test_paths)} image files: too many to check up front "
+            f"(limit {VERIFY_LIMIT_FILES}); an unreadable one is handled when read "
+            f"(on_bad_file={on_bad_file}; skip gives a blank image)"
+        )
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         notes.append(f"skipped {len(bad)} unreadable image file(s): {shown}")
 
     if not paths:
         found = f" (found {other} files without an image extension)" if other else ""
-        raise UserError(f"no readable images in the class folders of '{train_dir}'{found}",
-                        where="config key data.root", allowed=" ".join(IMG_EXTENSIONS),
-                        fix="put image files into one sub-folder per class")
+        raise UserError(
+            f"no readable images in the class folders of '{train_dir}'{found}",
+            where="config key data.root",
+            allowed=" ".join(IMG_EXTENSIONS),
+            fix="put image files into one sub-folder per class",
+        )
     counts = np.bincount(labels, minlength=len(classes))
     if (counts > 0).sum() < 2:
-        raise UserError(f"'{train_dir}' has images of only one class ({classes[int(counts.argmax())]}); "
-                        "classification needs at least two", where="config key data.root",
-                        fix="add a sub-folder with images for each other class")
+        raise UserError(
+            f"'{train_dir}' has images of only one class ({classes[int(counts.argmax())]}); "
+            "classification needs at least two",
+            where="config key data.root",
+            fix="add a sub-folder with images for each other class",
+        )
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if empty:
         notes.append(f"class folder(s) with no images: {', '.join(empty)} (kept as classes)")
@@ -240,8 +277,9 @@ def load(*, root: str | None, val_fraction: float = 0.2, seed: int = 0, image_si
         channels = _auto_channels(paths[0])
 
     def split_of(p: list[str], y: list[int]) -> Split:
-        return Split(labels=torch.tensor(y, dtype=torch.int64),
-                     dataset=ImageFiles(p, y, image_size, channels, on_bad_file))
+        return Split(
+            labels=torch.tensor(y, dtype=torch.int64), dataset=ImageFiles(p, y, image_size, channels, on_bad_file)
+        )
 
     train = split_of(paths, labels)
     if test_dir is not None:
@@ -252,13 +290,23 @@ def load(*, root: str | None, val_fraction: float = 0.2, seed: int = 0, image_si
         where = "test split held out of data.root"
         keep, held = stratified_split(train.labels, TEST_FRACTION, TEST_SEED, where=where)
         stratified = "stratified " if can_stratify(train.labels) else "random "
-        notes.append(f"no test/ folder: held out a {stratified}{TEST_FRACTION:.0%} of images "
-                     f"({len(held)}) as the test split (seed {TEST_SEED})")
+        notes.append(
+            f"no test/ folder: held out a {stratified}{TEST_FRACTION:.0%} of images "
+            f"({len(held)}) as the test split (seed {TEST_SEED})"
+        )
         train, test = train.subset(keep), train.subset(held)
     train, val, split_notes = split_off(train, val_fraction, seed)
     mean, std = channel_stats(train)
     counted = f"{len(paths)} train" + (f", {len(test_paths)} test" if test_dir is not None else "")
-    return DataSplits(train=train, val=val, test=test, classes=tuple(classes), in_channels=channels,
-                      image_size=image_size, mean=mean, std=std,
-                      source=f"{root_path} (image folders, {counted} files)",
-                      notes=tuple(notes) + split_notes)
+    return DataSplits(
+        train=train,
+        val=val,
+        test=test,
+        classes=tuple(classes),
+        in_channels=channels,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        source=f"{root_path} (image folders, {counted} files)",
+        notes=tuple(notes) + split_notes,
+    )

@@ -17,17 +17,22 @@ def parse_channels(channels: str | int) -> str | int:
     """'auto', 1 or 3 from the config's string (or an int from Python callers)."""
     text = str(channels).strip().lower()
     if text not in CHANNEL_CHOICES:
-        raise UserError(f"channels {channels!r} is not supported", where="config key data.channels",
-                        allowed=", ".join(CHANNEL_CHOICES),
-                        fix="use 1 for grayscale, 3 for RGB, or auto for the data's own")
+        raise UserError(
+            f"channels {channels!r} is not supported",
+            where="config key data.channels",
+            allowed=", ".join(CHANNEL_CHOICES),
+            fix="use 1 for grayscale, 3 for RGB, or auto for the data's own",
+        )
     return "auto" if text == "auto" else int(text)
 
 
 def check_image_size(image_size: int | None) -> None:
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
-        raise UserError(f"image size {image_size!r} is not a positive whole number of pixels",
-                        where="config key image_size", fix="use e.g. image_size=32, or leave it on auto")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise UserError(
+            f"image size {image_size!r} is not a positive whole number of pixels",
+            where="config key image_size",
+            fix="use e.g. image_size=32, or leave it on auto",
+        )
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -36,10 +41,11 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     out = torch.empty((*images.shape[:2], size, size), dtype=torch.uint8)
     for i in range(0, len(images), _RESIZE_CHUNK):
-        chunk = images[i:i + _RESIZE_CHUNK].float()
-        resized = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear",
-                                                  align_corners=False, antialias=True)
-        out[i:i + _RESIZE_CHUNK] = resized.round_().clamp_(0, 255).to(torch.uint8)
+        chunk = images[i : i + _RESIZE_CHUNK].float()
+        resized = torch.nn.functional.interpolate(
+            chunk, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+        out[i : i + _RESIZE_CHUNK] = resized.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 
@@ -54,13 +60,26 @@ def set_channels(images: torch.Tensor, channels: str | int) -> torch.Tensor:
     if channels == 1 and have == 3:
         weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
         return (images.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
-    raise UserError(f"cannot turn {have}-channel images into {channels} channels",
-                    where="config key data.channels", allowed="auto, 1, 3", fix="use channels=auto")
+    raise UserError(
+        f"cannot turn {have}-channel images into {channels} channels",
+        where="config key data.channels",
+        allowed="auto, 1, 3",
+        fix="use channels=auto",
+    )
 
 
-def image_splits(train: Split, test: Split | None, *, classes: tuple[str, ...], val_fraction: float,
-                 seed: int, image_size: int | None, channels: str | int, source: str,
-                 notes: tuple[str, ...] = ()) -> DataSplits:
+def image_splits(
+    train: Split,
+    test: Split | None,
+    *,
+    classes: tuple[str, ...],
+    val_fraction: float,
+    seed: int,
+    image_size: int | None,
+    channels: str | int,
+    source: str,
+    notes: tuple[str, ...] = (),
+) -> DataSplits:
     """DataSplits from uint8 [N,C,H,W] train/test splits: resize, channels, val split, train stats."""
     check_image_size(image_size)
     channels = parse_channels(channels)
@@ -77,6 +96,15 @@ def image_splits(train: Split, test: Split | None, *, classes: tuple[str, ...], 
     train, val, split_notes = split_off(train, val_fraction, seed)
     mean, std = channel_stats(train)
     c, h = train.inputs.shape[1], train.inputs.shape[2]
-    return DataSplits(train=train, val=val, test=test, classes=tuple(classes), in_channels=int(c),
-                      image_size=int(h), mean=mean, std=std, source=source,
-                      notes=tuple(notes) + split_notes)
+    return DataSplits(
+        train=train,
+        val=val,
+        test=test,
+        classes=tuple(classes),
+        in_channels=int(c),
+        image_size=int(h),
+        mean=mean,
+        std=std,
+        source=source,
+        notes=tuple(notes) + split_notes,
+    )

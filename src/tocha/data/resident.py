@@ -17,14 +17,14 @@ import torch
 from tocha.data.types import DataSplits, Split
 from tocha.errors import UserError
 
-HOST_SHARE = 0.5     # of the host memory available now
-CUDA_SHARE = 0.4     # of the free device memory: the model, activations and optimizer need the rest
+HOST_SHARE = 0.5  # of the host memory available now
+CUDA_SHARE = 0.4  # of the free device memory: the model, activations and optimizer need the rest
 
 
 @dataclass(frozen=True)
 class Residency:
     resident: bool
-    prepare_once: bool   # room for a normalised float copy too (steps then only slice)
+    prepare_once: bool  # room for a normalised float copy too (steps then only slice)
     reason: str
 
 
@@ -48,8 +48,9 @@ def memory_budget(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         gpu = int(free * CUDA_SHARE)
-        return min(host, gpu), (f"{CUDA_SHARE:.0%} of free {device.type} memory, "
-                                f"{HOST_SHARE:.0%} of available host memory")
+        return min(host, gpu), (
+            f"{CUDA_SHARE:.0%} of free {device.type} memory, {HOST_SHARE:.0%} of available host memory"
+        )
     return host, f"{HOST_SHARE:.0%} of available host memory"
 
 
@@ -82,26 +83,37 @@ def decide(data: DataSplits, requested: bool | str, device: torch.device) -> Res
     fits = stored <= budget
     prepare_once = as_float <= budget
     where = f"on {device.type}" if device.type != "cpu" else "in host memory"
-    size = f"{mb(stored)} {where}" + (", normalised once to float32" if prepare_once else
-                                      f", normalised per batch ({mb(as_float)} as float32 would not fit)")
+    size = f"{mb(stored)} {where}" + (
+        ", normalised once to float32"
+        if prepare_once
+        else f", normalised per batch ({mb(as_float)} as float32 would not fit)"
+    )
     if in_memory and (fits or device.type == "cpu"):
         return Residency(True, prepare_once, f"resident tensors, {size}")
     files = [s.dataset for s in splits if s.inputs is None]
     if not fits:
         why = f"the data needs {mb(stored)}, over the budget of {mb(budget)} ({how})"
         if requested is True:
-            raise UserError(f"data.resident=true but {why}", where="config key data.resident",
-                            fix="use data.resident=auto (falls back to the DataLoader), a smaller image_size, "
-                                "or a machine with more memory")
+            raise UserError(
+                f"data.resident=true but {why}",
+                where="config key data.resident",
+                fix="use data.resident=auto (falls back to the DataLoader), a smaller image_size, "
+                "or a machine with more memory",
+            )
         return Residency(False, False, f"DataLoader: {why}")
     if requested == "auto" and not all(_repeatable(ds) for ds in files):
-        return Residency(False, False, "DataLoader: the dataset's items differ between reads (random transforms?), "
-                                       "so decoding it once would freeze them")
+        return Residency(
+            False,
+            False,
+            "DataLoader: the dataset's items differ between reads (random transforms?), "
+            "so decoding it once would freeze them",
+        )
     return Residency(True, prepare_once, f"resident tensors, decoded once: {size}")
 
 
 def materialise(data: DataSplits, workers: int) -> DataSplits:
     """Every file-backed split decoded once into one tensor (workers decode in parallel)."""
+
     def load(split: Split | None) -> Split | None:
         if split is None or split.inputs is not None:
             return split
@@ -110,7 +122,7 @@ def materialise(data: DataSplits, workers: int) -> DataSplits:
         out = torch.empty((len(split), *first.shape), dtype=first.dtype)
         start = 0
         for x, _ in loader:
-            out[start:start + len(x)] = x
+            out[start : start + len(x)] = x
             start += len(x)
         return Split(labels=split.labels, inputs=out)
 

@@ -16,16 +16,22 @@ _STATS_CHUNK = 4096
 
 def _check_fraction(fraction: float, where: str) -> None:
     if not 0.0 <= fraction < 1.0:
-        raise UserError(f"fraction {fraction!r} is out of range", where=where, allowed="0 <= fraction < 1",
-                        fix="use e.g. 0.2 to hold out 20%, or 0 for no held-out split")
+        raise UserError(
+            f"fraction {fraction!r} is out of range",
+            where=where,
+            allowed="0 <= fraction < 1",
+            fix="use e.g. 0.2 to hold out 20%, or 0 for no held-out split",
+        )
 
 
 def _held_count(n: int, fraction: float, where: str) -> int:
     held = int(round(n * fraction))
     if fraction > 0 and not 0 < held < n:
-        raise UserError(f"cannot hold out {fraction:g} of {n} examples: that leaves {held} held out and "
-                        f"{n - held} kept", where=where,
-                        fix="use more data, a different fraction, or 0 for no held-out split")
+        raise UserError(
+            f"cannot hold out {fraction:g} of {n} examples: that leaves {held} held out and {n - held} kept",
+            where=where,
+            fix="use more data, a different fraction, or 0 for no held-out split",
+        )
     return held
 
 
@@ -35,8 +41,9 @@ def can_stratify(labels: torch.Tensor) -> bool:
     return bool(((counts == 0) | (counts >= 2)).all())
 
 
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int,
-                     *, where: str = "config key data.val_fraction") -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(
+    labels: torch.Tensor, fraction: float, seed: int, *, where: str = "config key data.val_fraction"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(keep_idx, held_idx): int64 positions, each sorted, with round(N*fraction) held out.
 
     Every class gives its share within one example (largest-remainder rounding), so class
@@ -64,23 +71,27 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int,
         per_class[order[:leftover]] += 1
         by_class = np.argsort(y, kind="stable")
         starts = np.concatenate(([0], np.cumsum(counts)))
-        held = np.concatenate([rng.permutation(by_class[starts[c]:starts[c + 1]])[:per_class[c]]
-                               for c in range(len(counts))])
+        held = np.concatenate(
+            [rng.permutation(by_class[starts[c] : starts[c + 1]])[: per_class[c]] for c in range(len(counts))]
+        )
     mask = np.zeros(n, dtype=bool)
     mask[held] = True
     return torch.from_numpy(np.flatnonzero(~mask)), torch.from_numpy(np.flatnonzero(mask))
 
 
-def split_off(split: Split, fraction: float, seed: int, *, role: str = "validation",
-              where: str = "config key data.val_fraction") -> tuple[Split, Split | None, tuple[str, ...]]:
+def split_off(
+    split: Split, fraction: float, seed: int, *, role: str = "validation", where: str = "config key data.val_fraction"
+) -> tuple[Split, Split | None, tuple[str, ...]]:
     """(kept, held or None, notes): `stratified_split` applied to a Split, with a note on fallback."""
     keep, held = stratified_split(split.labels, fraction, seed, where=where)
     if len(held) == 0:
         return split, None, ()
     notes = ()
     if not can_stratify(split.labels):
-        notes = (f"some class has fewer than 2 examples: the {role} split is a random "
-                 f"{fraction:.0%} (seed {seed}), not stratified",)
+        notes = (
+            f"some class has fewer than 2 examples: the {role} split is a random "
+            f"{fraction:.0%} (seed {seed}), not stratified",
+        )
     return split.subset(keep), split.subset(held), notes
 
 
@@ -90,8 +101,7 @@ def _sums(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     Via a 256-bin histogram per channel: ~15x faster than widening every pixel to int64.
     """
     values = np.arange(256, dtype=np.int64)
-    hist = np.stack([torch.bincount(images[:, c].reshape(-1), minlength=256).numpy()
-                     for c in range(images.shape[1])])
+    hist = np.stack([torch.bincount(images[:, c].reshape(-1), minlength=256).numpy() for c in range(images.shape[1])])
     return hist @ values, hist @ (values * values)
 
 
@@ -105,7 +115,7 @@ def channel_stats(split: Split) -> tuple[tuple[float, ...] | None, tuple[float, 
     if split.inputs is not None:
         if split.inputs.dtype != torch.uint8 or split.inputs.ndim != 4:
             return None, None
-        chunks = (split.inputs[i:i + _STATS_CHUNK] for i in range(0, len(split.inputs), _STATS_CHUNK))
+        chunks = (split.inputs[i : i + _STATS_CHUNK] for i in range(0, len(split.inputs), _STATS_CHUNK))
     else:
         n = len(split)
         gen = torch.Generator().manual_seed(0)
@@ -113,8 +123,7 @@ def channel_stats(split: Split) -> tuple[tuple[float, ...] | None, tuple[float, 
         first = split.dataset[picks[0]][0] if picks else None
         if not isinstance(first, torch.Tensor) or first.dtype != torch.uint8 or first.ndim != 3:
             return None, None
-        chunks = (torch.stack([split.dataset[i][0] for i in picks[j:j + 256]])
-                  for j in range(0, len(picks), 256))
+        chunks = (torch.stack([split.dataset[i][0] for i in picks[j : j + 256]]) for j in range(0, len(picks), 256))
     total = total_sq = None
     count = 0
     for chunk in chunks:

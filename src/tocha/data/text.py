@@ -24,7 +24,7 @@ from tocha.errors import UserError
 from tocha.paths import require_file_or_dir
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
-UNKNOWN = "\ufffd"           # the vocabulary's slot 0: characters the training split never showed
+UNKNOWN = "\ufffd"  # the vocabulary's slot 0: characters the training split never showed
 MAX_CORPUS_BYTES = 512 * 2**20
 
 
@@ -32,10 +32,10 @@ MAX_CORPUS_BYTES = 512 * 2**20
 class Vocab:
     """Characters <-> ids. Id 0 is UNKNOWN; the other ids follow the sorted training characters."""
 
-    chars: tuple[str, ...]   # chars[0] == UNKNOWN
+    chars: tuple[str, ...]  # chars[0] == UNKNOWN
 
     @classmethod
-    def build(cls, text: str) -> "Vocab":
+    def build(cls, text: str) -> Vocab:
         return cls((UNKNOWN, *sorted(set(text) - {UNKNOWN})))
 
     def __len__(self) -> int:
@@ -63,42 +63,54 @@ class TextCorpus:
     train_text: str
     val_text: str
     vocab: Vocab
-    train: torch.Tensor      # ids [N_train] (CPU)
-    val: torch.Tensor        # ids [N_val]
-    source: str              # where the text came from, for the log
+    train: torch.Tensor  # ids [N_train] (CPU)
+    val: torch.Tensor  # ids [N_val]
+    source: str  # where the text came from, for the log
     files: int
-    unknown_val_chars: int   # validation characters mapped to UNKNOWN
+    unknown_val_chars: int  # validation characters mapped to UNKNOWN
 
 
 def default_corpus_files() -> list[Path]:
     """The English fortune files of the Debian `fortunes` package (not the .dat indexes, .u8 links, off/)."""
     if not FORTUNES_DIR.is_dir():
         return []
-    return sorted(p for p in FORTUNES_DIR.iterdir()
-                  if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8"))
+    return sorted(
+        p for p in FORTUNES_DIR.iterdir() if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8")
+    )
 
 
 def corpus_files(path: str | None) -> tuple[list[Path], str]:
     if path is None:
         files = default_corpus_files()
         if not files:
-            raise UserError(f"no text given and the default corpus ({FORTUNES_DIR}) is not installed",
-                            where="config key data.path",
-                            fix="pass data.path=FILE_OR_FOLDER with UTF-8 text, or install it: apt-get install fortunes")
+            raise UserError(
+                f"no text given and the default corpus ({FORTUNES_DIR}) is not installed",
+                where="config key data.path",
+                fix="pass data.path=FILE_OR_FOLDER with UTF-8 text, or install it: apt-get install fortunes",
+            )
         return files, f"{FORTUNES_DIR} (Debian package fortunes, {len(files)} files)"
     root = require_file_or_dir(path, "config key data.path", expected="a UTF-8 text file or a folder of them")
     if root.is_file():
         return [root], str(root)
     try:
         # Hidden files and everything under hidden folders (.git, .cache) are not part of the corpus.
-        files = sorted(p for p in root.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        files = sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
     except OSError as err:
-        raise UserError(f"cannot list '{err.filename or root}' ({err.strerror or err})", where="config key data.path",
-                        fix="make the folder readable (chmod -R u+rX), or pass another one") from None
+        raise UserError(
+            f"cannot list '{err.filename or root}' ({err.strerror or err})",
+            where="config key data.path",
+            fix="make the folder readable (chmod -R u+rX), or pass another one",
+        ) from None
     if not files:
-        raise UserError(f"folder '{path}' holds no files", where="config key data.path",
-                        fix="point data.path at a UTF-8 text file or a folder of them")
+        raise UserError(
+            f"folder '{path}' holds no files",
+            where="config key data.path",
+            fix="point data.path at a UTF-8 text file or a folder of them",
+        )
     return files, f"{root} ({len(files)} files)"
 
 
@@ -107,17 +119,25 @@ def read_text(file: Path) -> str:
     try:
         raw = file.read_bytes()
     except OSError as err:
-        raise UserError(f"cannot read '{file}' ({err.strerror or err})", where="config key data.path",
-                        fix="make it readable (chmod +r), or move it out of the corpus folder") from None
-    if b"\x00" in raw[:1 << 20]:
-        raise UserError(f"'{file}' looks binary (it contains NUL bytes), not text", where="config key data.path",
-                        fix="pass UTF-8 text files only (in a folder, remove or move the binary files)")
+        raise UserError(
+            f"cannot read '{file}' ({err.strerror or err})",
+            where="config key data.path",
+            fix="make it readable (chmod +r), or move it out of the corpus folder",
+        ) from None
+    if b"\x00" in raw[: 1 << 20]:
+        raise UserError(
+            f"'{file}' looks binary (it contains NUL bytes), not text",
+            where="config key data.path",
+            fix="pass UTF-8 text files only (in a folder, remove or move the binary files)",
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"'{file}' is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})",
-                        where="config key data.path",
-                        fix="convert it, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8") from None
+        raise UserError(
+            f"'{file}' is not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})",
+            where="config key data.path",
+            fix="convert it, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8",
+        ) from None
 
 
 def load_corpus(path: str | None, *, val_fraction: float = 0.1, seq_len: int = 128) -> TextCorpus:
@@ -126,26 +146,35 @@ def load_corpus(path: str | None, *, val_fraction: float = 0.1, seq_len: int = 1
     files, source = corpus_files(path)
     size = sum(f.stat().st_size for f in files)
     if size > MAX_CORPUS_BYTES:
-        raise UserError(f"the text is {size / 2**20:.0f} MB; tocha holds a corpus in memory up to "
-                        f"{MAX_CORPUS_BYTES / 2**20:.0f} MB", where="config key data.path", fix="pass a smaller corpus")
+        raise UserError(
+            f"the text is {size / 2**20:.0f} MB; tocha holds a corpus in memory up to "
+            f"{MAX_CORPUS_BYTES / 2**20:.0f} MB",
+            where="config key data.path",
+            fix="pass a smaller corpus",
+        )
     text = "\n".join(read_text(f) for f in files)
     if not text.strip():
-        raise UserError(f"the text in '{path or FORTUNES_DIR}' is empty", where="config key data.path",
-                        fix="pass a file or folder with some UTF-8 text")
+        raise UserError(
+            f"the text in '{path or FORTUNES_DIR}' is empty",
+            where="config key data.path",
+            fix="pass a file or folder with some UTF-8 text",
+        )
     n_val = int(len(text) * val_fraction)
-    train_text, val_text = text[:len(text) - n_val], text[len(text) - n_val:]
+    train_text, val_text = text[: len(text) - n_val], text[len(text) - n_val :]
     # A split needs one window of seq_len inputs plus the next character as the last target.
     for name, part in (("training", train_text), ("validation", val_text)):
         if len(part) < seq_len + 1:
-            raise UserError(f"seq_len={seq_len} is longer than the {name} text ({len(part)} characters of "
-                            f"{len(text)}, {1 - val_fraction:.0%}/{val_fraction:.0%} split)",
-                            where="config keys seq_len, data.path",
-                            fix=f"use seq_len={max(1, min(len(train_text), len(val_text)) - 1)} or less, "
-                                "or a longer text")
+            raise UserError(
+                f"seq_len={seq_len} is longer than the {name} text ({len(part)} characters of "
+                f"{len(text)}, {1 - val_fraction:.0%}/{val_fraction:.0%} split)",
+                where="config keys seq_len, data.path",
+                fix=f"use seq_len={max(1, min(len(train_text), len(val_text)) - 1)} or less, or a longer text",
+            )
     vocab = Vocab.build(train_text)
     val = vocab.encode(val_text)
-    return TextCorpus(train_text, val_text, vocab, vocab.encode(train_text), val, source, len(files),
-                      int((val == 0).sum()))
+    return TextCorpus(
+        train_text, val_text, vocab, vocab.encode(train_text), val, source, len(files), int((val == 0).sum())
+    )
 
 
 class TextBatches:
@@ -155,8 +184,18 @@ class TextBatches:
     at the start of every pass, so the model can drop the hidden state of the previous pass.
     """
 
-    def __init__(self, ids: torch.Tensor, seq_len: int, batch_size: int, *, device: torch.device, shuffle: bool,
-                 seed: int = 0, streams: bool = False, on_start: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        seq_len: int,
+        batch_size: int,
+        *,
+        device: torch.device,
+        shuffle: bool,
+        seed: int = 0,
+        streams: bool = False,
+        on_start: Callable[[], None] | None = None,
+    ) -> None:
         self.ids = ids.to(device)
         self.seq_len, self.device, self.shuffle, self.seed = seq_len, device, shuffle, seed
         self.streams, self.on_start = streams, on_start
@@ -183,8 +222,8 @@ class TextBatches:
         """Start offsets of every window of this epoch, in batch order (a flat [n_windows] tensor)."""
         t = self.seq_len
         if self.streams:
-            steps = torch.arange(len(self)) * t                                # window i of a stream
-            rows = torch.arange(self.batch_size) * self.stream_len             # where each stream begins
+            steps = torch.arange(len(self)) * t  # window i of a stream
+            rows = torch.arange(self.batch_size) * self.stream_len  # where each stream begins
             return (steps.view(-1, 1) + rows.view(1, -1)).reshape(-1)
         return epoch_order(self.n_windows, self.seed, self.epoch, self.shuffle) * t
 
@@ -196,6 +235,6 @@ class TextBatches:
         offsets = torch.arange(self.seq_len + 1, device=self.device)
         b = self.batch_size
         for i in range(first, len(self)):
-            idx = starts[i * b:(i + 1) * b].view(-1, 1) + offsets        # [B, seq_len + 1]
+            idx = starts[i * b : (i + 1) * b].view(-1, 1) + offsets  # [B, seq_len + 1]
             window = self.ids[idx]
             yield window[:, :-1], window[:, 1:]

@@ -59,14 +59,14 @@ class DataSplits:
 
     train: Split
     val: Split | None
-    test: Split | None                  # the official test split, kept for `tocha eval`
+    test: Split | None  # the official test split, kept for `tocha eval`
     classes: tuple[str, ...]
     in_channels: int
-    image_size: int                     # square side in pixels; 0 for flat features
-    mean: tuple[float, ...] | None      # per channel, [0,1] units, train split only; None = don't normalise
+    image_size: int  # square side in pixels; 0 for flat features
+    mean: tuple[float, ...] | None  # per channel, [0,1] units, train split only; None = don't normalise
     std: tuple[float, ...] | None
-    source: str                         # where it was read from, for people
-    notes: tuple[str, ...] = ()         # one-line messages the CLI prints
+    source: str  # where it was read from, for people
+    notes: tuple[str, ...] = ()  # one-line messages the CLI prints
 
     @property
     def num_classes(self) -> int:

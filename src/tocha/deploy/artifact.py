@@ -25,13 +25,18 @@ def check_meta(meta, what: str, input_shape=None) -> dict:
         problem = "it is not a JSON object"
     elif not isinstance(meta.get("classes"), list) or not meta["classes"]:
         problem = "it has no class list"
-    elif not isinstance(meta.get("model"), dict) or meta["model"].get("num_classes", len(meta["classes"])) \
-            != len(meta["classes"]):
+    elif not isinstance(meta.get("model"), dict) or meta["model"].get("num_classes", len(meta["classes"])) != len(
+        meta["classes"]
+    ):
         problem = "its class list does not match the model's output size"
     elif not isinstance(meta.get("image_size"), int) or not isinstance(meta.get("in_channels"), int):
         problem = "its input size or channel count is missing"
-    elif input_shape is not None and len(input_shape) == 4 and all(isinstance(d, int) for d in input_shape[2:]) \
-            and tuple(input_shape[2:]) != (meta["image_size"], meta["image_size"]):
+    elif (
+        input_shape is not None
+        and len(input_shape) == 4
+        and all(isinstance(d, int) for d in input_shape[2:])
+        and tuple(input_shape[2:]) != (meta["image_size"], meta["image_size"])
+    ):
         problem = f"it names image size {meta['image_size']} but the model takes {input_shape[2]}x{input_shape[3]}"
     if problem:
         raise UserError(f"{what} is damaged: {problem}", fix="re-export the run (tocha export RUN) or retrain it")
@@ -45,12 +50,16 @@ def onnx_predictor(path: str | Path, options=None) -> tuple[Callable[[torch.Tens
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own types for a file that is not a model
-        raise UserError(f"cannot load ONNX model '{path}': {str(exc).strip()[:200]}",
-                        fix="pass a file written by 'tocha export --format onnx'") from None
+        raise UserError(
+            f"cannot load ONNX model '{path}': {str(exc).strip()[:200]}",
+            fix="pass a file written by 'tocha export --format onnx'",
+        ) from None
     raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if raw is None:
-        raise UserError(f"'{path}' has no tocha metadata (class names, normalisation)",
-                        fix="export it with 'tocha export RUN --format onnx'")
+        raise UserError(
+            f"'{path}' has no tocha metadata (class names, normalisation)",
+            fix="export it with 'tocha export RUN --format onnx'",
+        )
     name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0] == 1
     half = session.get_inputs()[0].type == "tensor(float16)"  # an fp16 export: cast in, float32 out
@@ -61,7 +70,7 @@ def onnx_predictor(path: str | Path, options=None) -> tuple[Callable[[torch.Tens
 
     def run(x: torch.Tensor) -> np.ndarray:
         if fixed:
-            return np.concatenate([call(x[i:i + 1]) for i in range(len(x))])
+            return np.concatenate([call(x[i : i + 1]) for i in range(len(x))])
         return call(x)
 
     try:

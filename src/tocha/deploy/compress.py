@@ -18,8 +18,8 @@ test accuracy; otherwise it is rejected, said so, and the better artifact stays 
 from __future__ import annotations
 
 import dataclasses
-from html import escape
 from dataclasses import asdict, dataclass
+from html import escape
 from pathlib import Path
 
 import torch
@@ -44,21 +44,24 @@ class Step:
 def judge(before: Step, after: Step, max_accuracy_drop: float) -> tuple[bool, str]:
     """Whether `after` pays for itself against `before`, and why (percentage points for accuracy)."""
     speedup = before.p50_ms / after.p50_ms
-    drop = (before.accuracy - after.accuracy) * 100 if before.accuracy is not None and after.accuracy is not None \
-        else 0.0
+    drop = (
+        (before.accuracy - after.accuracy) * 100 if before.accuracy is not None and after.accuracy is not None else 0.0
+    )
     if speedup <= 1.0:
         return False, f"{after.name} is not faster ({speedup:.2f}x the speed of {before.name}): rejected"
     if drop > max_accuracy_drop:
         return False, (f"{after.name} costs {drop:.2f} accuracy points (allowed {max_accuracy_drop:g}): rejected")
-    return True, (f"{after.name}: {speedup:.2f}x faster, {before.megabytes / after.megabytes:.1f}x smaller, "
-                  f"accuracy {-drop:+.2f} points: kept")
+    return True, (
+        f"{after.name}: {speedup:.2f}x faster, {before.megabytes / after.megabytes:.1f}x smaller, "
+        f"accuracy {-drop:+.2f} points: kept"
+    )
 
 
 class _Calibration:
     """ONNX Runtime's CalibrationDataReader protocol over normalised training batches."""
 
     def __init__(self, x: torch.Tensor, input_name: str, batch: int) -> None:
-        self.batches = iter([{input_name: x[i:i + batch].numpy()} for i in range(0, len(x), batch)])
+        self.batches = iter([{input_name: x[i : i + batch].numpy()} for i in range(0, len(x), batch)])
 
     def get_next(self):
         return next(self.batches, None)
@@ -68,13 +71,23 @@ def edge_layers(model_path: Path) -> list[str]:
     """Names of the first and the last weight layer (Conv/Gemm/MatMul) of an ONNX graph, in graph order."""
     import onnx
 
-    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node
-             if n.op_type in ("Conv", "Gemm", "MatMul")]
+    names = [
+        n.name
+        for n in onnx.load(str(model_path), load_external_data=False).graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul")
+    ]
     return list(dict.fromkeys(names[:1] + names[-1:]))
 
 
-def quantize_onnx(fp32: Path, int8: Path, *, dynamic: bool, calibration: torch.Tensor | None = None,
-                  method: str = "minmax", keep_edges: bool = True) -> None:
+def quantize_onnx(
+    fp32: Path,
+    int8: Path,
+    *,
+    dynamic: bool,
+    calibration: torch.Tensor | None = None,
+    method: str = "minmax",
+    keep_edges: bool = True,
+) -> None:
     """int8 ONNX from an fp32 export: static (calibrated QDQ) or dynamic (weights only); metadata kept.
 
     `keep_edges` leaves the first and last weight layers in fp32, the usual practice: the first
@@ -96,15 +109,27 @@ def quantize_onnx(fp32: Path, int8: Path, *, dynamic: bool, calibration: torch.T
     exclude = edge_layers(source) if keep_edges else []
     try:
         if dynamic:
-            quantize_dynamic(str(source), str(int8), weight_type=QuantType.QInt8, per_channel=True,
-                             nodes_to_exclude=exclude)
+            quantize_dynamic(
+                str(source), str(int8), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude
+            )
         else:
-            methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                       "percentile": CalibrationMethod.Percentile}
+            methods = {
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }
             input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
-            quantize_static(str(source), str(int8), _Calibration(calibration, input_name, 64),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=methods[method], nodes_to_exclude=exclude)
+            quantize_static(
+                str(source),
+                str(int8),
+                _Calibration(calibration, input_name, 64),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+                nodes_to_exclude=exclude,
+            )
     finally:
         prepared.unlink(missing_ok=True)
     # Quantization drops the model's metadata: put the class names and normalisation back.
@@ -116,15 +141,27 @@ def quantize_onnx(fp32: Path, int8: Path, *, dynamic: bool, calibration: torch.T
         onnx.save(proto, str(int8))
 
 
-def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: str, target: str, scope: str,
-                       rounds: int, epochs: int, lr: float | None, echo, round_to: int = 8) -> dict:
+def prune_and_finetune(
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    ratio: float,
+    method: str,
+    target: str,
+    scope: str,
+    rounds: int,
+    epochs: int,
+    lr: float | None,
+    echo,
+    round_to: int = 8,
+) -> dict:
     """Prune the run's best model and fine-tune it with `tocha train`'s engine into the run folder `out_dir`."""
     from tocha import config
     from tocha import runfolder as rf
     from tocha.deploy.export import sample_inputs
     from tocha.deploy.prune import count_macs, count_params, prune_model
-    from tocha.models import ModelSpec
     from tocha.harness import train
+    from tocha.models import ModelSpec
     from tocha.recipes.runs import load_run
     from tocha.tasks import create
 
@@ -136,24 +173,42 @@ def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: st
     base_lr = lr or float(run_cfg.lr) / 10
     example = sample_inputs(run_dir, meta, 2)
     macs0, params0 = count_macs(model, example), count_params(model)
-    per_round = 1 - (1 - ratio) ** (1 / rounds)   # the same share of what is left, each round
+    per_round = 1 - (1 - ratio) ** (1 / rounds)  # the same share of what is left, each round
     result = None
     for k in range(1, rounds + 1):
-        pruned = prune_model(model, example, per_round, method=method, target=target, scope=scope,
-                             round_to=round_to)
+        pruned = prune_model(model, example, per_round, method=method, target=target, scope=scope, round_to=round_to)
         echo(f"round {k}/{rounds}: {pruned.summary()}")
         last = k == rounds
         round_epochs = max(1, epochs - (rounds - 1) * (epochs // rounds) if last else epochs // rounds)
-        overrides = [f"epochs={round_epochs}",
-                     f"lr={base_lr:g}", "scheduler=cosine", "warmup_epochs=0", "resume=none", "overwrite=true",
-                     "early_stop.patience=0", f"out={out_dir}" if last else "out=none",
-                     # the pruned net is the starting point: no weights to load, nothing frozen
-                     "model.weights=none", "model.freeze=none", "unfreeze_at_epoch=0", "lr_backbone=auto"]
+        overrides = [
+            f"epochs={round_epochs}",
+            f"lr={base_lr:g}",
+            "scheduler=cosine",
+            "warmup_epochs=0",
+            "resume=none",
+            "overwrite=true",
+            "early_stop.patience=0",
+            f"out={out_dir}" if last else "out=none",
+            # the pruned net is the starting point: no weights to load, nothing frozen
+            "model.weights=none",
+            "model.freeze=none",
+            "unfreeze_at_epoch=0",
+            "lr_backbone=auto",
+        ]
         cfg = config.load(run_dir / rf.CONFIG, overrides)
         hooks = [p.register_hook(lambda g, m=mask: g * m) for p, mask in pruned.masks]  # masks stay zero
         try:
-            pruned_note = {"pruned": {"from": str(run_dir), "method": method, "target": target, "scope": scope,
-                                      "ratio": ratio, "rounds": rounds, "round_to": round_to}}
+            pruned_note = {
+                "pruned": {
+                    "from": str(run_dir),
+                    "method": method,
+                    "target": target,
+                    "scope": scope,
+                    "ratio": ratio,
+                    "rounds": rounds,
+                    "round_to": round_to,
+                }
+            }
             task = create("classify", spec=ModelSpec.from_dict(meta["model"]), meta_extra=pruned_note)
             result = train(cfg, task=task, model=pruned.model.train())
         finally:
@@ -161,42 +216,73 @@ def prune_and_finetune(run_dir: Path, out_dir: Path, *, ratio: float, method: st
                 hook.remove()
         model = result.model.cpu().eval()
     macs1, params1 = count_macs(model, example), count_params(model)
-    info = {"macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
-            "reduction": 1 - (macs1 / macs0 if target == "macs" else params1 / params0),
-            "test_accuracy": result.test.accuracy if result and result.test else None}
-    rf.write_json(out_dir / "prune.json", {"asked": ratio, "method": method, "target": target, "scope": scope,
-                                           "rounds": rounds, **info})
+    info = {
+        "macs_before": macs0,
+        "macs_after": macs1,
+        "params_before": params0,
+        "params_after": params1,
+        "reduction": 1 - (macs1 / macs0 if target == "macs" else params1 / params0),
+        "test_accuracy": result.test.accuracy if result and result.test else None,
+    }
+    rf.write_json(
+        out_dir / "prune.json",
+        {"asked": ratio, "method": method, "target": target, "scope": scope, "rounds": rounds, **info},
+    )
     return info
 
 
-def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: float = 0.0,
-                 prune_method: str = "channels", prune_target: str = "macs", prune_scope: str = "uniform",
-                 prune_steps: int = 1, prune_round_to: int = 8, finetune_epochs: int = 2,
-                 finetune_lr: float | None = None,
-                 quantize: str = "int8", calibration_batches: int = 8, calibration: str = "minmax",
-                 max_accuracy_drop: float = 1.0, batch: int = 64, quantize_edges: bool = False,
-                 overwrite: bool = False, echo=print) -> dict:
+def compress_run(
+    run_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    prune: float = 0.0,
+    prune_method: str = "channels",
+    prune_target: str = "macs",
+    prune_scope: str = "uniform",
+    prune_steps: int = 1,
+    prune_round_to: int = 8,
+    finetune_epochs: int = 2,
+    finetune_lr: float | None = None,
+    quantize: str = "int8",
+    calibration_batches: int = 8,
+    calibration: str = "minmax",
+    max_accuracy_drop: float = 1.0,
+    batch: int = 64,
+    quantize_edges: bool = False,
+    overwrite: bool = False,
+    echo=print,
+) -> dict:
     from tocha import runfolder as rf
     from tocha.deploy import measure
     from tocha.deploy.export import export_run
     from tocha.recipes.runs import load_split
 
     if quantize not in QUANTIZE:
-        raise UserError(f"unknown quantization '{quantize}'", where="tocha compress --quantize",
-                        allowed=", ".join(QUANTIZE))
+        raise UserError(
+            f"unknown quantization '{quantize}'", where="tocha compress --quantize", allowed=", ".join(QUANTIZE)
+        )
     if calibration not in CALIBRATION:
-        raise UserError(f"unknown calibration method '{calibration}'", where="tocha compress --calibration",
-                        allowed=", ".join(CALIBRATION))
+        raise UserError(
+            f"unknown calibration method '{calibration}'",
+            where="tocha compress --calibration",
+            allowed=", ".join(CALIBRATION),
+        )
     if prune:
         from tocha.deploy.prune import check_options
 
         check_options(prune, prune_method, prune_target, prune_scope)
     if prune and finetune_epochs < 1:
-        raise UserError("--finetune-epochs must be at least 1 with --prune: a pruned model needs fine-tuning to "
-                        "recover its accuracy", where="tocha compress")
+        raise UserError(
+            "--finetune-epochs must be at least 1 with --prune: a pruned model needs fine-tuning to "
+            "recover its accuracy",
+            where="tocha compress",
+        )
     if not prune and quantize == "none":
-        raise UserError("nothing to do: no --prune and --quantize none", where="tocha compress",
-                        fix="pass --prune RATIO and/or --quantize int8")
+        raise UserError(
+            "nothing to do: no --prune and --quantize none",
+            where="tocha compress",
+            fix="pass --prune RATIO and/or --quantize int8",
+        )
     path = rf.check_run_dir(run_dir)
     from tocha.recipes.runs import load_run
 
@@ -204,11 +290,18 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: f
     from tocha import folders
 
     folder = Path(out) if out else path / "compressed"
-    folders.check_out_vs_source(folder, path, where="tocha compress --out", what="run being compressed",
-                                allowed_inside=("compressed",))
+    folders.check_out_vs_source(
+        folder, path, where="tocha compress --out", what="run being compressed", allowed_inside=("compressed",)
+    )
     # --overwrite replaces what an earlier `tocha compress` wrote there, nothing else.
-    folders.prepare(folder, "compress", overwrite=overwrite, where="tocha compress --out", label="output folder",
-                    overwrite_flag="--overwrite")
+    folders.prepare(
+        folder,
+        "compress",
+        overwrite=overwrite,
+        where="tocha compress --out",
+        label="output folder",
+        overwrite_flag="--overwrite",
+    )
     meta = rf.read_json(path / rf.META)
     x_bench = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"])
     data, artifacts = None, {}
@@ -219,20 +312,24 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: f
         artifact = artifacts[str(file)] = measure.open_artifact(str(file))
         data = data or measure.test_data(artifact.meta)
         p50 = measure.latency(artifact.predict, x_bench, 30)[0] if timed else float("nan")
-        return Step(name, str(file), measure.accuracy(artifact, data), p50, artifact.bytes / 2**20, artifact.params,
-                    macs)
+        return Step(
+            name, str(file), measure.accuracy(artifact, data), p50, artifact.bytes / 2**20, artifact.params, macs
+        )
 
     fp32 = export_run(path, "onnx", out=folder / "model-fp32.onnx")
-    echo(f"fp32 ONNX: {fp32.path} (parity: max abs diff {fp32.parity.max_abs_diff:.1e}, "
-         f"top-1 {fp32.parity.top1_agreement:.2%})")
+    echo(
+        f"fp32 ONNX: {fp32.path} (parity: max abs diff {fp32.parity.max_abs_diff:.1e}, "
+        f"top-1 {fp32.parity.top1_agreement:.2%})"
+    )
     steps = [measured("fp32", fp32.path, measure.run_macs(path), timed=True)]
     best, decisions = steps[0], []
 
     def consider(step: Step) -> bool:
         nonlocal best
         # Decide on latencies timed side by side (alternating), not on two measurements minutes apart.
-        before_ms, after_ms = measure.paired_latency(artifacts[best.path].predict, artifacts[step.path].predict,
-                                                     x_bench)
+        before_ms, after_ms = measure.paired_latency(
+            artifacts[best.path].predict, artifacts[step.path].predict, x_bench
+        )
         step = dataclasses.replace(step, p50_ms=after_ms)
         keep, reason = judge(dataclasses.replace(best, p50_ms=before_ms), step, max_accuracy_drop)
         echo(reason)
@@ -247,9 +344,19 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: f
 
     if prune:
         pruned_run = folder / "pruned"
-        info = prune_and_finetune(path, pruned_run, ratio=prune, method=prune_method, target=prune_target,
-                                  scope=prune_scope, rounds=prune_steps, epochs=finetune_epochs, lr=finetune_lr,
-                                  echo=echo, round_to=prune_round_to)
+        info = prune_and_finetune(
+            path,
+            pruned_run,
+            ratio=prune,
+            method=prune_method,
+            target=prune_target,
+            scope=prune_scope,
+            rounds=prune_steps,
+            epochs=finetune_epochs,
+            lr=finetune_lr,
+            echo=echo,
+            round_to=prune_round_to,
+        )
         exported = export_run(pruned_run, "onnx", out=folder / "model-pruned.onnx")
         consider(measured("pruned", exported.path, info["macs_after"]))
 
@@ -259,35 +366,72 @@ def compress_run(run_dir: str | Path, *, out: str | Path | None = None, prune: f
             from tocha.engine.batches import DeviceTransform
 
             calib = DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(
-                load_split(path, "train").head(calibration_batches * 64))
+                load_split(path, "train").head(calibration_batches * 64)
+            )
         name = f"{best.name}+{quantize}" if best.name != "fp32" else quantize
         int8_path = folder / f"model-{name.replace('+', '-')}.onnx"
         try:
-            quantize_onnx(Path(best.path), int8_path, dynamic=quantize == "int8-dynamic", calibration=calib,
-                          method=calibration, keep_edges=not quantize_edges)
+            quantize_onnx(
+                Path(best.path),
+                int8_path,
+                dynamic=quantize == "int8-dynamic",
+                calibration=calib,
+                method=calibration,
+                keep_edges=not quantize_edges,
+            )
         except Exception as exc:  # an operator the quantizer does not support, ...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise UserError(f"int8 quantization of {best.path} failed: {type(exc).__name__}: {first}",
-                            where="tocha compress --quantize",
-                            fix="keep the fp32 export, or try --quantize int8-dynamic / --calibration entropy")
+            raise UserError(
+                f"int8 quantization of {best.path} failed: {type(exc).__name__}: {first}",
+                where="tocha compress --quantize",
+                fix="keep the fp32 export, or try --quantize int8-dynamic / --calibration entropy",
+            ) from None
         consider(measured(name, int8_path, best.macs))
 
-    report = {"batch": batch, "max_accuracy_drop_points": max_accuracy_drop, "quantize": quantize,
-              "fp32_edge_layers": quantize != "none" and not quantize_edges,
-              "calibration": calibration if quantize == "int8" else None,
-              "calibration_samples": calibration_batches * 64 if quantize == "int8" else 0,
-              "prune": {"ratio": prune, "method": prune_method, "target": prune_target, "scope": prune_scope,
-                        "rounds": prune_steps, "round_to": prune_round_to,
-                        "finetune_epochs": finetune_epochs} if prune else None,
-              "steps": [asdict(s) for s in steps], "kept": best.path, "decisions": decisions,
-              "decision": decisions[-1] if decisions else "nothing to compare"}
+    report = {
+        "batch": batch,
+        "max_accuracy_drop_points": max_accuracy_drop,
+        "quantize": quantize,
+        "fp32_edge_layers": quantize != "none" and not quantize_edges,
+        "calibration": calibration if quantize == "int8" else None,
+        "calibration_samples": calibration_batches * 64 if quantize == "int8" else 0,
+        "prune": {
+            "ratio": prune,
+            "method": prune_method,
+            "target": prune_target,
+            "scope": prune_scope,
+            "rounds": prune_steps,
+            "round_to": prune_round_to,
+            "finetune_epochs": finetune_epochs,
+        }
+        if prune
+        else None,
+        "steps": [asdict(s) for s in steps],
+        "kept": best.path,
+        "decisions": decisions,
+        "decision": decisions[-1] if decisions else "nothing to compare",
+    }
     rf.write_json(folder / "compress.json", report)
     from tocha.reports.html import table_html, upsert_section
 
-    rows = [{"step": st.name, "test accuracy": st.accuracy, f"p50 ms @{batch}": st.p50_ms, "MB": st.megabytes,
-             "params": st.params, "MACs": st.macs, "file": st.path} for st in steps]
-    upsert_section(path, "compress", "Compression (tocha compress)",
-                   table_html(rows) + "".join(f"<p>{escape(d)}</p>" for d in decisions))
+    rows = [
+        {
+            "step": st.name,
+            "test accuracy": st.accuracy,
+            f"p50 ms @{batch}": st.p50_ms,
+            "MB": st.megabytes,
+            "params": st.params,
+            "MACs": st.macs,
+            "file": st.path,
+        }
+        for st in steps
+    ]
+    upsert_section(
+        path,
+        "compress",
+        "Compression (tocha compress)",
+        table_html(rows) + "".join(f"<p>{escape(d)}</p>" for d in decisions),
+    )
     return report
 
 
@@ -299,4 +443,3 @@ def table(report: dict) -> str:
         lines.append(f"{s['name']:<12} {acc:>9} {s['p50_ms']:>12.3f} {s['megabytes']:>7.2f} {macs:>12}  {s['path']}")
     lines.append(f"result: {report['kept']}")
     return "\n".join(lines)
-

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from tocha.deploy.artifact import METADATA_KEY
+from tocha.deploy.artifact import METADATA_KEY, onnx_predictor
 from tocha.errors import UserError
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "safetensors": ".safetensors"}
-FP32_TOLERANCE = 1e-4       # max abs logit difference an fp32 export may show
+FP32_TOLERANCE = 1e-4  # max abs logit difference an fp32 export may show
 # Half precision: 10-bit (fp16) or 7-bit (bf16) mantissas move logits by ~1e-2; near-ties may flip.
 HALF = {"fp16": (torch.float16, 0.1, 0.99), "bf16": (torch.bfloat16, 0.5, 0.98)}  # dtype, tolerance, agreement
 PRECISIONS = ("fp32", *HALF)
@@ -52,13 +52,19 @@ class ExportResult:
     parity: Parity
 
 
-def check_parity(reference: Callable[[torch.Tensor], torch.Tensor], artifact: Callable[[torch.Tensor], np.ndarray],
-                 x: torch.Tensor, *, tolerance: float = FP32_TOLERANCE, min_agreement: float = 1.0,
-                 batch: int = 256) -> Parity:
+def check_parity(
+    reference: Callable[[torch.Tensor], torch.Tensor],
+    artifact: Callable[[torch.Tensor], np.ndarray],
+    x: torch.Tensor,
+    *,
+    tolerance: float = FP32_TOLERANCE,
+    min_agreement: float = 1.0,
+    batch: int = 256,
+) -> Parity:
     """Run `x` through both and compare logits (max abs difference) and predicted classes."""
     worst, agree = 0.0, 0
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
+        xb = x[i : i + batch]
         with torch.no_grad():
             want = reference(xb).float().numpy()
         got = np.asarray(artifact(xb), dtype=np.float32)
@@ -70,10 +76,18 @@ def check_parity(reference: Callable[[torch.Tensor], torch.Tensor], artifact: Ca
 
 
 def metadata(meta: dict, run_dir: Path, macs: int | None = None, precision: str = "fp32") -> dict:
-    return {"macs": macs, "precision": precision, "classes": meta["classes"], "mean": meta["mean"], "std": meta["std"],
-            "in_channels": meta["in_channels"],
-            "image_size": meta["image_size"], "model": meta["model"], "run": str(run_dir),
-            "input": "float32 [batch, C, H, W], scaled to [0, 1] then (x - mean) / std per channel"}
+    return {
+        "macs": macs,
+        "precision": precision,
+        "classes": meta["classes"],
+        "mean": meta["mean"],
+        "std": meta["std"],
+        "in_channels": meta["in_channels"],
+        "image_size": meta["image_size"],
+        "model": meta["model"],
+        "run": str(run_dir),
+        "input": "float32 [batch, C, H, W], scaled to [0, 1] then (x - mean) / std per channel",
+    }
 
 
 def sample_inputs(run_dir: Path, meta: dict, n: int) -> torch.Tensor:
@@ -91,8 +105,17 @@ def _onnx(model: nn.Module, x: torch.Tensor, path: Path, info: dict, opset: int,
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
     example = x[:2] if dynamic_batch else x[:1]
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its passes
-        torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, input_names=["input"],
-                          output_names=["logits"], dynamic_shapes=shapes, external_data=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=shapes,
+            external_data=False,
+        )
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info)
@@ -107,7 +130,7 @@ def _pt2(model: nn.Module, x: torch.Tensor, path: Path, info: dict, dynamic_batc
     loaded = torch.export.load(str(path)).module()
     if dynamic_batch:
         return lambda xb: loaded(xb).detach().numpy()
-    return lambda xb: np.concatenate([loaded(xb[i:i + 1]).detach().numpy() for i in range(len(xb))])
+    return lambda xb: np.concatenate([loaded(xb[i : i + 1]).detach().numpy() for i in range(len(xb))])
 
 
 def _torchscript(model: nn.Module, x: torch.Tensor, path: Path, info: dict):
@@ -145,58 +168,91 @@ class _CastInput(nn.Module):
         return self.model(x.to(self.dtype)).float()
 
 
-def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None = None, opset: int = 18,
-               dynamic_batch: bool = True, overwrite: bool = False, samples: int = 512,
-               precision: str = "fp32") -> ExportResult:
+def export_run(
+    run_dir: str | Path,
+    fmt: str = "onnx",
+    *,
+    out: str | Path | None = None,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    overwrite: bool = False,
+    samples: int = 512,
+    precision: str = "fp32",
+) -> ExportResult:
     from tocha import runfolder as rf
     from tocha.recipes.runs import load_run
 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'", where="tocha export --format", allowed=", ".join(FORMATS))
     if precision not in PRECISIONS:
-        raise UserError(f"unknown precision '{precision}'", where="tocha export --precision",
-                        allowed=", ".join(PRECISIONS))
+        raise UserError(
+            f"unknown precision '{precision}'", where="tocha export --precision", allowed=", ".join(PRECISIONS)
+        )
     if precision == "bf16" and fmt == "onnx":
-        raise UserError("bf16 ONNX files do not run on ONNX Runtime's CPU or CUDA providers for most operators",
-                        where="tocha export --precision",
-                        fix="use --precision fp16 for ONNX, or bf16 with --format pt2")
+        raise UserError(
+            "bf16 ONNX files do not run on ONNX Runtime's CPU or CUDA providers for most operators",
+            where="tocha export --precision",
+            fix="use --precision fp16 for ONNX, or bf16 with --format pt2",
+        )
     if precision != "fp32" and fmt == "safetensors":
-        raise UserError("safetensors export keeps the trained fp32 weights", where="tocha export --precision",
-                        fix="drop --precision, or use --format onnx/pt2/torchscript")
+        raise UserError(
+            "safetensors export keeps the trained fp32 weights",
+            where="tocha export --precision",
+            fix="drop --precision, or use --format onnx/pt2/torchscript",
+        )
     path = rf.check_run_dir(run_dir)
     from tocha import folders
 
     target = Path(out) if out else path / "export" / f"model{FORMATS[fmt]}"
     # Inside the run only its own export/ and compressed/ folders: anywhere else an export could replace run files.
-    folders.check_out_vs_source(target, path, where="tocha export --out", what="run being exported",
-                                allowed_inside=("export", "compressed"))
+    folders.check_out_vs_source(
+        target, path, where="tocha export --out", what="run being exported", allowed_inside=("export", "compressed")
+    )
     if target.is_dir():
-        raise UserError(f"'{target}' is a folder", where="tocha export --out",
-                        fix=f"name the file to write, e.g. --out {target / ('model' + FORMATS[fmt])}")
+        raise UserError(
+            f"'{target}' is a folder",
+            where="tocha export --out",
+            fix=f"name the file to write, e.g. --out {target / ('model' + FORMATS[fmt])}",
+        )
     if target.exists():
         ours = folders.is_tocha_export(target)
         if not ours:  # --overwrite replaces an earlier export only, never a file tocha did not write
-            raise UserError(f"'{target}' already exists and was not written by tocha export (it has no tocha "
-                            "metadata); it is not replaced, with or without --overwrite", where="tocha export --out",
-                            fix="choose another --out")
+            raise UserError(
+                f"'{target}' already exists and was not written by tocha export (it has no tocha "
+                "metadata); it is not replaced, with or without --overwrite",
+                where="tocha export --out",
+                fix="choose another --out",
+            )
         if not overwrite:
-            raise UserError(f"'{target}' already exists", where="tocha export --out",
-                            fix="choose another --out, or pass --overwrite to replace it")
+            raise UserError(
+                f"'{target}' already exists",
+                where="tocha export --out",
+                fix="choose another --out, or pass --overwrite to replace it",
+            )
     sidecar = target.with_name(target.name + ".parity.json")
     if sidecar.exists() and not _is_parity_file(sidecar):
-        raise UserError(f"'{sidecar}' (where the parity check is written) exists and was not written by tocha",
-                        where="tocha export --out", fix="choose another --out")
+        raise UserError(
+            f"'{sidecar}' (where the parity check is written) exists and was not written by tocha",
+            where="tocha export --out",
+            fix="choose another --out",
+        )
     if not target.parent.is_dir():
         if out:
-            raise UserError(f"folder '{target.parent}' does not exist", where="tocha export --out",
-                            fix="create it first or choose another --out")
+            raise UserError(
+                f"folder '{target.parent}' does not exist",
+                where="tocha export --out",
+                fix="create it first or choose another --out",
+            )
         target.parent.mkdir(parents=True)
         folders.mark(target.parent, "export")
     loaded = load_run(path, "best", "cpu")
     model, meta = loaded.model.eval(), loaded.meta
     if not meta["image_size"]:
-        raise UserError("export supports image models only for now; this run was trained on feature vectors",
-                        where="tocha export", fix="use torch.onnx.export on the model from tocha.load_run")
+        raise UserError(
+            "export supports image models only for now; this run was trained on feature vectors",
+            where="tocha export",
+            fix="use torch.onnx.export on the model from tocha.load_run",
+        )
     x = sample_inputs(path, meta, samples)
     from tocha.deploy.prune import count_macs
 
@@ -222,17 +278,22 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", *, out: str | Path | None
             raise
         except Exception as exc:  # exporters raise many types for unsupported operators
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise UserError(f"{fmt} export of '{meta['model']['name']}' failed: {type(exc).__name__}: {first}",
-                            where="tocha export", fix="try another --format (pt2, torchscript, safetensors), "
-                                                      "or --opset; --debug shows the traceback") from None
+            raise UserError(
+                f"{fmt} export of '{meta['model']['name']}' failed: {type(exc).__name__}: {first}",
+                where="tocha export",
+                fix="try another --format (pt2, torchscript, safetensors), or --opset; --debug shows the traceback",
+            ) from None
         tolerance, agreement = HALF[precision][1:] if precision != "fp32" else (FP32_TOLERANCE, 1.0)
         parity = check_parity(reference, artifact, x, tolerance=tolerance, min_agreement=agreement)
         if not parity.ok:
-            raise UserError(f"the {fmt} export does not match the PyTorch model on {parity.samples} test samples: "
-                            f"max abs logit difference {parity.max_abs_diff:.3g} (allowed {parity.tolerance:g}), "
-                            f"top-1 agreement {parity.top1_agreement:.2%} (required {parity.min_agreement:.0%}); "
-                            "nothing was written",
-                            where="tocha export parity check", fix="try another --format or --opset")
+            raise UserError(
+                f"the {fmt} export does not match the PyTorch model on {parity.samples} test samples: "
+                f"max abs logit difference {parity.max_abs_diff:.3g} (allowed {parity.tolerance:g}), "
+                f"top-1 agreement {parity.top1_agreement:.2%} (required {parity.min_agreement:.0%}); "
+                "nothing was written",
+                where="tocha export parity check",
+                fix="try another --format or --opset",
+            )
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -26,8 +26,8 @@ WARMUP_CALLS = 5
 @dataclass(frozen=True)
 class Artifact:
     name: str
-    runtime: str                                     # "torch" | "ort"
-    predict: Callable[[torch.Tensor], np.ndarray]    # normalised float inputs -> logits
+    runtime: str  # "torch" | "ort"
+    predict: Callable[[torch.Tensor], np.ndarray]  # normalised float inputs -> logits
     meta: dict
     bytes: int
     params: int
@@ -69,11 +69,21 @@ def open_artifact(spec: str, threads: int | None = None) -> Artifact:
                 return model(x).numpy()
 
         params = sum(p.numel() for p in model.parameters())
-        return Artifact(str(path), "torch", run_torch, {**loaded.meta, "run": str(path)},
-                        (path / rf.BEST_WEIGHTS).stat().st_size, params, run_macs(path))
+        return Artifact(
+            str(path),
+            "torch",
+            run_torch,
+            {**loaded.meta, "run": str(path)},
+            (path / rf.BEST_WEIGHTS).stat().st_size,
+            params,
+            run_macs(path),
+        )
     if not path.is_file():
-        raise UserError(f"artifact '{spec}' does not exist", where="tocha bench-model",
-                        fix="pass run folders or files written by 'tocha export' / 'tocha compress'")
+        raise UserError(
+            f"artifact '{spec}' does not exist",
+            where="tocha bench-model",
+            fix="pass run folders or files written by 'tocha export' / 'tocha compress'",
+        )
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
@@ -97,8 +107,9 @@ def open_artifact(spec: str, threads: int | None = None) -> Artifact:
         params = sum(p.numel() for p in module.parameters())
         info = json.loads(extra[f"{METADATA_KEY}.json"])
         return Artifact(str(path), "torch", run_pt2, info, path.stat().st_size, params, info.get("macs"))
-    raise UserError(f"cannot benchmark '{spec}'", where="tocha bench-model",
-                    allowed="a run folder, a .onnx or a .pt2 file")
+    raise UserError(
+        f"cannot benchmark '{spec}'", where="tocha bench-model", allowed="a run folder, a .onnx or a .pt2 file"
+    )
 
 
 def run_macs(run_dir: Path) -> int:
@@ -128,8 +139,10 @@ def accuracy(artifact: Artifact, data: tuple[torch.Tensor, torch.Tensor] | None,
     if data is None:
         return None
     x, y = data
-    correct = sum(int((artifact.predict(x[i:i + batch]).argmax(1) == y[i:i + batch].numpy()).sum())
-                  for i in range(0, len(y), batch))
+    correct = sum(
+        int((artifact.predict(x[i : i + batch]).argmax(1) == y[i : i + batch].numpy()).sum())
+        for i in range(0, len(y), batch)
+    )
     return correct / len(y)
 
 
@@ -146,8 +159,13 @@ def latency(predict: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, call
     return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
 
 
-def paired_latency(a: Callable[[torch.Tensor], np.ndarray], b: Callable[[torch.Tensor], np.ndarray],
-                   x: torch.Tensor, rounds: int = 8, calls: int = 5) -> tuple[float, float]:
+def paired_latency(
+    a: Callable[[torch.Tensor], np.ndarray],
+    b: Callable[[torch.Tensor], np.ndarray],
+    x: torch.Tensor,
+    rounds: int = 8,
+    calls: int = 5,
+) -> tuple[float, float]:
     """Median ms per call of `a` and `b`, timed in alternating rounds so that a change in the machine's
     load hits both alike: the fair way to decide which of two artifacts is faster on a busy machine."""
     for _ in range(WARMUP_CALLS):
@@ -174,14 +192,14 @@ def _as_onnx(run_dir: Path, folder: Path, threads: int | None) -> Artifact:
     return dataclasses.replace(artifact, name=f"{run_dir} (onnx)")
 
 
-def bench_artifacts(specs: list[str], batches: list[int], *, calls: int = 50, threads: int | None = None,
-                    runtimes: tuple[str, ...] = ()) -> list[Row]:
+def bench_artifacts(
+    specs: list[str], batches: list[int], *, calls: int = 50, threads: int | None = None, runtimes: tuple[str, ...] = ()
+) -> list[Row]:
     """Rows for every artifact x runtime x batch size; `runtimes` empty = each artifact's own runtime."""
     import tempfile
 
     if bad := [r for r in runtimes if r not in RUNTIMES]:
-        raise UserError(f"unknown runtime '{bad[0]}'", where="tocha bench-model --runtime",
-                        allowed=", ".join(RUNTIMES))
+        raise UserError(f"unknown runtime '{bad[0]}'", where="tocha bench-model --runtime", allowed=", ".join(RUNTIMES))
     rows = []
     with tempfile.TemporaryDirectory(prefix="tocha-bench-") as tmp:
         artifacts = []
@@ -195,15 +213,19 @@ def bench_artifacts(specs: list[str], batches: list[int], *, calls: int = 50, th
         for a in artifacts:
             c, s = a.meta["in_channels"], a.meta["image_size"]
             if shape and shape != (c, s):
-                raise UserError(f"'{a.name}' takes {c}x{s}x{s} inputs, the first artifact {shape[0]}x{shape[1]}",
-                                where="tocha bench-model", fix="compare artifacts of the same task")
+                raise UserError(
+                    f"'{a.name}' takes {c}x{s}x{s} inputs, the first artifact {shape[0]}x{shape[1]}",
+                    where="tocha bench-model",
+                    fix="compare artifacts of the same task",
+                )
             shape = (c, s)
             acc = accuracy(a, test_data(a.meta))
             for b in batches:
                 x = torch.randn(b, c, s, s)
                 p50, p90 = latency(a.predict, x, calls)
-                rows.append(Row(a.name, a.runtime, b, p50, p90, b / (p50 / 1e3), a.bytes / 2**20, a.params, acc,
-                                a.macs))
+                rows.append(
+                    Row(a.name, a.runtime, b, p50, p90, b / (p50 / 1e3), a.bytes / 2**20, a.params, acc, a.macs)
+                )
     return rows
 
 
@@ -215,28 +237,42 @@ def record_in_runs(rows: list[Row], specs: list[str]) -> list[Path]:
     written = []
     for run in dict.fromkeys(Path(spec) for spec in specs if Path(spec).is_dir()):
         rf.write_json(run / "bench.json", [asdict(r) for r in rows])
-        upsert_section(run, "bench-model", "Deployment benchmark (tocha bench-model)",
-                       table_html([_report_row(r) for r in rows]))
+        upsert_section(
+            run, "bench-model", "Deployment benchmark (tocha bench-model)", table_html([_report_row(r) for r in rows])
+        )
         written.append(run / "bench.json")
     return written
 
 
 def _report_row(r: Row) -> dict:
-    return {"artifact": r.artifact, "runtime": r.runtime, "batch": r.batch, "p50 ms": r.p50_ms, "p90 ms": r.p90_ms,
-            "samples/s": round(r.samples_per_second), "MB": r.megabytes, "params": r.params,
-            "MACs": r.macs, "test accuracy": r.accuracy}
+    return {
+        "artifact": r.artifact,
+        "runtime": r.runtime,
+        "batch": r.batch,
+        "p50 ms": r.p50_ms,
+        "p90 ms": r.p90_ms,
+        "samples/s": round(r.samples_per_second),
+        "MB": r.megabytes,
+        "params": r.params,
+        "MACs": r.macs,
+        "test accuracy": r.accuracy,
+    }
 
 
 def table(rows: list[Row]) -> str:
-    header = (f"{'artifact':<40} {'runtime':<7} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>11} "
-              f"{'MB':>7} {'params':>10} {'MACs':>12} {'test acc':>9}")
+    header = (
+        f"{'artifact':<40} {'runtime':<7} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'samples/s':>11} "
+        f"{'MB':>7} {'params':>10} {'MACs':>12} {'test acc':>9}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         name = r.artifact if len(r.artifact) <= 40 else "..." + r.artifact[-37:]
         acc = "-" if r.accuracy is None else f"{r.accuracy:.4f}"
         macs = "-" if r.macs is None else f"{r.macs:,}"
-        lines.append(f"{name:<40} {r.runtime:<7} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} "
-                     f"{r.samples_per_second:>11,.0f} {r.megabytes:>7.2f} {r.params:>10,} {macs:>12} {acc:>9}")
+        lines.append(
+            f"{name:<40} {r.runtime:<7} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} "
+            f"{r.samples_per_second:>11,.0f} {r.megabytes:>7.2f} {r.params:>10,} {macs:>12} {acc:>9}"
+        )
     return "\n".join(lines)
 
 

@@ -32,12 +32,14 @@ log = logging.getLogger("tocha")
 METHODS = ("channels", "masks")
 TARGETS = ("macs", "params")
 SCOPES = ("uniform", "global")
-MAX_LAYER_RATIO = 0.9   # never remove more than 90% of one layer's channels (a layer of 0 channels breaks the net)
-SEARCH_STEPS = 10       # bisection steps on the channel ratio at most (precision 0.9 / 2^10)
-ROUND_TO = 8            # keep channel counts multiples of 8: see prune_channels
-CLOSE_ENOUGH = 0.005    # stop searching within 0.5% of the original MACs/parameters from the goal
-MASKS_WARNING = ("mask pruning zeroes weights but keeps every tensor's shape: the model is NOT smaller or faster "
-                 "on CPU/GPU runtimes; use --prune-method channels (the default) for speed")
+MAX_LAYER_RATIO = 0.9  # never remove more than 90% of one layer's channels (a layer of 0 channels breaks the net)
+SEARCH_STEPS = 10  # bisection steps on the channel ratio at most (precision 0.9 / 2^10)
+ROUND_TO = 8  # keep channel counts multiples of 8: see prune_channels
+CLOSE_ENOUGH = 0.005  # stop searching within 0.5% of the original MACs/parameters from the goal
+MASKS_WARNING = (
+    "mask pruning zeroes weights but keeps every tensor's shape: the model is NOT smaller or faster "
+    "on CPU/GPU runtimes; use --prune-method channels (the default) for speed"
+)
 
 
 @torch.no_grad()
@@ -62,20 +64,21 @@ class PruneResult:
     model: nn.Module
     method: str
     target: str
-    asked: float           # the asked reduction of the target (0.5 = half the MACs)
-    achieved: float        # the reduction reached
-    channel_ratio: float   # share of channels removed per layer (uniform) or overall (global)
+    asked: float  # the asked reduction of the target (0.5 = half the MACs)
+    achieved: float  # the reduction reached
+    channel_ratio: float  # share of channels removed per layer (uniform) or overall (global)
     macs_before: int
     macs_after: int
     params_before: int
     params_after: int
-    masks: list = dataclasses.field(default_factory=list)   # (parameter, 0/1 mask) pairs of mask pruning
-
+    masks: list = dataclasses.field(default_factory=list)  # (parameter, 0/1 mask) pairs of mask pruning
 
     def summary(self) -> str:
-        return (f"{self.method} pruning: MACs {self.macs_before:,} -> {self.macs_after:,} "
-                f"({self.macs_before / max(self.macs_after, 1):.2f}x fewer), parameters {self.params_before:,} -> "
-                f"{self.params_after:,}; asked -{self.asked:.0%} {self.target}, got -{self.achieved:.1%}")
+        return (
+            f"{self.method} pruning: MACs {self.macs_before:,} -> {self.macs_after:,} "
+            f"({self.macs_before / max(self.macs_after, 1):.2f}x fewer), parameters {self.params_before:,} -> "
+            f"{self.params_after:,}; asked -{self.asked:.0%} {self.target}, got -{self.achieved:.1%}"
+        )
 
 
 def output_layer(model: nn.Module) -> nn.Module:
@@ -86,22 +89,36 @@ def output_layer(model: nn.Module) -> nn.Module:
     return layers[-1]
 
 
-def _channel_prune(model: nn.Module, example: torch.Tensor, channel_ratio: float, scope: str,
-                   round_to: int | None) -> nn.Module:
+def _channel_prune(
+    model: nn.Module, example: torch.Tensor, channel_ratio: float, scope: str, round_to: int | None
+) -> nn.Module:
     import torch_pruning as tp
 
     pruned = copy.deepcopy(model).eval()
     if channel_ratio > 0:
-        pruner = tp.pruner.MetaPruner(pruned, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                      pruning_ratio=channel_ratio, global_pruning=scope == "global",
-                                      max_pruning_ratio=MAX_LAYER_RATIO, ignored_layers=[output_layer(pruned)],
-                                      round_to=round_to if round_to and round_to > 1 else None)
+        pruner = tp.pruner.MetaPruner(
+            pruned,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=channel_ratio,
+            global_pruning=scope == "global",
+            max_pruning_ratio=MAX_LAYER_RATIO,
+            ignored_layers=[output_layer(pruned)],
+            round_to=round_to if round_to and round_to > 1 else None,
+        )
         pruner.step()
     return pruned
 
 
-def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, *, target: str = "macs",
-                   scope: str = "uniform", round_to: int | None = ROUND_TO) -> PruneResult:
+def prune_channels(
+    model: nn.Module,
+    example: torch.Tensor,
+    ratio: float,
+    *,
+    target: str = "macs",
+    scope: str = "uniform",
+    round_to: int | None = ROUND_TO,
+) -> PruneResult:
     """Remove channels until `target` (MACs or parameters) is down by `ratio`; the closest ratio found wins.
 
     `round_to` keeps every pruned layer's channel count a multiple of 8: CPU kernels work in blocks
@@ -113,13 +130,16 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, *, tar
     try:
         import torch_pruning  # noqa: F401
     except ImportError:
-        raise UserError("structured pruning needs the torch-pruning package", where="tocha compress --prune",
-                        fix="pip install 'tocha[compress]' (or torch-pruning)") from None
+        raise UserError(
+            "structured pruning needs the torch-pruning package",
+            where="tocha compress --prune",
+            fix="pip install 'tocha[compress]' (or torch-pruning)",
+        ) from None
     measure = count_macs if target == "macs" else (lambda m, _x: count_params(m))
     base = measure(model, example)
     goal = base * (1 - ratio)
     lo, hi = 0.0, MAX_LAYER_RATIO
-    best: tuple[float, float, float, nn.Module] | None = None   # (distance to goal, value, channel ratio, model)
+    best: tuple[float, float, float, nn.Module] | None = None  # (distance to goal, value, channel ratio, model)
     for _ in range(SEARCH_STEPS):
         mid = (lo + hi) / 2
         candidate = _channel_prune(model, example, mid, scope, round_to)
@@ -131,9 +151,18 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, *, tar
         lo, hi = (mid, hi) if value > goal else (lo, mid)
     assert best is not None
     _, after, channel_ratio, pruned = best
-    return PruneResult(pruned, "channels", target, ratio, 1 - after / base, channel_ratio,
-                       count_macs(model, example), count_macs(pruned, example), count_params(model),
-                       count_params(pruned))
+    return PruneResult(
+        pruned,
+        "channels",
+        target,
+        ratio,
+        1 - after / base,
+        channel_ratio,
+        count_macs(model, example),
+        count_macs(pruned, example),
+        count_params(model),
+        count_params(pruned),
+    )
 
 
 def prune_masks(model: nn.Module, example: torch.Tensor, ratio: float) -> PruneResult:
@@ -151,22 +180,47 @@ def prune_masks(model: nn.Module, example: torch.Tensor, ratio: float) -> PruneR
     zeros = sum(int((m.weight == 0).sum()) for m, _ in params)
     total = sum(m.weight.numel() for m, _ in params)
     macs = count_macs(model, example)
-    return PruneResult(pruned, "masks", "params", ratio, zeros / max(total, 1), ratio, macs, macs,
-                       count_params(model), count_params(pruned), masks)
+    return PruneResult(
+        pruned,
+        "masks",
+        "params",
+        ratio,
+        zeros / max(total, 1),
+        ratio,
+        macs,
+        macs,
+        count_params(model),
+        count_params(pruned),
+        masks,
+    )
 
 
 def check_options(ratio: float, method: str, target: str, scope: str) -> None:
     if not 0 < ratio < 1:
-        raise UserError(f"prune ratio {ratio:g} is out of range", where="tocha compress --prune",
-                        allowed="a fraction between 0 and 1, e.g. 0.5 to remove half the MACs")
-    for value, allowed, where in ((method, METHODS, "--prune-method"), (target, TARGETS, "--prune-target"),
-                                  (scope, SCOPES, "--prune-scope")):
+        raise UserError(
+            f"prune ratio {ratio:g} is out of range",
+            where="tocha compress --prune",
+            allowed="a fraction between 0 and 1, e.g. 0.5 to remove half the MACs",
+        )
+    for value, allowed, where in (
+        (method, METHODS, "--prune-method"),
+        (target, TARGETS, "--prune-target"),
+        (scope, SCOPES, "--prune-scope"),
+    ):
         if value not in allowed:
             raise UserError(f"unknown value '{value}'", where=f"tocha compress {where}", allowed=", ".join(allowed))
 
 
-def prune_model(model: nn.Module, example: torch.Tensor, ratio: float, *, method: str = "channels",
-                target: str = "macs", scope: str = "uniform", round_to: int | None = ROUND_TO) -> PruneResult:
+def prune_model(
+    model: nn.Module,
+    example: torch.Tensor,
+    ratio: float,
+    *,
+    method: str = "channels",
+    target: str = "macs",
+    scope: str = "uniform",
+    round_to: int | None = ROUND_TO,
+) -> PruneResult:
     check_options(ratio, method, target, scope)
     if method == "masks":
         return prune_masks(model, example, ratio)
@@ -174,6 +228,7 @@ def prune_model(model: nn.Module, example: torch.Tensor, ratio: float, *, method
 
 
 # ------------------------------------------------------------------ reloading a pruned checkpoint
+
 
 def checkpoint_shapes(path) -> dict[str, tuple[int, ...]]:
     """Tensor shapes stored in a safetensors file, read from its header (no tensor is loaded)."""

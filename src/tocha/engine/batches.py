@@ -23,8 +23,17 @@ class DeviceTransform:
     the random part (every training batch).
     """
 
-    def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None, *, augment: Sequence[str] = (),
-                 crop_padding: int = 2, device: torch.device, seed: int = 0, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        *,
+        augment: Sequence[str] = (),
+        crop_padding: int = 2,
+        device: torch.device,
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
         self.mean = None if mean is None else torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.augments = tuple(a for a in augment if a != "crop" or crop_padding > 0)
@@ -85,9 +94,20 @@ class ResidentBatches:
     once here, so a step only slices (and augments); otherwise it runs per batch on the stored uint8.
     """
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, *, device: torch.device,
-                 transform: DeviceTransform, train: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 prepare_once: bool = True) -> None:
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        device: torch.device,
+        transform: DeviceTransform,
+        train: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        prepare_once: bool = True,
+    ) -> None:
         self.prepared = prepare_once
         self.x = prepare_all(inputs, transform, device) if prepare_once else inputs.to(device)
         self.y = labels.to(device)
@@ -117,22 +137,23 @@ class ResidentBatches:
         augment = self.train and bool(self.transform.augments)
         first, self.first = self.first, 0
         for i in range(first, len(self)):
-            idx = order[i * b:(i + 1) * b]
+            idx = order[i * b : (i + 1) * b]
             xb = x.index_select(0, idx)
             if not self.prepared:
                 xb = self.transform.prepare(xb)
             yield (self.transform.augment(xb) if augment else xb), y.index_select(0, idx)
 
 
-def prepare_all(inputs: torch.Tensor, transform: DeviceTransform, device: torch.device,
-                chunk: int = 8192) -> torch.Tensor:
+def prepare_all(
+    inputs: torch.Tensor, transform: DeviceTransform, device: torch.device, chunk: int = 8192
+) -> torch.Tensor:
     """`transform.prepare` over a whole split, in chunks so the float copy is the only big allocation."""
     first = transform.prepare(inputs[:1].to(device))
     out = torch.empty((len(inputs), *first.shape[1:]), dtype=first.dtype, device=device)
     if first.ndim == 4 and transform.channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     for start in range(0, len(inputs), chunk):
-        out[start:start + chunk] = transform.prepare(inputs[start:start + chunk].to(device))
+        out[start : start + chunk] = transform.prepare(inputs[start : start + chunk].to(device))
     return out
 
 
@@ -165,7 +186,7 @@ class _EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         order = shard(epoch_order(self.n, self.seed, self.epoch, self.shuffle), self.rank, self.world_size)
-        return iter(order[self.skip:].tolist())
+        return iter(order[self.skip :].tolist())
 
 
 class LoaderBatches:
@@ -174,17 +195,34 @@ class LoaderBatches:
     `wait_seconds` is the time the last epoch spent blocked on the loader: the input bottleneck.
     """
 
-    def __init__(self, dataset, batch_size: int, *, device: torch.device, transform: DeviceTransform, train: bool,
-                 workers: int = 0, pin_memory: bool = False, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        *,
+        device: torch.device,
+        transform: DeviceTransform,
+        train: bool,
+        workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.sampler = _EpochSampler(len(dataset), seed, shuffle=train, rank=rank, world_size=world_size)
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers, pin_memory=pin_memory,
-            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
             drop_last=drops_last(len(self.sampler), batch_size, train),
             # Its own generator: worker seeds are drawn from it, not from the global RNG that dropout uses,
             # so both data paths leave the model's random numbers alone.
-            generator=torch.Generator().manual_seed(seed))
+            generator=torch.Generator().manual_seed(seed),
+        )
         self.device, self.transform, self.train = device, transform, train
         self.non_blocking = pin_memory
         self.wait_seconds = 0.0
@@ -221,14 +259,46 @@ class LoaderBatches:
             self.sampler.skip = 0
 
 
-def make_batches(split, batch_size: int, *, device: torch.device, transform: DeviceTransform, train: bool,
-                 workers: int, pin_memory: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 resident: bool = True, prepare_once: bool = False):
+def make_batches(
+    split,
+    batch_size: int,
+    *,
+    device: torch.device,
+    transform: DeviceTransform,
+    train: bool,
+    workers: int,
+    pin_memory: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    resident: bool = True,
+    prepare_once: bool = False,
+):
     """ResidentBatches for a split held in memory (`split.inputs`, `split.labels`) unless `resident` is
     False, a DataLoader over `split.dataset` otherwise; `batch_size` per process, sharded over the ranks."""
     if split.inputs is not None and resident:
-        return ResidentBatches(split.inputs, split.labels, batch_size, device=device, transform=transform,
-                               train=train, seed=seed, rank=rank, world_size=world_size, prepare_once=prepare_once)
+        return ResidentBatches(
+            split.inputs,
+            split.labels,
+            batch_size,
+            device=device,
+            transform=transform,
+            train=train,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            prepare_once=prepare_once,
+        )
     dataset = split.dataset if split.inputs is None else TensorItems(split.inputs, split.labels)
-    return LoaderBatches(dataset, batch_size, device=device, transform=transform, train=train, workers=workers,
-                         pin_memory=pin_memory, seed=seed, rank=rank, world_size=world_size)
+    return LoaderBatches(
+        dataset,
+        batch_size,
+        device=device,
+        transform=transform,
+        train=train,
+        workers=workers,
+        pin_memory=pin_memory,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )

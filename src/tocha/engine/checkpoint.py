@@ -17,7 +17,6 @@ from torch import nn
 
 from tocha.errors import UserError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -81,15 +80,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise UserError(f"cannot read weights file '{path}': {exc}",
-                            fix="the file is damaged or not safetensors; re-create it") from None
+            raise UserError(
+                f"cannot read weights file '{path}': {exc}", fix="the file is damaged or not safetensors; re-create it"
+            ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for a bad file
         first = str(exc).strip().splitlines()[0][:300]
-        raise UserError(f"cannot load '{path}' safely: {first}",
-                        fix="pass a plain state dict (torch.save(model.state_dict(), path)) or a .safetensors "
-                        "file; tocha never unpickles arbitrary objects") from None
+        raise UserError(
+            f"cannot load '{path}' safely: {first}",
+            fix="pass a plain state dict (torch.save(model.state_dict(), path)) or a .safetensors "
+            "file; tocha never unpickles arbitrary objects",
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -102,19 +104,33 @@ def load_weights(model: nn.Module, path: Path, *, strict: bool = True) -> list[s
     skipped and returned as messages; with strict=True any mismatch is an error naming them."""
     state = read_state_dict(path)
     own = model.state_dict()
-    problems = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                for k, v in state.items() if k in own and own[k].shape != v.shape]
+    problems = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if strict and (problems or missing or unexpected):
-        details = problems[:5] + [f"missing in file: {k}" for k in missing[:5]] + \
-            [f"not in model: {k}" for k in unexpected[:5]]
-        raise UserError(f"weights in '{path}' do not fit the model: " + "; ".join(details),
-                        fix="use the checkpoint with the model and data it was trained for")
+        details = (
+            problems[:5]
+            + [f"missing in file: {k}" for k in missing[:5]]
+            + [f"not in model: {k}" for k in unexpected[:5]]
+        )
+        raise UserError(
+            f"weights in '{path}' do not fit the model: " + "; ".join(details),
+            fix="use the checkpoint with the model and data it was trained for",
+        )
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
-        raise UserError(f"no tensor in '{path}' fits the model", where="config key model.weights",
-                        fix="check that the weights belong to this architecture")
+        raise UserError(
+            f"no tensor in '{path}' fits the model",
+            where="config key model.weights",
+            fix="check that the weights belong to this architecture",
+        )
     model.load_state_dict(usable, strict=False)
-    return problems + [f"not in file (kept initial values): {k}" for k in missing] + \
-        [f"ignored, not in model: {k}" for k in unexpected]
+    return (
+        problems
+        + [f"not in file (kept initial values): {k}" for k in missing]
+        + [f"ignored, not in model: {k}" for k in unexpected]
+    )

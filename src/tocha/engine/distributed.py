@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tocha.errors import UserError
 
 BACKENDS = ("auto", "nccl", "gloo")
-ERROR_KEY = "tocha/error/"   # + rank: the store key where a failing rank leaves its error for the others
+ERROR_KEY = "tocha/error/"  # + rank: the store key where a failing rank leaves its error for the others
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,10 @@ def _env_int(env: dict, name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise UserError(f"environment variable {name}={text!r} is not a whole number",
-                        fix="launch with torchrun (or tocha train --nproc N), which sets it") from None
+        raise UserError(
+            f"environment variable {name}={text!r} is not a whole number",
+            fix="launch with torchrun (or tocha train --nproc N), which sets it",
+        ) from None
 
 
 def from_env(env: dict | None = None) -> DistInfo:
@@ -58,15 +60,19 @@ def from_env(env: dict | None = None) -> DistInfo:
     local_rank = _env_int(env, "LOCAL_RANK", 0)
     local_world = _env_int(env, "LOCAL_WORLD_SIZE", world if world > 1 else 1)
     if world < 1 or not 0 <= rank < world:
-        raise UserError(f"RANK={rank} and WORLD_SIZE={world} do not describe a process group",
-                        fix="launch with torchrun, which sets both (0 <= RANK < WORLD_SIZE)")
+        raise UserError(
+            f"RANK={rank} and WORLD_SIZE={world} do not describe a process group",
+            fix="launch with torchrun, which sets both (0 <= RANK < WORLD_SIZE)",
+        )
     if world > 1:
         missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
         if missing:
-            raise UserError(f"WORLD_SIZE={world} asks for several processes but {' and '.join(missing)} "
-                            f"{'is' if len(missing) == 1 else 'are'} not set",
-                            fix="launch with torchrun (it sets them), or tocha train --nproc N on one machine, or "
-                                "set MASTER_ADDR to rank 0's host name and MASTER_PORT to a free port on it")
+            raise UserError(
+                f"WORLD_SIZE={world} asks for several processes but {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set",
+                fix="launch with torchrun (it sets them), or tocha train --nproc N on one machine, or "
+                "set MASTER_ADDR to rank 0's host name and MASTER_PORT to a free port on it",
+            )
     return DistInfo(rank, world, local_rank, local_world)
 
 
@@ -75,16 +81,27 @@ def choose_backend(requested: str, device_type: str) -> str:
     import torch.distributed as tdist
 
     if not tdist.is_available():
-        raise UserError("this PyTorch build has no torch.distributed", where="several processes",
-                        fix="install a PyTorch build with distributed support, or run one process")
+        raise UserError(
+            "this PyTorch build has no torch.distributed",
+            where="several processes",
+            fix="install a PyTorch build with distributed support, or run one process",
+        )
     backend = requested if requested != "auto" else ("nccl" if device_type == "cuda" else "gloo")
     if backend == "nccl" and (device_type != "cuda" or not tdist.is_nccl_available()):
         why = "training runs on the CPU" if device_type != "cuda" else "this PyTorch build has no NCCL"
-        raise UserError(f"backend nccl is not available: {why}", where="config key dist.backend",
-                        allowed=", ".join(BACKENDS), fix="use dist.backend=auto (gloo on CPU, nccl on CUDA)")
+        raise UserError(
+            f"backend nccl is not available: {why}",
+            where="config key dist.backend",
+            allowed=", ".join(BACKENDS),
+            fix="use dist.backend=auto (gloo on CPU, nccl on CUDA)",
+        )
     if backend == "gloo" and not tdist.is_gloo_available():
-        raise UserError("backend gloo is not available in this PyTorch build", where="config key dist.backend",
-                        allowed=", ".join(BACKENDS), fix="use dist.backend=nccl on CUDA")
+        raise UserError(
+            "backend gloo is not available in this PyTorch build",
+            where="config key dist.backend",
+            allowed=", ".join(BACKENDS),
+            fix="use dist.backend=nccl on CUDA",
+        )
     return backend
 
 
@@ -101,10 +118,12 @@ def init(dist: DistInfo, backend: str, timeout_s: float, device) -> None:
         tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     except (RuntimeError, ValueError) as exc:  # DistNetworkError/DistStoreError are RuntimeErrors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise RankFailed(f"rank {dist.rank}: could not join the process group at "
-                         f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} within "
-                         f"{timeout_s:g} s ({first}); check that every rank was started and can reach "
-                         "MASTER_ADDR") from None
+        raise RankFailed(
+            f"rank {dist.rank}: could not join the process group at "
+            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} within "
+            f"{timeout_s:g} s ({first}); check that every rank was started and can reach "
+            "MASTER_ADDR"
+        ) from None
 
 
 def shutdown() -> None:
@@ -190,6 +209,7 @@ def unshard(parts: list, total: int):
 
 # ---------------------------------------------------------------- failures
 
+
 def _store():
     try:
         from torch.distributed import distributed_c10d
@@ -238,8 +258,17 @@ def is_collective_failure(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and any(
-        word in text for word in ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out",
-                                  "gloo", "NCCL", "ProcessGroup"))
+        word in text
+        for word in (
+            "Connection closed by peer",
+            "Connection reset by peer",
+            "Timed out",
+            "timed out",
+            "gloo",
+            "NCCL",
+            "ProcessGroup",
+        )
+    )
 
 
 def explain_failure(exc: BaseException, dist: DistInfo, timeout_s: float) -> RankFailed:
@@ -248,8 +277,11 @@ def explain_failure(exc: BaseException, dist: DistInfo, timeout_s: float) -> Ran
     errors = reported_errors(dist)
     if errors:
         culprit = min(errors)
-        return RankFailed(f"rank {culprit} failed: {errors[culprit]} (rank {dist.rank} stopped with it; "
-                          f"its collective said: {first})")
-    return RankFailed(f"rank {dist.rank}: another process stopped answering (no rank reported an error: killed, "
-                      f"out of memory, or its machine lost?); the collective failed within dist.timeout_s="
-                      f"{timeout_s:g} s: {first}")
+        return RankFailed(
+            f"rank {culprit} failed: {errors[culprit]} (rank {dist.rank} stopped with it; its collective said: {first})"
+        )
+    return RankFailed(
+        f"rank {dist.rank}: another process stopped answering (no rank reported an error: killed, "
+        f"out of memory, or its machine lost?); the collective failed within dist.timeout_s="
+        f"{timeout_s:g} s: {first}"
+    )

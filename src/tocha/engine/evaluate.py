@@ -14,9 +14,15 @@ from tocha.metrics.classification import ClassificationMetrics, classification_m
 
 
 @torch.inference_mode()
-def predict_batches(model: nn.Module, batches, *, device: torch.device, precision: str = "fp32",
-                    loss_fn: Callable | None = None, outputs: Callable = lambda logits: logits.softmax(dim=1)
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def predict_batches(
+    model: nn.Module,
+    batches,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    loss_fn: Callable | None = None,
+    outputs: Callable = lambda logits: logits.softmax(dim=1),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run `model` over `batches`; return (outputs [N, ...] float32, targets [N], per-sample losses [N] or None).
 
     `outputs` turns logits into what is kept (class probabilities by default). `loss_fn(logits, y)`
@@ -42,13 +48,26 @@ def predict_batches(model: nn.Module, batches, *, device: torch.device, precisio
     return torch.cat(kept).cpu(), torch.cat(targets).cpu(), per_sample
 
 
-def evaluate_classifier(model: nn.Module, batches, *, classes, device, precision: str, top_k: int,
-                        dist: DistInfo = DistInfo(), n_samples: int | None = None
-                        ) -> tuple[float, ClassificationMetrics]:
+def evaluate_classifier(
+    model: nn.Module,
+    batches,
+    *,
+    classes,
+    device,
+    precision: str,
+    top_k: int,
+    dist: DistInfo = DistInfo(),
+    n_samples: int | None = None,
+) -> tuple[float, ClassificationMetrics]:
     """Loss and metrics over a split; on several ranks each predicts its shard and every rank gets the
     metrics of all `n_samples`, each counted once (the padding `shard` added is dropped)."""
-    probs, labels, losses = predict_batches(model, batches, device=device, precision=precision,
-                                            loss_fn=partial(nn.functional.cross_entropy, reduction="none"))
+    probs, labels, losses = predict_batches(
+        model,
+        batches,
+        device=device,
+        precision=precision,
+        loss_fn=partial(nn.functional.cross_entropy, reduction="none"),
+    )
     if dist.world_size > 1:
         probs, labels, losses = (gather_for_metrics(t, n_samples, dist, device) for t in (probs, labels, losses))
     loss = losses.double().mean().item() if losses is not None and len(losses) else float("nan")

@@ -27,16 +27,16 @@ from tocha.errors import UserError
 
 @dataclass(frozen=True)
 class Cadence:
-    log_every: int = 50            # optimizer steps between reads of the running sums (one host sync each)
-    eval_every_steps: int = 0      # 0: evaluate at epoch ends only
-    checkpoint_every: int = 0      # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
+    log_every: int = 50  # optimizer steps between reads of the running sums (one host sync each)
+    eval_every_steps: int = 0  # 0: evaluate at epoch ends only
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
 
 
 @dataclass(frozen=True)
 class Selection:
     monitor: str = "val.accuracy"
     mode: str = "max"
-    patience: int = 0              # evaluations without improvement before stopping (0: never)
+    patience: int = 0  # evaluations without improvement before stopping (0: never)
     min_delta: float = 0.0
 
 
@@ -95,18 +95,35 @@ def groups(batches, first: int, accum: int) -> Iterator[tuple[int, list]]:
 class Driver:
     """Runs `stepper` over `train` for `epochs` from `state`; every rank calls it alike."""
 
-    def __init__(self, stepper: Stepper, train, state: LoopState, *, epochs: int, device: torch.device,
-                 grad_accum_steps: int = 1, evaluate: Callable[[], dict] | None = None,
-                 cadence: Cadence = Cadence(), selection: Selection = Selection(), hooks: Hooks = Hooks(),
-                 progress: Progress | None = None, dist: DistInfo = DistInfo(),
-                 stop_signal: Callable[[], int | None] | None = None) -> None:
+    def __init__(
+        self,
+        stepper: Stepper,
+        train,
+        state: LoopState,
+        *,
+        epochs: int,
+        device: torch.device,
+        grad_accum_steps: int = 1,
+        evaluate: Callable[[], dict] | None = None,
+        cadence: Cadence = Cadence(),
+        selection: Selection = Selection(),
+        hooks: Hooks = Hooks(),
+        progress: Progress | None = None,
+        dist: DistInfo = DistInfo(),
+        stop_signal: Callable[[], int | None] | None = None,
+    ) -> None:
         self.stepper, self.train, self.state, self.epochs, self.device = stepper, train, state, epochs, device
         self.accum, self.evaluate, self.cadence, self.selection = grad_accum_steps, evaluate, cadence, selection
         self.hooks, self.progress, self.dist, self.stop_signal = hooks, progress, dist, stop_signal
         self.last_finite = state.step
         # A checkpoint holds the running sums over all ranks: rank 0 carries them on, the others start at zero.
         if not dist.is_main:
-            state.loss_sum, state.correct, state.seen, state.scored = torch.zeros(()), torch.zeros((), dtype=torch.long), 0, 0
+            state.loss_sum, state.correct, state.seen, state.scored = (
+                torch.zeros(()),
+                torch.zeros((), dtype=torch.long),
+                0,
+                0,
+            )
         state.loss_sum, state.correct = state.loss_sum.to(device), state.correct.to(device)
         if state.scaler:
             stepper.scaler.load_state_dict(state.scaler)
@@ -140,8 +157,15 @@ class Driver:
         loss_total, correct_total, seen, scored = self.totals(torch.float64)
         if not math.isfinite(loss_total):
             raise NonFiniteLoss(s.step, self.last_finite)
-        return LoopState(**{**vars(s), "loss_sum": torch.tensor(loss_total, dtype=s.loss_sum.dtype),
-                            "correct": torch.tensor(int(correct_total)), "seen": int(seen), "scored": int(scored)})
+        return LoopState(
+            **{
+                **vars(s),
+                "loss_sum": torch.tensor(loss_total, dtype=s.loss_sum.dtype),
+                "correct": torch.tensor(int(correct_total)),
+                "seen": int(seen),
+                "scored": int(scored),
+            }
+        )
 
     # ------------------------------------------------------------------ evaluation and selection
     def run_eval(self, epoch_float: float, **extra) -> dict:
@@ -154,8 +178,12 @@ class Driver:
             model.train()
         if sel.monitor not in record:
             produced = sorted(k for k in record if k.startswith(("val.", "train.")))
-            raise UserError(f"monitor={sel.monitor} is not a metric this run produces", where="config key monitor",
-                            allowed=", ".join(produced), fix="choose one of the allowed names")
+            raise UserError(
+                f"monitor={sel.monitor} is not a metric this run produces",
+                where="config key monitor",
+                allowed=", ".join(produced),
+                fix="choose one of the allowed names",
+            )
         value = record[sel.monitor]
         previous = None if s.best is None else s.best["value"]
         improved = is_better(value, previous, sel.mode)
@@ -191,8 +219,16 @@ class Driver:
                 break
         if self.progress:
             self.progress.close()
-        return LoopResult(tuple(s.history), s.best, s.step, s.samples_total, s.train_seconds,
-                          time.perf_counter() - wall_start, stopped_early, s.skipped_steps)
+        return LoopResult(
+            tuple(s.history),
+            s.best,
+            s.step,
+            s.samples_total,
+            s.train_seconds,
+            time.perf_counter() - wall_start,
+            stopped_early,
+            s.skipped_steps,
+        )
 
     def run_epoch(self, epoch: int, first: int) -> str | None:
         s, cad, train = self.state, self.cadence, self.train
@@ -216,8 +252,13 @@ class Driver:
             # Every rank reads at the same steps: the read is a collective on several processes.
             if s.step % cad.log_every == 0 and (self.hooks.on_log or self.progress or self.dist.world_size > 1):
                 now = time.perf_counter()
-                record = {"kind": "train", "step": s.step, "epoch": round(epoch + next_batch / n_micro, 4),
-                          **self.read_running(), "samples_per_second": (s.samples_total - log_seen) / (now - log_clock)}
+                record = {
+                    "kind": "train",
+                    "step": s.step,
+                    "epoch": round(epoch + next_batch / n_micro, 4),
+                    **self.read_running(),
+                    "samples_per_second": (s.samples_total - log_seen) / (now - log_clock),
+                }
                 log_clock, log_seen = now, s.samples_total
                 s.history.append(record)
                 if self.hooks.on_log:
@@ -250,38 +291,72 @@ class Driver:
             signum = agree_max(signum or 0, self.dist, self.device) or None
         return signum
 
-    def end_epoch(self, epoch: int, clock: float, eval_seconds: float, seen_at_start: int,
-                  seconds_at_start: float) -> str | None:
+    def end_epoch(
+        self, epoch: int, clock: float, eval_seconds: float, seen_at_start: int, seconds_at_start: float
+    ) -> str | None:
         s, sel = self.state, self.selection
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the clock must not stop before the queued work has run
         epoch_seconds = time.perf_counter() - clock - eval_seconds
         s.train_seconds = seconds_at_start + epoch_seconds
         wait = getattr(self.train, "wait_seconds", 0.0)
-        record = self.run_eval(epoch + 1, train_samples_per_second=(s.samples_total - seen_at_start)
-                               / max(epoch_seconds, 1e-9), train_seconds=round(s.train_seconds, 4),
-                               data_wait_seconds=round(wait, 4),
-                               data_wait_share=round(wait / max(epoch_seconds, 1e-9), 4))
+        record = self.run_eval(
+            epoch + 1,
+            train_samples_per_second=(s.samples_total - seen_at_start) / max(epoch_seconds, 1e-9),
+            train_seconds=round(s.train_seconds, 4),
+            data_wait_seconds=round(wait, 4),
+            data_wait_share=round(wait / max(epoch_seconds, 1e-9), 4),
+        )
         if self.progress:
             self.progress.end_epoch(epoch, record, time.perf_counter() - clock)
         stopped = None
         if sel.patience and s.stale_evals >= sel.patience and epoch + 1 < self.epochs:
-            stopped = (f"stopped after epoch {epoch + 1}: {sel.monitor} did not improve by more than "
-                       f"{sel.min_delta:g} in {sel.patience} evaluation(s)")
+            stopped = (
+                f"stopped after epoch {epoch + 1}: {sel.monitor} did not improve by more than "
+                f"{sel.min_delta:g} in {sel.patience} evaluation(s)"
+            )
         s.epoch, s.batch = epoch + 1, 0
         self.checkpoint()
         return stopped
 
 
-def train_loop(model, train, *, device: torch.device, optimizer, scheduler, epochs: int, loss_fn: Callable,
-               correct_fn: Callable | None = None, precision: str = "fp32", grad_accum_steps: int = 1,
-               log_every: int = 50, on_log: Callable[[dict], None] | None = None,
-               progress: Progress | None = None, start: dict | None = None) -> LoopResult:
+def train_loop(
+    model,
+    train,
+    *,
+    device: torch.device,
+    optimizer,
+    scheduler,
+    epochs: int,
+    loss_fn: Callable,
+    correct_fn: Callable | None = None,
+    precision: str = "fp32",
+    grad_accum_steps: int = 1,
+    log_every: int = 50,
+    on_log: Callable[[dict], None] | None = None,
+    progress: Progress | None = None,
+    start: dict | None = None,
+) -> LoopResult:
     """The loop without a harness (no run folder, no evaluation): for tests, benchmarks and notebooks."""
-    stepper = Stepper(model, optimizer, scheduler, device=device, loss_fn=loss_fn,
-                      correct_fn=correct_fn or top1_correct, precision=precision)
-    driver = Driver(stepper, train, LoopState.from_position(start), epochs=epochs, device=device,
-                    grad_accum_steps=grad_accum_steps, cadence=Cadence(log_every=log_every),
-                    selection=Selection(monitor="train.loss", mode="min"), hooks=Hooks(on_log=on_log),
-                    progress=progress)
+    stepper = Stepper(
+        model,
+        optimizer,
+        scheduler,
+        device=device,
+        loss_fn=loss_fn,
+        correct_fn=correct_fn or top1_correct,
+        precision=precision,
+    )
+    driver = Driver(
+        stepper,
+        train,
+        LoopState.from_position(start),
+        epochs=epochs,
+        device=device,
+        grad_accum_steps=grad_accum_steps,
+        cadence=Cadence(log_every=log_every),
+        selection=Selection(monitor="train.loss", mode="min"),
+        hooks=Hooks(on_log=on_log),
+        progress=progress,
+    )
     return driver.run()

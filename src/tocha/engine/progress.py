@@ -24,8 +24,15 @@ def _fmt(record: dict) -> str:
 
 
 class Progress:
-    def __init__(self, *, epochs: int, steps_per_epoch: int, enabled: bool = True, stream: TextIO | None = None,
-                 tty: bool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        epochs: int,
+        steps_per_epoch: int,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = self.stream.isatty() if tty is None else tty
@@ -37,8 +44,15 @@ class Progress:
         if self.enabled and self.tty:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{self.epochs}",
-                            unit="step", file=self.stream, leave=True, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=done,
+                desc=f"epoch {epoch + 1}/{self.epochs}",
+                unit="step",
+                file=self.stream,
+                leave=True,
+                dynamic_ncols=True,
+            )
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:

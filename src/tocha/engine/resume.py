@@ -86,8 +86,10 @@ def all_checkpoints(folder: Path) -> list[Path]:
     """Checkpoint folders, newest (highest step) first; temporary and stray names ignored."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+    found = [
+        p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]), reverse=True)
 
 
 def problem(path: Path) -> str | None:
@@ -114,7 +116,7 @@ class Loaded:
     path: Path
     weights: dict[str, torch.Tensor]
     state: dict
-    skipped: tuple[str, ...]   # "step-...: why" for newer checkpoints that could not be used
+    skipped: tuple[str, ...]  # "step-...: why" for newer checkpoints that could not be used
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -151,13 +153,19 @@ def latest_valid(folder: Path) -> Loaded | None:
 
 # ---------------------------------------------------------------- random number generators
 
+
 def rng_state(extra: dict[str, torch.Generator]) -> dict:
     """Every RNG a run draws from, in a form `torch.load(weights_only=True)` accepts."""
     np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_gauss), "cached": float(np_cached)},
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_gauss),
+            "cached": float(np_cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "generators": {name: g.get_state() for name, g in extra.items()},

@@ -15,21 +15,21 @@ import torch
 
 @dataclass
 class LoopState:
-    epoch: int = 0                 # the epoch in progress (0-based)
-    batch: int = 0                 # the next micro-batch of that epoch
-    step: int = 0                  # optimizer steps taken
-    samples_total: int = 0         # samples seen by all ranks together
-    train_seconds: float = 0.0     # time in training steps, evaluation excluded
-    history: list[dict] = field(default_factory=list)    # every log and eval record, in order
-    best: dict | None = None       # {"metric", "value", "epoch", "step"} of the best evaluation
-    stale_evals: int = 0           # evaluations since the monitored metric last improved by min_delta
-    skipped_steps: int = 0         # micro-batches skipped for a non-finite loss
-    scaler: dict | None = None     # the fp16 GradScaler's state
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch: int = 0  # the next micro-batch of that epoch
+    step: int = 0  # optimizer steps taken
+    samples_total: int = 0  # samples seen by all ranks together
+    train_seconds: float = 0.0  # time in training steps, evaluation excluded
+    history: list[dict] = field(default_factory=list)  # every log and eval record, in order
+    best: dict | None = None  # {"metric", "value", "epoch", "step"} of the best evaluation
+    stale_evals: int = 0  # evaluations since the monitored metric last improved by min_delta
+    skipped_steps: int = 0  # micro-batches skipped for a non-finite loss
+    scaler: dict | None = None  # the fp16 GradScaler's state
     # Running sums since the last evaluation, summed over ranks when written.
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
-    seen: int = 0                  # samples since the last evaluation (the loss is a mean per sample)
-    scored: int = 0                # targets scored for accuracy (samples, or tokens for a language model)
+    seen: int = 0  # samples since the last evaluation (the loss is a mean per sample)
+    scored: int = 0  # targets scored for accuracy (samples, or tokens for a language model)
 
     def to_position(self) -> dict:
         """The checkpoint's `position`: plain values and CPU tensors (the format resume.FORMAT reads)."""

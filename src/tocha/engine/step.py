@@ -30,9 +30,19 @@ def top1_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, i
 class Stepper:
     """Holds what every step uses; `step(group, state)` is the step."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, *, device: torch.device,
-                 loss_fn: Callable, correct_fn: Callable | None = top1_correct, precision: str = "fp32",
-                 grad_clip: float | None = None, skip_nonfinite: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        *,
+        device: torch.device,
+        loss_fn: Callable,
+        correct_fn: Callable | None = top1_correct,
+        precision: str = "fp32",
+        grad_clip: float | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.correct_fn = loss_fn, correct_fn
         self.grad_clip, self.skip_nonfinite = grad_clip, skip_nonfinite

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-ROUNDS = 3              # candidates are timed round-robin, so a burst of noise hits them all
+ROUNDS = 3  # candidates are timed round-robin, so a burst of noise hits them all
 STEPS_PER_ROUND = 4
 SLOW_STEP_SECONDS = 0.2  # a step this slow is compute-bound: every core helps and measuring costs too much
 
@@ -27,8 +27,9 @@ def candidates(cpus: int) -> list[int]:
     return out + [cpus]
 
 
-def choose_threads(step: Callable[[], None], cpus: int, *, clock: Callable[[], float] = time.perf_counter
-                   ) -> tuple[int, str]:
+def choose_threads(
+    step: Callable[[], None], cpus: int, *, clock: Callable[[], float] = time.perf_counter
+) -> tuple[int, str]:
     """(threads, reason): the fastest candidate for `step`, a callable running one training step."""
     options = candidates(cpus)
     previous = torch.get_num_threads()
@@ -64,8 +65,12 @@ def choose_threads(step: Callable[[], None], cpus: int, *, clock: Callable[[], f
     return best, f"measured ms/step by thread count ({measured})"
 
 
-def training_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+def training_step(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[], None]:
     """A forward+backward on `model`'s copy, leaving the real model (weights, BatchNorm stats) untouched."""
     import copy
 

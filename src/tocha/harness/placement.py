@@ -17,12 +17,12 @@ from tocha.harness import scale
 
 @dataclass(frozen=True)
 class Placement:
-    hw: HardwarePlan               # device, precision, workers, pin_memory, threads, with reasons
-    device: torch.device           # this rank's device (cuda:LOCAL_RANK on several GPUs)
+    hw: HardwarePlan  # device, precision, workers, pin_memory, threads, with reasons
+    device: torch.device  # this rank's device (cuda:LOCAL_RANK on several GPUs)
     dist: DistInfo
-    batch_size: int                # global: samples per forward pass over all ranks
-    backend: str | None = None     # process-group backend on several processes
-    notes: tuple[str, ...] = ()    # speed settings made (TF32, cuDNN benchmark)
+    batch_size: int  # global: samples per forward pass over all ranks
+    backend: str | None = None  # process-group backend on several processes
+    notes: tuple[str, ...] = ()  # speed settings made (TF32, cuDNN benchmark)
 
     @property
     def batch_size_per_process(self) -> int:
@@ -37,8 +37,7 @@ class Placement:
         reasons = {**self.hw.reasons, "workers": reason, "pin_memory": "only useful for loader batches"}
         if self.hw.reasons.get("workers") == "set by the user":
             return self
-        return dataclasses.replace(self, hw=dataclasses.replace(self.hw, workers=0, pin_memory=False,
-                                                                reasons=reasons))
+        return dataclasses.replace(self, hw=dataclasses.replace(self.hw, workers=0, pin_memory=False, reasons=reasons))
 
     def with_threads(self, threads: int, why: str) -> Placement:
         torch.set_num_threads(threads)
@@ -71,8 +70,18 @@ def configure_cuda(deterministic: bool) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def resolve(*, device: str, precision: str, workers: int | str, threads: int | str, batch_size: int,
-            deterministic: bool, backend: str, timeout_s: float, dist: DistInfo) -> Placement:
+def resolve(
+    *,
+    device: str,
+    precision: str,
+    workers: int | str,
+    threads: int | str,
+    batch_size: int,
+    deterministic: bool,
+    backend: str,
+    timeout_s: float,
+    dist: DistInfo,
+) -> Placement:
     """One placement for this rank; on several processes the process group is started here."""
     hw = plan(device, precision, workers, threads, file_data=True)
     torch.set_num_threads(hw.threads)

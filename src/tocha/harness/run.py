@@ -31,11 +31,11 @@ from tocha.engine.progress import Progress
 from tocha.engine.state import LoopState
 from tocha.engine.step import Stepper
 from tocha.errors import UserError
+from tocha.hardware import describe_environment
 from tocha.harness import placement as placing
 from tocha.harness import scale
 from tocha.harness.signals import Interrupted, StopSignals, training_guard
 from tocha.harness.tune import compile_model, peak_memory_mb, pick_threads
-from tocha.hardware import describe_environment
 from tocha.metrics.names import default_mode
 from tocha.tasks.base import Built
 
@@ -45,16 +45,16 @@ DATA_WAIT_WARN = 0.25  # share of an epoch spent waiting for the DataLoader that
 
 @dataclass(frozen=True)
 class FitResult:
-    model: nn.Module                  # with the best checkpoint's weights loaded
+    model: nn.Module  # with the best checkpoint's weights loaded
     run_dir: Path | None
-    best: dict | None                 # {"metric", "value", "epoch", "step"}
+    best: dict | None  # {"metric", "value", "epoch", "step"}
     history: tuple[dict, ...]
-    val: object                       # the task's validation metrics of the best model
-    test: object                      # ... and of the test split (None without one)
+    val: object  # the task's validation metrics of the best model
+    test: object  # ... and of the test split (None without one)
     summary: dict
-    extra: dict = dataclasses.field(default_factory=dict)   # task-specific values (a baseline, a sample)
-    headline: tuple[str, ...] = ()    # the task's closing lines for a terminal (the last one is its speed)
-    meta: dict = dataclasses.field(default_factory=dict)    # meta.json: how inputs are prepared, the classes
+    extra: dict = dataclasses.field(default_factory=dict)  # task-specific values (a baseline, a sample)
+    headline: tuple[str, ...] = ()  # the task's closing lines for a terminal (the last one is its speed)
+    meta: dict = dataclasses.field(default_factory=dict)  # meta.json: how inputs are prepared, the classes
 
     def __getattr__(self, name: str):
         try:
@@ -63,8 +63,9 @@ class FitResult:
             raise AttributeError(name) from None
 
 
-def train(cfg: TrainConfig, *, task=None, model: nn.Module | None = None, data=None,
-          argv: list[str] | None = None) -> FitResult:
+def train(
+    cfg: TrainConfig, *, task=None, model: nn.Module | None = None, data=None, argv: list[str] | None = None
+) -> FitResult:
     """Train `cfg` with `task` (default: the registry's `cfg.task`); rank 0 writes the run folder.
 
     On one process, or as one rank of several under torchrun (the environment says which). `model`
@@ -72,8 +73,7 @@ def train(cfg: TrainConfig, *, task=None, model: nn.Module | None = None, data=N
     """
     dist = distributed.from_env()
     if dist.world_size > 1 and tasks.info(cfg.task).one_process:
-        raise UserError(f"task={cfg.task} runs in one process", where="torchrun",
-                        fix="run it with plain 'tocha train'")
+        raise UserError(f"task={cfg.task} runs in one process", where="torchrun", fix="run it with plain 'tocha train'")
     scale.check_settings(dist, batch_size=cfg.batch_size, device=cfg.device, on_nonfinite=cfg.on_nonfinite)
     task = task or tasks.create(cfg.task)
     cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.optimizer] if cfg.lr == AUTO else cfg.lr)
@@ -102,15 +102,27 @@ class TrainingRun:
     def train(self, model: nn.Module | None, data) -> FitResult:
         cfg, dist = self.cfg, self.dist
         placing.seed_everything(cfg.seed, cfg.deterministic)
-        placement = placing.resolve(device=cfg.device, precision=cfg.precision, workers=cfg.data.workers,
-                                    threads=cfg.threads, batch_size=cfg.batch_size, deterministic=cfg.deterministic,
-                                    backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s, dist=dist)
+        placement = placing.resolve(
+            device=cfg.device,
+            precision=cfg.precision,
+            workers=cfg.data.workers,
+            threads=cfg.threads,
+            batch_size=cfg.batch_size,
+            deterministic=cfg.deterministic,
+            backend=cfg.dist.backend,
+            timeout_s=cfg.dist.timeout_s,
+            dist=dist,
+        )
         built = self.task.build(cfg, placement, data=data, model=model)
         steps_per_epoch = math.ceil(len(built.batches["train"]) / cfg.grad_accum_steps)
         # Checked with the real step count before the run folder exists: a run that cannot start leaves none.
-        self.schedule_notes = check_schedule(cfg.scheduler, cfg.epochs * steps_per_epoch,
-                                             round(cfg.warmup_epochs * steps_per_epoch),
-                                             steps_per_epoch=steps_per_epoch, step_epochs=cfg.step_epochs)
+        self.schedule_notes = check_schedule(
+            cfg.scheduler,
+            cfg.epochs * steps_per_epoch,
+            round(cfg.warmup_epochs * steps_per_epoch),
+            steps_per_epoch=steps_per_epoch,
+            step_epochs=cfg.step_epochs,
+        )
         out, loaded = scale.from_rank0(dist, lambda: self.open_run_folder(built)) if self.writes_run else (None, None)
         self.run_dir = Path(out) if out is not None and dist.is_main else None
         built.placement, step_model, speed_notes = self.tune(built)
@@ -135,8 +147,9 @@ class TrainingRun:
         cfg, placement = self.cfg, built.placement
         step_model = scale.wrap(built.model, self.dist, placement.device)
         if placement.device.type == "cpu" and cfg.threads == AUTO and self.dist.world_size == 1:
-            threads, why = pick_threads(built.model, built.probe, built.probe_loss or built.loss_fn,
-                                        deterministic=cfg.deterministic)
+            threads, why = pick_threads(
+                built.model, built.probe, built.probe_loss or built.loss_fn, deterministic=cfg.deterministic
+            )
             placement = placement.with_threads(threads, why)
             reset = getattr(built.model, "reset_state", None)  # a recurrent model starts its stream afresh
             if reset is not None:
@@ -153,14 +166,22 @@ class TrainingRun:
         if tensorboard == AUTO:
             tensorboard = importlib.util.find_spec("tensorboard") is not None
         mode = default_mode(cfg.monitor.partition(".")[2]) if cfg.mode == AUTO else cfg.mode
-        resolved = dataclasses.replace(cfg, device=hw.device, precision=hw.precision, threads=hw.threads, mode=mode,
-                                       out=out, log=dataclasses.replace(cfg.log, tensorboard=tensorboard),
-                                       data=dataclasses.replace(cfg.data, workers=hw.workers))
+        resolved = dataclasses.replace(
+            cfg,
+            device=hw.device,
+            precision=hw.precision,
+            threads=hw.threads,
+            mode=mode,
+            out=out,
+            log=dataclasses.replace(cfg.log, tensorboard=tensorboard),
+            data=dataclasses.replace(cfg.data, workers=hw.workers),
+        )
         for key, value in built.resolved.items():
             section, _, name = key.rpartition(".")
             if section:
-                resolved = dataclasses.replace(resolved, **{section: dataclasses.replace(getattr(resolved, section),
-                                                                                         **{name: value})})
+                resolved = dataclasses.replace(
+                    resolved, **{section: dataclasses.replace(getattr(resolved, section), **{name: value})}
+                )
             else:
                 resolved = dataclasses.replace(resolved, **{name: value})
         return resolved
@@ -171,9 +192,11 @@ class TrainingRun:
         lines += placement.hw.lines()
         lines += [f"speed      {note}" for note in speed_notes]
         if self.dist.world_size > 1:
-            lines.append(f"processes  {self.dist.world_size} (DistributedDataParallel, {placement.backend} backend, "
-                         f"rank 0 of {self.dist.world_size} writes; collectives time out after "
-                         f"{cfg.dist.timeout_s:g} s)")
+            lines.append(
+                f"processes  {self.dist.world_size} (DistributedDataParallel, {placement.backend} backend, "
+                f"rank 0 of {self.dist.world_size} writes; collectives time out after "
+                f"{cfg.dist.timeout_s:g} s)"
+            )
         lines.append(scale.batch_rule(cfg.batch_size, cfg.grad_accum_steps, resolved.lr, self.dist.world_size))
         lines += [f"schedule   {note}" for note in self.schedule_notes]
         lines += [line for line in built.lines if line.startswith("model ")]
@@ -183,8 +206,10 @@ class TrainingRun:
             position = loaded.state["position"]
             lines.append(f"resume     from {loaded.path} (epoch {position['epoch']}, step {position['step']})")
             if position["epoch"] >= cfg.epochs:
-                lines.append(f"resume     the run had finished all {cfg.epochs} epochs: nothing to train; the best "
-                             "checkpoint is evaluated again and summary.json and report.html are rewritten")
+                lines.append(
+                    f"resume     the run had finished all {cfg.epochs} epochs: nothing to train; the best "
+                    "checkpoint is evaluated again and summary.json and report.html are rewritten"
+                )
         for line in lines:
             log.info("%s", line)
 
@@ -193,9 +218,14 @@ class TrainingRun:
         run_dir = self.run_dir
         self.write(lambda: write_text_atomic(run_dir / rf.CONFIG, dump_yaml(resolved)), rf.CONFIG)
         self.write(lambda: rf.write_json(run_dir / rf.META, built.meta), rf.META)
-        env = {**describe_environment(), "device": built.placement.hw.device,
-               "command": self.argv if self.argv is not None else sys.argv, "git_sha": rf.git_sha(),
-               "world_size": self.dist.world_size, "hardware_reasons": built.placement.hw.reasons}
+        env = {
+            **describe_environment(),
+            "device": built.placement.hw.device,
+            "command": self.argv if self.argv is not None else sys.argv,
+            "git_sha": rf.git_sha(),
+            "world_size": self.dist.world_size,
+            "hardware_reasons": built.placement.hw.reasons,
+        }
         self.write(lambda: rf.write_json(run_dir / rf.ENV, env), rf.ENV)
 
     def write(self, write, what: str) -> None:
@@ -209,22 +239,37 @@ class TrainingRun:
             newest = resume.all_checkpoints(run_dir / "checkpoints")
             kept = f"the newest complete checkpoint is {newest[0]}" if newest else "no checkpoint was written yet"
             reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
-            raise UserError(f"cannot write {what} in '{run_dir}': {reason}; {kept}", where="run folder",
-                            fix="free disk space or fix permissions, then continue with: "
-                                f"tocha train --resume {run_dir}") from None
+            raise UserError(
+                f"cannot write {what} in '{run_dir}': {reason}; {kept}",
+                where="run folder",
+                fix=f"free disk space or fix permissions, then continue with: tocha train --resume {run_dir}",
+            ) from None
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, built: Built, step_model: nn.Module, resolved: TrainConfig, loaded, steps_per_epoch: int
-            ) -> FitResult:
+    def fit(
+        self, built: Built, step_model: nn.Module, resolved: TrainConfig, loaded, steps_per_epoch: int
+    ) -> FitResult:
         cfg, placement, run_dir = self.cfg, built.placement, self.run_dir
         device = placement.device
-        optimizer = build_optimizer(built.model, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
-                                    nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
-                                    fused=device.type == "cuda" or None, lr_of=built.lr_of)
-        scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
-                                    steps_per_epoch=steps_per_epoch,
-                                    warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-                                    step_epochs=cfg.step_epochs, step_gamma=cfg.step_gamma)
+        optimizer = build_optimizer(
+            built.model,
+            cfg.optimizer,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+            fused=device.type == "cuda" or None,
+            lr_of=built.lr_of,
+        )
+        scheduler = build_scheduler(
+            optimizer,
+            cfg.scheduler,
+            total_steps=cfg.epochs * steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            step_epochs=cfg.step_epochs,
+            step_gamma=cfg.step_gamma,
+        )
         if run_dir is not None:
             self.metrics_log = rf.MetricsLog(run_dir, csv_enabled=cfg.log.csv, tensorboard=resolved.log.tensorboard)
         state = LoopState()
@@ -232,23 +277,43 @@ class TrainingRun:
             state = LoopState.from_position(restore(loaded, built.model, optimizer, scheduler, built.generators))
             if self.metrics_log:
                 self.metrics_log.restart(state.history)
-        stepper = Stepper(step_model, optimizer, scheduler, device=device, loss_fn=built.loss_fn,
-                          correct_fn=built.correct_fn, precision=placement.precision, grad_clip=cfg.grad_clip,
-                          skip_nonfinite=cfg.on_nonfinite == "skip")
+        stepper = Stepper(
+            step_model,
+            optimizer,
+            scheduler,
+            device=device,
+            loss_fn=built.loss_fn,
+            correct_fn=built.correct_fn,
+            precision=placement.precision,
+            grad_clip=cfg.grad_clip,
+            skip_nonfinite=cfg.on_nonfinite == "skip",
+        )
         self.optimizer, self.scheduler, self.built = optimizer, scheduler, built
         signals = StopSignals(announce=self.dist.is_main) if self.writes_run else None
         try:
             driver = Driver(
-                stepper, built.batches["train"], state, epochs=cfg.epochs, device=device,
+                stepper,
+                built.batches["train"],
+                state,
+                epochs=cfg.epochs,
+                device=device,
                 grad_accum_steps=cfg.grad_accum_steps,
                 evaluate=(lambda: self.task.evaluate(built, "val")) if "val" in built.batches else None,
                 cadence=Cadence(cfg.log_every, cfg.eval_every_steps, cfg.checkpoint.every_steps),
                 selection=Selection(cfg.monitor, resolved.mode, cfg.early_stop.patience, cfg.early_stop.min_delta),
-                hooks=Hooks(on_log=self.metrics_log.write if self.metrics_log else None,
-                            on_eval_end=self.on_eval_end, on_checkpoint=self.on_checkpoint if self.writes_run else None),
-                progress=Progress(epochs=cfg.epochs, steps_per_epoch=len(built.batches["train"]),
-                                  enabled=self.dist.is_main and cfg.log.progress),
-                dist=self.dist, stop_signal=signals.pending if signals else None)
+                hooks=Hooks(
+                    on_log=self.metrics_log.write if self.metrics_log else None,
+                    on_eval_end=self.on_eval_end,
+                    on_checkpoint=self.on_checkpoint if self.writes_run else None,
+                ),
+                progress=Progress(
+                    epochs=cfg.epochs,
+                    steps_per_epoch=len(built.batches["train"]),
+                    enabled=self.dist.is_main and cfg.log.progress,
+                ),
+                dist=self.dist,
+                stop_signal=signals.pending if signals else None,
+            )
             with training_guard(run_dir, cfg.lr, signals, self.dist.world_size):
                 result = driver.run()
             fitted = self.finish(built, resolved, result)
@@ -265,9 +330,12 @@ class TrainingRun:
         built, run_dir = self.built, self.run_dir
         if record.get("data_wait_share", 0) > DATA_WAIT_WARN and not self.slow_input_warned and self.dist.is_main:
             self.slow_input_warned = True
-            log.warning("input bound: the step waited for the DataLoader %.0f%% of the epoch; try more "
-                        "data.workers (now %d), a smaller image_size, or data.resident=true if it fits",
-                        100 * record["data_wait_share"], built.placement.hw.workers)
+            log.warning(
+                "input bound: the step waited for the DataLoader %.0f%% of the epoch; try more "
+                "data.workers (now %d), a smaller image_size, or data.resident=true if it fits",
+                100 * record["data_wait_share"],
+                built.placement.hw.workers,
+            )
         if self.metrics_log:
             self.metrics_log.write(record)
         if run_dir is None:
@@ -276,21 +344,31 @@ class TrainingRun:
             return
         after_eval = getattr(self.task, "after_eval", None)  # optional: text a task appends to files
         for name, text in (after_eval(built, record) if after_eval else {}).items():
-            self.write(lambda: _append(run_dir / name, text), name)
-        self.write(lambda: save_weights(built.model, run_dir / rf.LAST_WEIGHTS, built.weights_metadata),
-                   "the last weights")
+            self.write(lambda n=name, t=text: _append(run_dir / n, t), name)
+        self.write(
+            lambda: save_weights(built.model, run_dir / rf.LAST_WEIGHTS, built.weights_metadata), "the last weights"
+        )
         if improved:
-            self.write(lambda: save_weights(built.model, run_dir / rf.BEST_WEIGHTS, built.weights_metadata),
-                       "the best weights")
+            self.write(
+                lambda: save_weights(built.model, run_dir / rf.BEST_WEIGHTS, built.weights_metadata), "the best weights"
+            )
 
     def on_checkpoint(self, state: LoopState) -> None:
         if self.run_dir is None:  # every rank computes the state (a collective); rank 0 writes it
             return
-        full = {"format": resume.FORMAT, "position": state.to_position(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                "rng": resume.rng_state(self.built.generators)}
-        self.write(lambda: resume.write(self.run_dir / "checkpoints", state.step, self.built.model, full,
-                                        keep=self.cfg.checkpoint.keep), "a checkpoint")
+        full = {
+            "format": resume.FORMAT,
+            "position": state.to_position(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "rng": resume.rng_state(self.built.generators),
+        }
+        self.write(
+            lambda: resume.write(
+                self.run_dir / "checkpoints", state.step, self.built.model, full, keep=self.cfg.checkpoint.keep
+            ),
+            "a checkpoint",
+        )
 
     # ------------------------------------------------------------------ the end
     def finish(self, built: Built, resolved: TrainConfig, result: LoopResult) -> FitResult:
@@ -298,32 +376,52 @@ class TrainingRun:
         cfg, run_dir, placement = self.cfg, self.run_dir, built.placement
         load_best(built.model, run_dir, self.best_state)
         memory, memory_kind = peak_memory_mb(placement.device)
-        summary: dict = {"task": self.task.name, "best": result.best, "epochs": cfg.epochs, "steps": result.steps,
-                         "device": placement.hw.device, "precision": placement.precision}
+        summary: dict = {
+            "task": self.task.name,
+            "best": result.best,
+            "epochs": cfg.epochs,
+            "steps": result.steps,
+            "device": placement.hw.device,
+            "precision": placement.precision,
+        }
         if result.stopped_early:
             summary["early_stop"] = result.stopped_early
             log.info("early stop %s", result.stopped_early)
         if result.skipped_steps:
             summary["skipped_nonfinite_batches"] = result.skipped_steps
             log.warning("skipped %d batch(es) with a NaN/Inf loss (on_nonfinite=skip)", result.skipped_steps)
-        summary.update(wall_seconds=round(result.wall_seconds, 3), train_seconds=round(result.train_seconds, 3),
-                       train_samples_per_second=round(result.train_samples / max(result.train_seconds, 1e-9), 1),
-                       world_size=self.dist.world_size, batch_size_global=cfg.batch_size,
-                       batch_size_per_process=placement.batch_size_per_process,
-                       peak_memory_mb=round(memory, 1), peak_memory_kind=memory_kind)
+        summary.update(
+            wall_seconds=round(result.wall_seconds, 3),
+            train_seconds=round(result.train_seconds, 3),
+            train_samples_per_second=round(result.train_samples / max(result.train_seconds, 1e-9), 1),
+            world_size=self.dist.world_size,
+            batch_size_global=cfg.batch_size,
+            batch_size_per_process=placement.batch_size_per_process,
+            peak_memory_mb=round(memory, 1),
+            peak_memory_kind=memory_kind,
+        )
         done = self.task.finish(built, cfg, summary)
         summary.update(done.summary)
         if run_dir is not None:
             self.write(lambda: rf.write_json(run_dir / rf.SUMMARY, summary), rf.SUMMARY)
             for name, value in done.jsons.items():
-                self.write(lambda: rf.write_json(run_dir / name, value), name)
+                self.write(lambda n=name, v=value: rf.write_json(run_dir / n, v), name)
             for name, text in done.files.items():
-                self.write(lambda: write_text_atomic(run_dir / name, text), name)
+                self.write(lambda n=name, t=text: write_text_atomic(run_dir / n, t), name)
             self.write_report(summary, resolved, result, done.report)
         values = dict(done.values)
-        return FitResult(built.model, run_dir, result.best, result.history, values.pop("val", None),
-                         values.pop("test", None), summary, values, tuple(done.headline),
-                         built.meta)
+        return FitResult(
+            built.model,
+            run_dir,
+            result.best,
+            result.history,
+            values.pop("val", None),
+            values.pop("test", None),
+            summary,
+            values,
+            tuple(done.headline),
+            built.meta,
+        )
 
     def write_report(self, summary: dict, resolved: TrainConfig, result: LoopResult, report: dict) -> None:
         from tocha.reports.html import write_report  # matplotlib: only when a report is written
@@ -331,8 +429,17 @@ class TrainingRun:
         report = dict(report)
         title = f"tocha run {self.run_dir.name}{report.pop('title_suffix', '')}"
         kwargs = {"test_metrics": None, "val_metrics": None, **report}
-        self.write(lambda: write_report(self.run_dir, title=title, summary=summary, config_text=dump_yaml(resolved),
-                                        history=list(result.history), **kwargs), rf.REPORT)
+        self.write(
+            lambda: write_report(
+                self.run_dir,
+                title=title,
+                summary=summary,
+                config_text=dump_yaml(resolved),
+                history=list(result.history),
+                **kwargs,
+            ),
+            rf.REPORT,
+        )
 
 
 def find_resume_point(run_dir: Path) -> resume.Loaded | None:
@@ -350,8 +457,11 @@ def restore(loaded: resume.Loaded, model: nn.Module, optimizer, scheduler, gener
     own = model.state_dict()
     wrong = [k for k in own if k not in loaded.weights or loaded.weights[k].shape != own[k].shape]
     if wrong or set(loaded.weights) - set(own):
-        raise UserError(f"checkpoint {loaded.path} does not fit this model (e.g. {(wrong or ['extra tensors'])[0]})",
-                        where="resume", fix="resume with the run's own config.yaml (tocha train --resume RUN)")
+        raise UserError(
+            f"checkpoint {loaded.path} does not fit this model (e.g. {(wrong or ['extra tensors'])[0]})",
+            where="resume",
+            fix="resume with the run's own config.yaml (tocha train --resume RUN)",
+        )
     model.load_state_dict(loaded.weights)
     state = loaded.state
     optimizer.load_state_dict(state["optimizer"])
@@ -377,5 +487,15 @@ def _append(path: Path, text: str) -> None:
 def _is_io_error(exc: BaseException) -> bool:
     """torch.save and safetensors report a failed write as RuntimeError/SafetensorError with the OS text."""
     text = str(exc).lower()
-    return any(s in text for s in ("no space left", "disk quota", "permission denied", "read-only file system",
-                                   "file write failed", "errno", "i/o error"))
+    return any(
+        s in text
+        for s in (
+            "no space left",
+            "disk quota",
+            "permission denied",
+            "read-only file system",
+            "file write failed",
+            "errno",
+            "i/o error",
+        )
+    )

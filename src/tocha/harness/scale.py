@@ -32,19 +32,30 @@ def check_settings(dist: DistInfo, *, batch_size: int, device: str, on_nonfinite
     n = dist.world_size
     if batch_size % n:
         lower, upper = batch_size - batch_size % n, batch_size + n - batch_size % n
-        raise UserError(f"batch_size={batch_size} cannot be split evenly over {n} processes", where="config key "
-                        "batch_size", fix=f"batch_size is the global batch (all processes together); use a multiple "
-                        f"of {n}, e.g. {upper}" + (f" or {lower}" if lower else ""))
+        raise UserError(
+            f"batch_size={batch_size} cannot be split evenly over {n} processes",
+            where="config key batch_size",
+            fix=f"batch_size is the global batch (all processes together); use a multiple "
+            f"of {n}, e.g. {upper}" + (f" or {lower}" if lower else ""),
+        )
     kind, _, index = device.partition(":")
     if kind == "cuda" and index:
-        raise UserError(f"device={device} names one GPU, but each of the {n} processes takes its own "
-                        "(cuda:LOCAL_RANK)", where="config key device", fix="use device=cuda or device=auto")
+        raise UserError(
+            f"device={device} names one GPU, but each of the {n} processes takes its own (cuda:LOCAL_RANK)",
+            where="config key device",
+            fix="use device=cuda or device=auto",
+        )
     if kind == "mps":
-        raise UserError("several processes on MPS are not supported", where="config key device",
-                        fix="use device=cpu or one process")
+        raise UserError(
+            "several processes on MPS are not supported", where="config key device", fix="use device=cpu or one process"
+        )
     if on_nonfinite == "skip":
-        raise UserError("on_nonfinite=skip is not supported on several processes (every rank would have to agree "
-                        "on every skipped batch)", where="config key on_nonfinite", fix="use on_nonfinite=stop")
+        raise UserError(
+            "on_nonfinite=skip is not supported on several processes (every rank would have to agree "
+            "on every skipped batch)",
+            where="config key on_nonfinite",
+            fix="use on_nonfinite=stop",
+        )
 
 
 def rank_device(hw: HardwarePlan, dist: DistInfo, threads_auto: bool) -> tuple[HardwarePlan, torch.device]:
@@ -55,17 +66,25 @@ def rank_device(hw: HardwarePlan, dist: DistInfo, threads_auto: bool) -> tuple[H
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if dist.local_rank >= count:
-            raise UserError(f"LOCAL_RANK={dist.local_rank} but this machine has {count} GPU(s)",
-                            where="torchrun --nproc-per-node / tocha train --nproc",
-                            fix=f"start at most {count} process(es) per machine")
+            raise UserError(
+                f"LOCAL_RANK={dist.local_rank} but this machine has {count} GPU(s)",
+                where="torchrun --nproc-per-node / tocha train --nproc",
+                fix=f"start at most {count} process(es) per machine",
+            )
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     if threads_auto:
         # The processes of one machine share its cores: measuring each alone would oversubscribe them.
         threads = max(1, usable_cpus() // dist.local_world_size)
-        hw = dataclasses.replace(hw, threads=threads, reasons={
-            **hw.reasons, "threads": f"{usable_cpus()} usable CPU cores shared by {dist.local_world_size} "
-                                     "processes on this machine"})
+        hw = dataclasses.replace(
+            hw,
+            threads=threads,
+            reasons={
+                **hw.reasons,
+                "threads": f"{usable_cpus()} usable CPU cores shared by {dist.local_world_size} "
+                "processes on this machine",
+            },
+        )
         torch.set_num_threads(threads)
     return hw, device
 
@@ -73,10 +92,12 @@ def rank_device(hw: HardwarePlan, dist: DistInfo, threads_auto: bool) -> tuple[H
 def batch_rule(batch_size: int, grad_accum_steps: int, lr: float, world_size: int) -> str:
     """The one line that says what the batch size means here and how the learning rate relates to it."""
     per_step = batch_size * grad_accum_steps
-    return (f"batch      {batch_size} global per forward pass = {world_size} process(es) x "
-            f"{batch_size // world_size}; x {grad_accum_steps} accumulation step(s) = {per_step} samples per "
-            f"optimizer step; lr {lr:g} is for that batch. batch_size is global, so changing the number of processes "
-            "changes neither; if you change batch_size, scale lr with it (linearly for SGD) as a starting point")
+    return (
+        f"batch      {batch_size} global per forward pass = {world_size} process(es) x "
+        f"{batch_size // world_size}; x {grad_accum_steps} accumulation step(s) = {per_step} samples per "
+        f"optimizer step; lr {lr:g} is for that batch. batch_size is global, so changing the number of processes "
+        "changes neither; if you change batch_size, scale lr with it (linearly for SGD) as a starting point"
+    )
 
 
 def sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torch.device) -> tuple[nn.Module, str]:
@@ -86,8 +107,11 @@ def sync_batchnorm(model: nn.Module, wanted: bool, dist: DistInfo, device: torch
     if dist.world_size == 1:
         return model, "dist.sync_batchnorm has no effect on one process"
     if device.type != "cuda":
-        raise UserError("dist.sync_batchnorm=true needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only",
-                        where="config key dist.sync_batchnorm", fix="set dist.sync_batchnorm=false on CPU")
+        raise UserError(
+            "dist.sync_batchnorm=true needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only",
+            where="config key dist.sync_batchnorm",
+            fix="set dist.sync_batchnorm=false on CPU",
+        )
     return nn.SyncBatchNorm.convert_sync_batchnorm(model), "SyncBatchNorm: batch statistics over all processes"
 
 

@@ -44,8 +44,10 @@ class StopSignals:
             raise KeyboardInterrupt
         self.signum = signum
         if self.announce:
-            log.warning("received %s: finishing this step and writing a checkpoint (Ctrl-C again to quit now)",
-                        signal.Signals(signum).name)
+            log.warning(
+                "received %s: finishing this step and writing a checkpoint (Ctrl-C again to quit now)",
+                signal.Signals(signum).name,
+            )
 
     def pending(self) -> int | None:
         return self.signum
@@ -61,15 +63,16 @@ def nonfinite_error(exc: NonFiniteLoss, run_dir: Path | None, lr: float) -> User
     if run_dir is not None:
         newest = resume.all_checkpoints(run_dir / "checkpoints")
         kept = f"; the last good checkpoint is kept ({newest[0]})" if newest else ""
-    return UserError(f"the training loss became NaN or Inf between step {exc.last_good} and step {exc.step}{kept}",
-                     where="training",
-                     fix=f"lower the learning rate (lr={lr:g} now), add grad_clip=1.0, use precision=bf16 "
-                         "instead of fp16, or on_nonfinite=skip to drop such batches")
+    return UserError(
+        f"the training loss became NaN or Inf between step {exc.last_good} and step {exc.step}{kept}",
+        where="training",
+        fix=f"lower the learning rate (lr={lr:g} now), add grad_clip=1.0, use precision=bf16 "
+        "instead of fp16, or on_nonfinite=skip to drop such batches",
+    )
 
 
 @contextlib.contextmanager
-def training_guard(run_dir: Path | None, lr: float, signals: StopSignals | None, world_size: int = 1
-                   ) -> Iterator[None]:
+def training_guard(run_dir: Path | None, lr: float, signals: StopSignals | None, world_size: int = 1) -> Iterator[None]:
     """Around the loop: a diverged loss or a stop signal becomes the user-facing error."""
     try:
         yield

@@ -111,21 +111,14 @@ class ClassificationMetrics:
 
         text = head_fmt.format("", *headers, width=width) + "\n\n"
         for row in self.per_class:
-            text += row_fmt.format(
-                row.name, row.precision, row.recall, row.f1, row.support, width=width, digits=digits
-            )
+            text += row_fmt.format(row.name, row.precision, row.recall, row.f1, row.support, width=width, digits=digits)
         text += "\n"
-        text += acc_fmt.format(
-            "accuracy", "", "", self.accuracy, self.n_samples, width=width, digits=digits
-        )
+        text += acc_fmt.format("accuracy", "", "", self.accuracy, self.n_samples, width=width, digits=digits)
         for row in (self.macro, self.weighted):
-            text += row_fmt.format(
-                row.name, row.precision, row.recall, row.f1, row.support, width=width, digits=digits
-            )
+            text += row_fmt.format(row.name, row.precision, row.recall, row.f1, row.support, width=width, digits=digits)
 
         extra = [(f"top-{k} accuracy", v) for k, v in sorted(self.top_k_accuracy.items())]
-        extra += [(name, v) for name, v in (("roc auc", self.roc_auc), ("pr auc", self.pr_auc))
-                  if v is not None]
+        extra += [(name, v) for name, v in (("roc auc", self.roc_auc), ("pr auc", self.pr_auc)) if v is not None]
         if extra:
             text += "\n"
             name_width = max(width, *(len(name) for name, _ in extra))
@@ -186,23 +179,16 @@ def _as_probabilities(scores: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def _validate(
-    y_true: np.ndarray, y_prob: np.ndarray, classes: tuple[str, ...], top_k: tuple[int, ...]
-) -> None:
+def _validate(y_true: np.ndarray, y_prob: np.ndarray, classes: tuple[str, ...], top_k: tuple[int, ...]) -> None:
     n_classes = len(classes)
     if n_classes < 2:
         raise ValueError(f"need at least 2 classes, got {n_classes}: {list(classes)}")
     if y_true.ndim != 1:
         raise ValueError(f"y_true must have shape [N], got {list(y_true.shape)}")
     if y_prob.ndim != 2 or y_prob.shape[1] != n_classes:
-        raise ValueError(
-            f"y_prob must have shape [N, {n_classes}] (one column per class), "
-            f"got {list(y_prob.shape)}"
-        )
+        raise ValueError(f"y_prob must have shape [N, {n_classes}] (one column per class), got {list(y_prob.shape)}")
     if y_true.shape[0] != y_prob.shape[0]:
-        raise ValueError(
-            f"y_true has {y_true.shape[0]} samples but y_prob has {y_prob.shape[0]}"
-        )
+        raise ValueError(f"y_true has {y_true.shape[0]} samples but y_prob has {y_prob.shape[0]}")
     if y_true.shape[0] == 0:
         raise ValueError("cannot compute metrics on 0 samples")
     if not np.issubdtype(y_true.dtype, np.integer):
@@ -254,9 +240,7 @@ def classification_metrics(
     n_samples = int(y_true_np.shape[0])
     averages = []
     for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(
-            y_true_np, y_pred, labels=labels, average=average, zero_division=0
-        )
+        p, r, f, _ = precision_recall_fscore_support(y_true_np, y_pred, labels=labels, average=average, zero_division=0)
         averages.append(ClassRow(f"{average} avg", float(p), float(r), float(f), n_samples))
 
     top_k_accuracy = {

@@ -22,9 +22,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "f1_weighted",
     "roc_auc",
     "pr_auc",
-    "bpc",          # text: bits per character on the validation split
-    "perplexity",   # text: exp(nats per character)
-    "mae",          # regression (RegressionMetrics.flat), in the target's units
+    "bpc",  # text: bits per character on the validation split
+    "perplexity",  # text: exp(nats per character)
+    "mae",  # regression (RegressionMetrics.flat), in the target's units
     "rmse",
     "r2",
 )

@@ -25,8 +25,8 @@ class RegressionMetrics:
 
     mae: float
     rmse: float
-    r2: float        # nan when y_true is constant (sklearn's r2_score is undefined there)
-    n: int           # number of examples
+    r2: float  # nan when y_true is constant (sklearn's r2_score is undefined there)
+    n: int  # number of examples
 
     def flat(self, prefix: str) -> dict[str, float]:
         """Scalar metrics keyed '{prefix}.{name}', for logging, monitoring and the summary."""
@@ -36,8 +36,12 @@ class RegressionMetrics:
         return {"mae": self.mae, "rmse": self.rmse, "r2": self.r2, "n": self.n}
 
     def report_text(self) -> str:
-        return "\n".join(f"{name:>5}  {value:.4f}" for name, value in (("MAE", self.mae), ("RMSE", self.rmse),
-                                                                      ("R2", self.r2))) + f"\n{self.n:>5}  rows"
+        return (
+            "\n".join(
+                f"{name:>5}  {value:.4f}" for name, value in (("MAE", self.mae), ("RMSE", self.rmse), ("R2", self.r2))
+            )
+            + f"\n{self.n:>5}  rows"
+        )
 
     def headline(self, loss: float) -> str:
         return f"RMSE {self.rmse:.4f}  MAE {self.mae:.4f}  R2 {self.r2:.4f}  loss {loss:.4f} (standardised MSE)"
@@ -71,5 +75,6 @@ def regression_metrics(y_true: Any, y_pred: Any) -> RegressionMetrics:
         return RegressionMetrics(mae=math.inf, rmse=math.inf, r2=math.nan, n=n)
     # sklearn returns 0.0 or 1.0 (with a warning) for constant y_true; R² is undefined there.
     r2 = float(r2_score(true, pred)) if n >= 2 and np.ptp(true) > 0 else math.nan
-    return RegressionMetrics(mae=float(mean_absolute_error(true, pred)),
-                             rmse=math.sqrt(float(mean_squared_error(true, pred))), r2=r2, n=n)
+    return RegressionMetrics(
+        mae=float(mean_absolute_error(true, pred)), rmse=math.sqrt(float(mean_squared_error(true, pred))), r2=r2, n=n
+    )

@@ -29,8 +29,11 @@ class LMScore:
         return math.exp(min(self.nats_per_char, 700.0))
 
     def flat(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}.loss": self.nats_per_char, f"{prefix}.bpc": self.bpc,
-                f"{prefix}.perplexity": self.perplexity}
+        return {
+            f"{prefix}.loss": self.nats_per_char,
+            f"{prefix}.bpc": self.bpc,
+            f"{prefix}.perplexity": self.perplexity,
+        }
 
 
 def trigram_add_one(train_ids: Iterable[int], eval_ids: Iterable[int], vocab_size: int) -> LMScore:
@@ -43,7 +46,7 @@ def trigram_add_one(train_ids: Iterable[int], eval_ids: Iterable[int], vocab_siz
     if len(held) < 3:
         raise ValueError("the evaluation text needs at least 3 characters for a 3-gram score")
     triples = Counter(zip(train, train[1:], train[2:]))
-    pairs = Counter(zip(train, train[1:len(train) - 1]))  # pairs that have a following character
+    pairs = Counter(zip(train, train[1 : len(train) - 1]))  # pairs that have a following character
     total = 0.0
     for a, b, c in zip(held, held[1:], held[2:]):
         total -= math.log((triples.get((a, b, c), 0) + 1) / (pairs.get((a, b), 0) + vocab_size))

@@ -12,7 +12,10 @@ from tocha.models.spec import ModelSpec
 # name -> (module path of the builder, one-line description). Importing this file stays cheap.
 MODELS: dict[str, tuple[str, str]] = {
     "mlp": ("tocha.models.small:build_mlp", "fully connected net, hidden sizes from model.hidden (seed 004)"),
-    "cnn": ("tocha.models.small:build_cnn", "3 conv (BatchNorm, ReLU, max-pool) + 2 fully connected with dropout (seeds 000/002)"),
+    "cnn": (
+        "tocha.models.small:build_cnn",
+        "3 conv (BatchNorm, ReLU, max-pool) + 2 fully connected with dropout (seeds 000/002)",
+    ),
     "resnet18": ("tocha.models.vision:build_torchvision", "torchvision ResNet-18, first conv adapted to the channels"),
     "mobilenet_v3_small": ("tocha.models.vision:build_torchvision", "torchvision MobileNetV3-Small"),
     "vgg11_bn": ("tocha.models.vision:build_torchvision", "torchvision VGG-11 with BatchNorm (needs image_size >= 32)"),
@@ -37,17 +40,18 @@ def check_model_name(name: str) -> UserError | None:
     tv = torchvision_classifiers()
     if name in tv:
         return None
-    return UserError(f"unknown model '{name}'", where="config key model.name",
-                     allowed=", ".join(MODELS) + ", any torchvision classifier (e.g. resnet50, efficientnet_b0), "
-                     "or package.module:function",
-                     fix=did_you_mean(name, list(MODELS) + tv) or "run 'tocha train --help' for the list")
+    return UserError(
+        f"unknown model '{name}'",
+        where="config key model.name",
+        allowed=", ".join(MODELS) + ", any torchvision classifier (e.g. resnet50, efficientnet_b0), "
+        "or package.module:function",
+        fix=did_you_mean(name, list(MODELS) + tv) or "run 'tocha train --help' for the list",
+    )
 
 
 def build_model(spec: ModelSpec):
     """Build the model for `spec` on the CPU, in train mode, checked with one forward pass."""
     import importlib
-
-    import torch
 
     if err := check_model_name(spec.name):
         raise err
@@ -77,15 +81,23 @@ def check_input_size(model, spec: ModelSpec) -> None:
         first = str(exc).strip().splitlines()[0][:200]
         if "channels" in first and spec.image_size:
             other = 3 if spec.in_channels == 1 else 1
-            fix = (f"the data has {spec.in_channels} channel(s): set data.channels={other} to convert the images, "
-                   "or build the model for the data's channels")
+            fix = (
+                f"the data has {spec.in_channels} channel(s): set data.channels={other} to convert the images, "
+                "or build the model for the data's channels"
+            )
         else:
             fix = "choose a larger image_size (e.g. image_size=32 or 64) or another model"
-        raise UserError(f"model '{spec.name}' cannot take inputs of shape {list(shape)[1:]}: {first}",
-                        where="config keys model.name, image_size, data.channels", fix=fix) from None
+        raise UserError(
+            f"model '{spec.name}' cannot take inputs of shape {list(shape)[1:]}: {first}",
+            where="config keys model.name, image_size, data.channels",
+            fix=fix,
+        ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.shape != (1, spec.num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"model '{spec.name}' returned {got} for one input; expected (1, {spec.num_classes}) logits",
-                        where="config key model.name", fix="make the model return [batch, num_classes] logits")
+        raise UserError(
+            f"model '{spec.name}' returned {got} for one input; expected (1, {spec.num_classes}) logits",
+            where="config key model.name",
+            fix="make the model return [batch, num_classes] logits",
+        )

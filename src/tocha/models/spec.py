@@ -13,7 +13,7 @@ class ModelSpec:
     name: str
     in_channels: int
     num_classes: int
-    image_size: int            # 0 for flat feature vectors
+    image_size: int  # 0 for flat feature vectors
     hidden: tuple[int, ...] = (32,)
     width: int = 16
     dropout: float = 0.25
@@ -22,7 +22,7 @@ class ModelSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: dict) -> ModelSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
         values["hidden"] = tuple(values.get("hidden", (32,)))

@@ -18,7 +18,7 @@ from torch import nn
 class TextModelSpec:
     """Everything needed to rebuild a character model; stored in meta.json and in the checkpoint."""
 
-    name: str            # lstm | gru
+    name: str  # lstm | gru
     vocab_size: int
     hidden: int = 256
     layers: int = 2
@@ -29,7 +29,7 @@ class TextModelSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TextModelSpec":
+    def from_dict(cls, d: dict) -> TextModelSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -40,8 +40,13 @@ class CharRNN(nn.Module):
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[spec.name]
         self.embed = nn.Embedding(spec.vocab_size, spec.hidden)
         # nn.LSTM's own dropout acts between layers; the one below acts on the top layer's output.
-        self.rnn = rnn(spec.hidden, spec.hidden, num_layers=spec.layers, batch_first=True,
-                       dropout=spec.dropout if spec.layers > 1 else 0.0)
+        self.rnn = rnn(
+            spec.hidden,
+            spec.hidden,
+            num_layers=spec.layers,
+            batch_first=True,
+            dropout=spec.dropout if spec.layers > 1 else 0.0,
+        )
         self.drop = nn.Dropout(spec.dropout)
         # Tied: the output layer reuses the embedding matrix (same width by construction). Done in `step`
         # rather than by sharing a Parameter, so checkpoints hold each tensor under one name only.
@@ -80,8 +85,16 @@ def build_text_model(spec: TextModelSpec) -> CharRNN:
 
 
 @torch.inference_mode()
-def sample(model: CharRNN, prompt: torch.Tensor, length: int, *, temperature: float = 0.8, top_k: int = 0,
-           generator: torch.Generator | None = None, on_id=None) -> list[int]:
+def sample(
+    model: CharRNN,
+    prompt: torch.Tensor,
+    length: int,
+    *,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    on_id=None,
+) -> list[int]:
     """`length` new character ids after `prompt` (ids [T], T >= 1), one forward step per character.
 
     The draw happens on the CPU with a CPU `generator`, so a seed gives the same text on any device

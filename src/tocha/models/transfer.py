@@ -20,7 +20,7 @@ from torch import nn
 
 from tocha.errors import UserError
 
-MIN_FITTING_SHARE = 0.5   # below this share of the model's tensors loaded, the file is another architecture
+MIN_FITTING_SHARE = 0.5  # below this share of the model's tensors loaded, the file is another architecture
 
 
 def head_name(model: nn.Module, *, required: bool = True) -> str | None:
@@ -30,9 +30,11 @@ def head_name(model: nn.Module, *, required: bool = True) -> str | None:
         if isinstance(module, nn.Linear):
             last = name
     if last is None and required:
-        raise UserError("the model has no Linear classifier head to replace or to keep trainable",
-                        where="config keys model.weights, model.freeze",
-                        fix="use model.freeze=none, or a model whose last layer is nn.Linear")
+        raise UserError(
+            "the model has no Linear classifier head to replace or to keep trainable",
+            where="config keys model.weights, model.freeze",
+            fix="use model.freeze=none, or a model whose last layer is nn.Linear",
+        )
     return last
 
 
@@ -40,16 +42,20 @@ def resolve_weights_path(path: str | Path) -> tuple[Path, dict | None]:
     """(weights file, the run's meta.json or None): a run folder stands for its best checkpoint."""
     from tocha.paths import require_file_or_dir
 
-    path = require_file_or_dir(path, "config key model.weights",
-                               expected="a weights file (.pt, .pth, .safetensors) or a tocha run folder")
+    path = require_file_or_dir(
+        path, "config key model.weights", expected="a weights file (.pt, .pth, .safetensors) or a tocha run folder"
+    )
     if path.is_dir():
         from tocha import runfolder as rf
 
         rf.check_run_dir(path)
         best = path / rf.BEST_WEIGHTS
         if not best.is_file():
-            raise UserError(f"run folder '{path}' has no best checkpoint ({rf.BEST_WEIGHTS})",
-                            where="config key model.weights", fix="train that run to its first evaluation first")
+            raise UserError(
+                f"run folder '{path}' has no best checkpoint ({rf.BEST_WEIGHTS})",
+                where="config key model.weights",
+                fix="train that run to its first evaluation first",
+            )
         return best, rf.read_json(path / rf.META)
     return path, None
 
@@ -73,30 +79,46 @@ def load_pretrained(model: nn.Module, path: str | Path, *, classes: tuple[str, .
     if meta is not None and classes is not None and list(meta.get("classes", [])) != list(classes) and head_keys:
         for k in head_keys:
             state.pop(k)
-        notes.append(f"head '{head}' newly initialised: that run learned other classes "
-                     f"({', '.join(map(str, meta.get('classes', [])[:5]))}...)")
+        notes.append(
+            f"head '{head}' newly initialised: that run learned other classes "
+            f"({', '.join(map(str, meta.get('classes', [])[:5]))}...)"
+        )
     for k, v in list(state.items()):
         mine = own.get(k)
-        if (mine is not None and v.ndim == 4 and mine.ndim == 4 and v.shape[0] == mine.shape[0]
-                and v.shape[2:] == mine.shape[2:] and v.shape[1] != mine.shape[1] and not in_head(k)):
+        if (
+            mine is not None
+            and v.ndim == 4
+            and mine.ndim == 4
+            and v.shape[0] == mine.shape[0]
+            and v.shape[2:] == mine.shape[2:]
+            and v.shape[1] != mine.shape[1]
+            and not in_head(k)
+        ):
             state[k] = _adapt_channels(v, mine.shape[1])
-            notes.append(f"'{k}' adapted from {v.shape[1]} to {mine.shape[1]} input channel(s) "
-                         f"({'summed over' if mine.shape[1] == 1 else 'spread across'} the channels)")
+            notes.append(
+                f"'{k}' adapted from {v.shape[1]} to {mine.shape[1]} input channel(s) "
+                f"({'summed over' if mine.shape[1] == 1 else 'spread across'} the channels)"
+            )
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(fits) < MIN_FITTING_SHARE * len(own):
-        misfit = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-                  if k in own and own[k].shape != v.shape][:2] or \
-            [f"model has {k}, the file does not" for k in own if k not in state][:2]
+        misfit = [
+            f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and own[k].shape != v.shape
+        ][:2] or [f"model has {k}, the file does not" for k in own if k not in state][:2]
         what = "no tensor" if not fits else f"only {len(fits)} of the model's {len(own)} tensors"
-        raise UserError(f"{what} in '{file}' fits the model; it was saved from another architecture "
-                        f"(e.g. {'; '.join(misfit)})", where="config key model.weights",
-                        fix="pass weights saved from the same model name (model.name), or a tocha run folder "
-                            "trained with it")
+        raise UserError(
+            f"{what} in '{file}' fits the model; it was saved from another architecture (e.g. {'; '.join(misfit)})",
+            where="config key model.weights",
+            fix="pass weights saved from the same model name (model.name), or a tocha run folder trained with it",
+        )
     model.load_state_dict(fits, strict=False)
     skipped_head = [k for k in own if in_head(k) and k not in fits]
     if skipped_head and not any("newly initialised" in n for n in notes):
-        notes.append(f"head '{head}' newly initialised for {own[skipped_head[0]].shape[0]} classes (the file's "
-                     "head does not fit)")
+        notes.append(
+            f"head '{head}' newly initialised for {own[skipped_head[0]].shape[0]} classes (the file's "
+            "head does not fit)"
+        )
     others = [k for k in own if k not in fits and not in_head(k)]
     if others:
         notes.append(f"{len(others)} other tensor(s) not in the file kept their initial values (e.g. {others[0]})")
@@ -107,8 +129,9 @@ def load_pretrained(model: nn.Module, path: str | Path, *, classes: tuple[str, .
 class Freezing:
     """Frozen parameter prefixes, the epoch they thaw at, and a learning rate per parameter."""
 
-    def __init__(self, model: nn.Module, freeze: list[str], unfreeze_at_epoch: int = 0, *,
-                 pretrained: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, freeze: list[str], unfreeze_at_epoch: int = 0, *, pretrained: bool = False
+    ) -> None:
         self.model, self.unfreeze_at_epoch, self.pretrained = model, unfreeze_at_epoch, pretrained
         names = [n for n, _ in model.named_parameters()]
         self.head = head_name(model) if freeze else head_name(model, required=False) if pretrained else None
@@ -121,9 +144,12 @@ class Freezing:
                 from tocha.errors import did_you_mean
 
                 tops = sorted({n.rsplit(".", 1)[0] for n in names})
-                raise UserError(f"model.freeze names {unknown[0]!r}, which is no module of this model",
-                                where="config key model.freeze", allowed="backbone, none, or module prefixes such as "
-                                + ", ".join(tops[:6]), fix=did_you_mean(unknown[0], tops) or None)
+                raise UserError(
+                    f"model.freeze names {unknown[0]!r}, which is no module of this model",
+                    where="config key model.freeze",
+                    allowed="backbone, none, or module prefixes such as " + ", ".join(tops[:6]),
+                    fix=did_you_mean(unknown[0], tops) or None,
+                )
             self.prefixes = tuple(freeze)
             self.frozen_names = {n for n in names if any(n == p or n.startswith(p + ".") for p in freeze)}
         self._bn_hooks: list = []
@@ -164,7 +190,8 @@ class Freezing:
         if frozen:  # frozen BatchNorm keeps its running statistics: eval mode whatever model.train() says
             for name, m in self.model.named_modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(
-                        name == p or name.startswith(p + ".") for p in self.prefixes):
+                    name == p or name.startswith(p + ".") for p in self.prefixes
+                ):
                     self._bn_hooks.append(m.register_forward_pre_hook(_eval_mode))
 
     def describe(self) -> str:
@@ -172,7 +199,7 @@ class Freezing:
         n = sum(p.numel() for name, p in self.model.named_parameters() if name in self.frozen_names)
         return f"frozen {when}: {', '.join(self.prefixes[:8])} ({n:,} parameters; BatchNorm in eval mode)"
 
-    def wrap(self, batches) -> "FreezingBatches":
+    def wrap(self, batches) -> FreezingBatches:
         return FreezingBatches(batches, self)
 
 

@@ -33,16 +33,20 @@ class Teacher:
     model: nn.Module
     temperature: float = 4.0
     alpha: float = 0.7
-    cache: bool | str = "auto"     # precompute logits when the training batches allow it
-    meta: dict | None = None       # the teacher run's meta.json: checked against the student's data
+    cache: bool | str = "auto"  # precompute logits when the training batches allow it
+    meta: dict | None = None  # the teacher run's meta.json: checked against the student's data
 
     def loss_fn(self, label_smoothing: float = 0.0):
         t, alpha = self.temperature, self.alpha
 
         def kd_loss(logits: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
             y, teacher = packed[:, 0].long(), packed[:, 1:]
-            soft = F.kl_div(F.log_softmax(logits.float() / t, dim=1), F.log_softmax(teacher / t, dim=1),
-                            reduction="batchmean", log_target=True) * (t * t)
+            soft = F.kl_div(
+                F.log_softmax(logits.float() / t, dim=1),
+                F.log_softmax(teacher / t, dim=1),
+                reduction="batchmean",
+                log_target=True,
+            ) * (t * t)
             hard = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
             return alpha * soft + (1 - alpha) * hard
 
@@ -66,10 +70,13 @@ class Teacher:
         self.model.eval()
         cacheable = isinstance(batches, ResidentBatches) and batches.prepared and not batches.transform.augments
         if self.cache is True and not cacheable:
-            raise UserError("the teacher's logits cannot be cached: the training batches are augmented or read "
-                            "by a DataLoader", where="tocha distill --cache", fix="use --cache auto (or false)")
+            raise UserError(
+                "the teacher's logits cannot be cached: the training batches are augmented or read by a DataLoader",
+                where="tocha distill --cache",
+                fix="use --cache auto (or false)",
+            )
         if self.cache in ("auto", True) and cacheable:
-            logits = torch.cat([self.logits(batches.x[i:i + 1024]) for i in range(0, len(batches.x), 1024)])
+            logits = torch.cat([self.logits(batches.x[i : i + 1024]) for i in range(0, len(batches.x), 1024)])
             batches.y = torch.cat([batches.y.float()[:, None], logits], dim=1)
             log.info("distill    teacher logits cached for %d training samples (no augmentation)", len(logits))
             return batches
@@ -98,6 +105,7 @@ class _TeacherBatches:
 
 
 # ------------------------------------------------------------------------------- tocha distill
+
 
 def load_teacher(run: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
     from tocha.recipes.runs import load_run
@@ -128,47 +136,69 @@ def check_compatible(teacher_meta: dict | None, data) -> None:
     for key, value in (("in_channels", data.in_channels), ("image_size", data.image_size)):
         if teacher_meta[key] != value:
             problems.append(f"{key} {teacher_meta[key]} vs {value}")
-    if not (_same_normalisation(teacher_meta["mean"], data.mean)
-            and _same_normalisation(teacher_meta["std"], data.std)):
+    if not (
+        _same_normalisation(teacher_meta["mean"], data.mean) and _same_normalisation(teacher_meta["std"], data.std)
+    ):
         problems.append("a different input normalisation")
     if problems:
-        raise UserError("the teacher was trained on other data than the student's: " + "; ".join(problems),
-                        where="tocha distill --teacher",
-                        fix="distil on the teacher's own dataset (the default), or train a teacher on this data")
+        raise UserError(
+            "the teacher was trained on other data than the student's: " + "; ".join(problems),
+            where="tocha distill --teacher",
+            fix="distil on the teacher's own dataset (the default), or train a teacher on this data",
+        )
 
 
-def distill_run(teacher_run: str, overrides: list[str], *, temperature: float, alpha: float, cache: str,
-                argv: list[str]):
+def distill_run(
+    teacher_run: str, overrides: list[str], *, temperature: float, alpha: float, cache: str, argv: list[str]
+):
     """`tocha distill`: a student configured like `tocha train`, on the teacher's data unless told otherwise."""
     from tocha import config
     from tocha import runfolder as rf
-    from tocha.harness import train
     from tocha.hardware import _device
+    from tocha.harness import train
     from tocha.tasks import create
 
     if temperature <= 0:
-        raise UserError(f"--temperature must be positive, got {temperature:g}", where="tocha distill",
-                        allowed="> 0 (1 = the teacher's own probabilities; 2 to 8 is usual)")
+        raise UserError(
+            f"--temperature must be positive, got {temperature:g}",
+            where="tocha distill",
+            allowed="> 0 (1 = the teacher's own probabilities; 2 to 8 is usual)",
+        )
     if not 0 <= alpha <= 1:
-        raise UserError(f"--alpha must be between 0 and 1, got {alpha:g}", where="tocha distill",
-                        allowed="0 (labels only) to 1 (teacher only)")
+        raise UserError(
+            f"--alpha must be between 0 and 1, got {alpha:g}",
+            where="tocha distill",
+            allowed="0 (labels only) to 1 (teacher only)",
+        )
     path = rf.check_run_dir(teacher_run)
     if rf.read_json(path / rf.META).get("task", "classify") != "classify":
-        raise UserError(f"'{teacher_run}' is not an image classifier run; distillation teaches classifiers",
-                        where="tocha distill --teacher", fix="pass a run folder written by 'tocha train' "
-                                                             "for classification")
+        raise UserError(
+            f"'{teacher_run}' is not an image classifier run; distillation teaches classifiers",
+            where="tocha distill --teacher",
+            fix="pass a run folder written by 'tocha train' for classification",
+        )
     teacher_cfg = config.to_dict(config.load(path / rf.CONFIG))
-    inherited = {"data": {k: teacher_cfg["data"][k] for k in ("name", "root", "val_fraction", "channels")},
-                 "image_size": teacher_cfg["image_size"], "seed": teacher_cfg["seed"]}
+    inherited = {
+        "data": {k: teacher_cfg["data"][k] for k in ("name", "root", "val_fraction", "channels")},
+        "image_size": teacher_cfg["image_size"],
+        "seed": teacher_cfg["seed"],
+    }
     cfg = config.load(None, overrides, values=inherited)
     if cfg.out:
         from tocha.folders import check_out_vs_source
 
         check_out_vs_source(Path(cfg.out), path, where="config key out of tocha distill", what="teacher run")
     model, meta = load_teacher(path, torch.device(_device(cfg.device, torch)[0]))
-    log.info("distill    teacher %s (%s, %s parameters), temperature %g, alpha %g", path, meta["model"]["name"],
-             f"{sum(p.numel() for p in model.parameters()):,}", temperature, alpha)
+    log.info(
+        "distill    teacher %s (%s, %s parameters), temperature %g, alpha %g",
+        path,
+        meta["model"]["name"],
+        f"{sum(p.numel() for p in model.parameters()):,}",
+        temperature,
+        alpha,
+    )
     teacher = Teacher(model, temperature, alpha, {"auto": "auto", "true": True, "false": False}[cache], meta)
-    extra = {"distilled_from": {"run": str(path), "model": meta["model"]["name"], "temperature": temperature,
-                                "alpha": alpha}}
+    extra = {
+        "distilled_from": {"run": str(path), "model": meta["model"]["name"], "temperature": temperature, "alpha": alpha}
+    }
     return train(cfg, task=create("classify", teacher=teacher, meta_extra=extra), argv=argv)

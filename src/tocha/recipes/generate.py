@@ -23,28 +23,41 @@ def read_lm_checkpoint(path: str | Path, checkpoint: str = "best") -> tuple[Path
         rf.check_run_dir(path)
         meta = rf.read_json(path / rf.META)
         if meta.get("task") != "charlm":
-            raise UserError(f"'{path}' is not a language-model run (it was trained with task="
-                            f"{meta.get('task', 'classify')})", where="tocha generate",
-                            fix="pass a run trained with 'tocha train task=charlm'; for images use tocha predict")
+            raise UserError(
+                f"'{path}' is not a language-model run (it was trained with task={meta.get('task', 'classify')})",
+                where="tocha generate",
+                fix="pass a run trained with 'tocha train task=charlm'; for images use tocha predict",
+            )
         weights = path / (rf.BEST_WEIGHTS if checkpoint == "best" else rf.LAST_WEIGHTS)
         if not weights.is_file():
-            raise UserError(f"run '{path}' has no {checkpoint} checkpoint ({weights.name})",
-                            fix="the run may have stopped before its first evaluation; train it again")
+            raise UserError(
+                f"run '{path}' has no {checkpoint} checkpoint ({weights.name})",
+                fix="the run may have stopped before its first evaluation; train it again",
+            )
         return weights, meta
     if not path.is_file():
-        raise UserError(f"'{path}' does not exist", where="tocha generate",
-                        fix="pass a run folder or a .safetensors file written by 'tocha train task=charlm'")
+        raise UserError(
+            f"'{path}' does not exist",
+            where="tocha generate",
+            fix="pass a run folder or a .safetensors file written by 'tocha train task=charlm'",
+        )
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for other files
-        raise UserError(f"cannot read '{path}' as a safetensors checkpoint: {exc}", where="tocha generate",
-                        fix="pass a run folder or its checkpoints/best.safetensors") from None
+        raise UserError(
+            f"cannot read '{path}' as a safetensors checkpoint: {exc}",
+            where="tocha generate",
+            fix="pass a run folder or its checkpoints/best.safetensors",
+        ) from None
     if metadata.get("tocha.task") != "charlm" or "tocha.meta" not in metadata:
-        raise UserError(f"'{path}' carries no character-model metadata", where="tocha generate",
-                        fix="pass a checkpoint written by 'tocha train task=charlm' (or its run folder)")
+        raise UserError(
+            f"'{path}' carries no character-model metadata",
+            where="tocha generate",
+            fix="pass a checkpoint written by 'tocha train task=charlm' (or its run folder)",
+        )
     return path, json.loads(metadata["tocha.meta"])
 
 
@@ -65,17 +78,29 @@ def prompt_chars(prompt: str, chars: tuple[str, ...], *, skip_unknown: bool) -> 
     unknown = list(dict.fromkeys(c for c in prompt if c not in known))
     if unknown and not skip_unknown:
         shown = ", ".join(repr(c) for c in unknown[:10])
-        raise UserError(f"the prompt has {len(unknown)} character(s) the model never saw in training: {shown}",
-                        where="tocha generate --prompt",
-                        fix="remove them, or pass --skip-unknown to drop them from the prompt")
+        raise UserError(
+            f"the prompt has {len(unknown)} character(s) the model never saw in training: {shown}",
+            where="tocha generate --prompt",
+            fix="remove them, or pass --skip-unknown to drop them from the prompt",
+        )
     if unknown:
         log.warning("dropped %d unknown prompt character(s): %s", len(unknown), ", ".join(map(repr, unknown[:10])))
     return "".join(c for c in prompt if c in known)
 
 
-def generate(run: str | Path, prompt: str, length: int, *, temperature: float = 0.8, top_k: int = 0,
-             seed: int | None = None, checkpoint: str = "best", device: str = "auto", skip_unknown: bool = False,
-             on_text: Callable[[str], None] | None = None) -> str:
+def generate(
+    run: str | Path,
+    prompt: str,
+    length: int,
+    *,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    seed: int | None = None,
+    checkpoint: str = "best",
+    device: str = "auto",
+    skip_unknown: bool = False,
+    on_text: Callable[[str], None] | None = None,
+) -> str:
     """`length` characters after `prompt`; each one goes to `on_text` as soon as it is drawn."""
     from tocha.engine.step import AMP_DTYPES
     from tocha.hardware import inference_precision, plan
@@ -94,5 +119,6 @@ def generate(run: str | Path, prompt: str, length: int, *, temperature: float = 
     if on_text is not None:
         on_text(text)
     with torch.autocast(torch.device(hw.device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        return generate_text(model, chars, text, length, seed=seed, temperature=temperature, top_k=top_k,
-                             on_text=on_text)
+        return generate_text(
+            model, chars, text, length, seed=seed, temperature=temperature, top_k=top_k, on_text=on_text
+        )

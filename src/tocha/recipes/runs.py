@@ -12,7 +12,6 @@ from tocha import runfolder as rf
 from tocha.errors import UserError
 from tocha.metrics.classification import ClassificationMetrics
 
-
 PREDICT_BATCH = 256  # images decoded and run together by `tocha predict`
 
 
@@ -36,14 +35,13 @@ class EvalResult:
 @dataclass(frozen=True)
 class Prediction:
     file: str
-    top: tuple[tuple[str, float], ...]   # (class name, probability), most likely first
+    top: tuple[tuple[str, float], ...]  # (class name, probability), most likely first
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
+    from tocha.deploy.artifact import check_meta
     from tocha.engine.checkpoint import load_weights
     from tocha.models import ModelSpec, build_model
-
-    from tocha.deploy.artifact import check_meta
 
     path = rf.check_run_dir(run_dir)
     meta = rf.read_json(path / rf.META)
@@ -51,8 +49,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     check_meta(meta, f"meta.json of {path}")
     weights = path / (rf.BEST_WEIGHTS if checkpoint == "best" else rf.LAST_WEIGHTS)
     if not weights.is_file():
-        raise UserError(f"run '{run_dir}' has no {checkpoint} checkpoint ({weights.name})",
-                        fix="the run may have stopped before its first evaluation; train it again")
+        raise UserError(
+            f"run '{run_dir}' has no {checkpoint} checkpoint ({weights.name})",
+            fix="the run may have stopped before its first evaluation; train it again",
+        )
     model = build_model(ModelSpec.from_dict(meta["model"]))
     if meta.get("pruned"):  # channels were removed: shrink the freshly built layers to the stored tensors
         from tocha.deploy.prune import checkpoint_shapes, fit_to_shapes
@@ -70,22 +70,34 @@ def refuse_other_task(path: Path, meta, wanted: str, command: str) -> None:
     task = task_of_meta(meta)
     if task != wanted:
         info = TASKS[task]
-        hint = f"use: tocha generate {path} --prompt TEXT" if info.infers == "generate" else \
-            f"use the {task} commands for it: tocha eval {path}, tocha predict {path} FILE"
-        raise UserError(f"'{path}' is a {info.noun} (task={task}), not a {TASKS[wanted].noun}", where=command,
-                        fix=hint)
+        hint = (
+            f"use: tocha generate {path} --prompt TEXT"
+            if info.infers == "generate"
+            else f"use the {task} commands for it: tocha eval {path}, tocha predict {path} FILE"
+        )
+        raise UserError(f"'{path}' is a {info.noun} (task={task}), not a {TASKS[wanted].noun}", where=command, fix=hint)
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
-        raise UserError(f"meta.json of {path} is damaged: it has no model description",
-                        fix="re-export or retrain the run (tocha train)")
+        raise UserError(
+            f"meta.json of {path} is damaged: it has no model description",
+            fix="re-export or retrain the run (tocha train)",
+        )
 
 
-def evaluate_run(run_dir: str | Path, *, split: str = "test", checkpoint: str = "best", device: str = "auto",
-                 batch_size: int = 512, write: bool = True, top_k: int | None = None) -> EvalResult:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    checkpoint: str = "best",
+    device: str = "auto",
+    batch_size: int = 512,
+    write: bool = True,
+    top_k: int | None = None,
+) -> EvalResult:
     from tocha import config
     from tocha.engine.batches import DeviceTransform, make_batches
     from tocha.engine.evaluate import evaluate_classifier
     from tocha.hardware import inference_precision, plan
-    from tocha.tasks import TASKS, create, task_of_meta
+    from tocha.tasks import create, task_of_meta
 
     path = rf.check_run_dir(run_dir)
     cfg = config.load(path / rf.CONFIG)
@@ -102,10 +114,19 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", checkpoint: str = 
     loaded = load_run(path, checkpoint, hw.device)
     dev = torch.device(hw.device)
     transform = DeviceTransform(meta["mean"], meta["std"], device=dev)
-    batches = make_batches(chosen, batch_size, device=dev, transform=transform, train=False, workers=hw.workers,
-                           pin_memory=hw.pin_memory, seed=0)
-    loss, metrics = evaluate_classifier(loaded.model, batches, classes=tuple(meta["classes"]), device=dev,
-                                        precision=precision, top_k=top_k or cfg.top_k)
+    batches = make_batches(
+        chosen,
+        batch_size,
+        device=dev,
+        transform=transform,
+        train=False,
+        workers=hw.workers,
+        pin_memory=hw.pin_memory,
+        seed=0,
+    )
+    loss, metrics = evaluate_classifier(
+        loaded.model, batches, classes=tuple(meta["classes"]), device=dev, precision=precision, top_k=top_k or cfg.top_k
+    )
     json_path = None
     if write:
         json_path = path / f"eval-{split}.json" if checkpoint == "best" else path / f"eval-{split}-{checkpoint}.json"
@@ -120,18 +141,33 @@ def load_split(run_dir: Path, split: str, *, missing_ok: bool = False):
 
     cfg = config.load(run_dir / rf.CONFIG)
     meta = rf.read_json(run_dir / rf.META)
-    data = load_data(cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
-                     image_size=meta["image_size"] or None, channels=str(meta["in_channels"]),
-                     download=False, on_bad_file=cfg.data.on_bad_file, path=cfg.data.path, target=cfg.data.target)
+    data = load_data(
+        cfg.data.name,
+        root=cfg.data.root,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.seed,
+        image_size=meta["image_size"] or None,
+        channels=str(meta["in_channels"]),
+        download=False,
+        on_bad_file=cfg.data.on_bad_file,
+        path=cfg.data.path,
+        target=cfg.data.target,
+    )
     chosen = {"test": data.test, "val": data.val, "train": data.train}[split]
     if chosen is None:
         if missing_ok:
             return None
-        raise UserError(f"dataset '{cfg.data.name}' has no {split} split", where="--split",
-                        fix="use --split val" if split == "test" else "use --split test")
+        raise UserError(
+            f"dataset '{cfg.data.name}' has no {split} split",
+            where="--split",
+            fix="use --split val" if split == "test" else "use --split test",
+        )
     if tuple(data.classes) != tuple(meta["classes"]):
-        raise UserError(f"the data's classes {list(data.classes)[:5]}... differ from the run's {meta['classes'][:5]}...",
-                        where=f"data.root of {run_dir / rf.CONFIG}", fix="use the data the run was trained on")
+        raise UserError(
+            f"the data's classes {list(data.classes)[:5]}... differ from the run's {meta['classes'][:5]}...",
+            where=f"data.root of {run_dir / rf.CONFIG}",
+            fix="use the data the run was trained on",
+        )
     return chosen
 
 
@@ -155,11 +191,15 @@ def load_image(file: str | Path, in_channels: int, image_size: int, resize: str 
             return decode_image(str(path), image_size, in_channels)
         return resize_uint8(decode_image(str(path), None, in_channels)[None], image_size)[0]
     except Image.DecompressionBombError:
-        raise UserError(f"image '{file}' is too large to decode safely (a decompression bomb?)",
-                        where="tocha predict", fix="pass an image of a normal size") from None
+        raise UserError(
+            f"image '{file}' is too large to decode safely (a decompression bomb?)",
+            where="tocha predict",
+            fix="pass an image of a normal size",
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read image '{file}': {exc}", where="tocha predict",
-                        fix="pass PNG/JPEG/BMP image files") from None
+        raise UserError(
+            f"cannot read image '{file}': {exc}", where="tocha predict", fix="pass PNG/JPEG/BMP image files"
+        ) from None
 
 
 def image_files(items: list[str]) -> list[str]:
@@ -170,19 +210,27 @@ def image_files(items: list[str]) -> list[str]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(str(p) for p in path.iterdir()
-                           if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMG_EXTENSIONS))
+            found = sorted(
+                str(p)
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMG_EXTENSIONS)
+            )
             if not found:
-                raise UserError(f"'{item}' is a folder with no images in it", where="tocha predict",
-                                allowed=" ".join(IMG_EXTENSIONS), fix="pass image files or a folder of them")
+                raise UserError(
+                    f"'{item}' is a folder with no images in it",
+                    where="tocha predict",
+                    allowed=" ".join(IMG_EXTENSIONS),
+                    fix="pass image files or a folder of them",
+                )
             out += found
         else:
             out.append(item)
     return out
 
 
-def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, device: str = "auto",
-                  checkpoint: str = "best") -> list[Prediction]:
+def predict_files(
+    run_dir: str | Path, files: list[str], *, top_k: int = 3, device: str = "auto", checkpoint: str = "best"
+) -> list[Prediction]:
     from tocha.engine.batches import DeviceTransform
     from tocha.hardware import plan
 
@@ -217,6 +265,7 @@ def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, devi
         def logits_of(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 return loaded.model(x).float()
+
     if not meta["image_size"]:
         raise UserError("this run was trained on feature vectors, not images", fix="use the Python API to predict")
     files = image_files(files)
@@ -225,12 +274,18 @@ def predict_files(run_dir: str | Path, files: list[str], *, top_k: int = 3, devi
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(files), PREDICT_BATCH):
-            x = torch.stack([load_image(f, meta["in_channels"], meta["image_size"], resize)
-                             for f in files[start:start + PREDICT_BATCH]])
+            x = torch.stack(
+                [
+                    load_image(f, meta["in_channels"], meta["image_size"], resize)
+                    for f in files[start : start + PREDICT_BATCH]
+                ]
+            )
             chunks.append(torch.as_tensor(logits_of(transform(x.to(dev), train=False))).float().softmax(1).cpu())
     probs = torch.cat(chunks)
     classes = meta["classes"]
     k = min(top_k, len(classes))
     values, indices = probs.topk(k, dim=1)
-    return [Prediction(str(f), tuple((classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())))
-            for f, v, ix in zip(files, values, indices)]
+    return [
+        Prediction(str(f), tuple((classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())))
+        for f, v, ix in zip(files, values, indices)
+    ]

@@ -63,8 +63,7 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]
     return items
 
 
-def _headline(summary: Mapping[str, Any], test: ClassificationMetrics | None,
-              val: ClassificationMetrics | None) -> str:
+def _headline(summary: Mapping[str, Any], test: ClassificationMetrics | None, val: ClassificationMetrics | None) -> str:
     cards: list[tuple[str, str]] = []
     best = summary.get("best")
     if isinstance(best, Mapping) and "value" in best:
@@ -95,8 +94,7 @@ def _headline(summary: Mapping[str, Any], test: ClassificationMetrics | None,
     if not cards:
         return _NOT_AVAILABLE
     body = "".join(
-        f'<div class="card"><div class="label">{escape(label)}</div>'
-        f'<div class="value">{value}</div></div>'
+        f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{value}</div></div>'
         for label, value in cards
     )
     return f'<div class="cards">{body}</div>'
@@ -110,24 +108,28 @@ def _key_value_table(items: Iterable[tuple[str, Any]]) -> str:
 
 
 def _class_report_table(m: ClassificationMetrics, digits: int = 4) -> str:
-    head = ("<thead><tr><th>class</th><th>precision</th><th>recall</th><th>f1-score</th>"
-            "<th>support</th></tr></thead>")
+    head = "<thead><tr><th>class</th><th>precision</th><th>recall</th><th>f1-score</th><th>support</th></tr></thead>"
 
     def row(r: Any, css: str = "") -> str:
         cls = f' class="{css}"' if css else ""
-        return (f"<tr{cls}><td>{escape(r.name)}</td><td>{_fmt(r.precision, digits)}</td>"
-                f"<td>{_fmt(r.recall, digits)}</td><td>{_fmt(r.f1, digits)}</td>"
-                f"<td>{r.support}</td></tr>")
+        return (
+            f"<tr{cls}><td>{escape(r.name)}</td><td>{_fmt(r.precision, digits)}</td>"
+            f"<td>{_fmt(r.recall, digits)}</td><td>{_fmt(r.f1, digits)}</td>"
+            f"<td>{r.support}</td></tr>"
+        )
 
     body = "".join(row(r) for r in m.per_class)
-    body += (f'<tr class="avg"><td>accuracy</td><td></td><td></td>'
-             f"<td>{_fmt(m.accuracy, digits)}</td><td>{m.n_samples}</td></tr>")
+    body += (
+        f'<tr class="avg"><td>accuracy</td><td></td><td></td>'
+        f"<td>{_fmt(m.accuracy, digits)}</td><td>{m.n_samples}</td></tr>"
+    )
     body += row(m.macro, "avg") + row(m.weighted, "avg")
     table = f"<table>{head}<tbody>{body}</tbody></table>"
 
     extras = [(f"top-{k} accuracy", v) for k, v in sorted(m.top_k_accuracy.items())]
-    extras += [(name, v) for name, v in (("ROC AUC", m.roc_auc), ("PR AUC (average precision)",
-                                                                   m.pr_auc)) if v is not None]
+    extras += [
+        (name, v) for name, v in (("ROC AUC", m.roc_auc), ("PR AUC (average precision)", m.pr_auc)) if v is not None
+    ]
     if extras:
         table += _key_value_table(extras)
     return table
@@ -178,9 +180,11 @@ def write_report(
     if cm_source is not None:  # a classifier: confusion matrix and class reports
         split = "test" if test_metrics is not None else "validation"
         plot_confusion(cm_source.confusion, cm_source.classes, run_dir / CONFUSION_NAME)
-        cm_html = (f"<p>{escape(split)} set, rows are true classes, columns predicted; "
-                   f"colour is the row-normalised rate, numbers are counts.</p>"
-                   + _image(CONFUSION_NAME, f"{split} confusion matrix"))
+        cm_html = (
+            f"<p>{escape(split)} set, rows are true classes, columns predicted; "
+            f"colour is the row-normalised rate, numbers are counts.</p>"
+            + _image(CONFUSION_NAME, f"{split} confusion matrix")
+        )
         sections.append(("Confusion matrix", cm_html))
         for split, metrics in (("Test", test_metrics), ("Validation", val_metrics)):
             html_table = _class_report_table(metrics) if metrics is not None else _NOT_AVAILABLE
@@ -193,7 +197,7 @@ def write_report(
     # Extra sections arrive as HTML already; only their headings are escaped here.
     body = "".join(f"<h2>{escape(heading)}</h2>\n{content}\n" for heading, content in sections)
     page = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         f"<h1>{escape(title)}</h1>\n{body}</body>\n</html>\n"
     )

@@ -56,8 +56,15 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
         # Per-log-interval points are noisy, so they sit behind the epoch-level lines.
         x, y = _series(train_recs, train_key)
         if x:
-            ax.plot(x, y, color="tab:blue", alpha=0.35, linewidth=0.8,
-                    marker="o" if len(x) == 1 else None, label="train (per interval)")
+            ax.plot(
+                x,
+                y,
+                color="tab:blue",
+                alpha=0.35,
+                linewidth=0.8,
+                marker="o" if len(x) == 1 else None,
+                label="train (per interval)",
+            )
             drawn = True
         for key, color, label in ((train_key, "tab:blue", "train"), (val_key, "tab:orange", "val")):
             x, y = _series(eval_recs, key)
@@ -71,8 +78,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
         if drawn:
             ax.legend(fontsize="small")
         else:
-            ax.text(0.5, 0.5, "not available", ha="center", va="center",
-                    transform=ax.transAxes, color="gray")
+            ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes, color="gray")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI)
     return path
@@ -96,8 +102,7 @@ def plot_confusion(
     n = len(classes)
     if counts.shape != (n, n):
         raise ValueError(
-            f"confusion matrix has shape {list(counts.shape)} but there are {n} classes; "
-            f"expected [{n}, {n}]"
+            f"confusion matrix has shape {list(counts.shape)} but there are {n} classes; expected [{n}, {n}]"
         )
     if n == 0:
         raise ValueError("cannot plot a confusion matrix with 0 classes")
@@ -114,12 +119,12 @@ def plot_confusion(
     fig = Figure(figsize=(side + 1.0, side), dpi=_DPI, layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(colours, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
-                 label="fraction of true class" if normalize else "count")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count")
 
     tick_size = 8 if n <= 30 else 5
-    ax.set_xticks(range(n), labels=[str(c) for c in classes], rotation=45, ha="right",
-                  rotation_mode="anchor", fontsize=tick_size)
+    ax.set_xticks(
+        range(n), labels=[str(c) for c in classes], rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_size
+    )
     ax.set_yticks(range(n), labels=[str(c) for c in classes], fontsize=tick_size)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -130,8 +135,15 @@ def plot_confusion(
         for i in range(n):
             for j in range(n):
                 dark = colours[i, j] > 0.6 * vmax
-                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
-                        fontsize=font_size, color="white" if dark else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(counts[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=font_size,
+                    color="white" if dark else "black",
+                )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI)
     return path
@@ -163,8 +175,9 @@ def plot_regression(y_true: Any, y_pred: Any, path: str | Path) -> Path:
         ax_fit.scatter(true, pred, s=12, alpha=alpha, color="tab:blue", edgecolors="none")
         low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
         pad = 0.03 * (high - low) if high > low else 1.0
-        ax_fit.plot([low - pad, high + pad], [low - pad, high + pad], color="tab:red", linewidth=1.2,
-                    label="y = x (perfect)")
+        ax_fit.plot(
+            [low - pad, high + pad], [low - pad, high + pad], color="tab:red", linewidth=1.2, label="y = x (perfect)"
+        )
         ax_fit.set_xlim(low - pad, high + pad)
         ax_fit.set_ylim(low - pad, high + pad)
         ax_fit.set_aspect("equal", adjustable="box")

@@ -11,21 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-CLASS_AVERAGES = ("precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted",
-                  "f1_weighted")
+CLASS_AVERAGES = ("precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted", "f1_weighted")
 
 
 @dataclass(frozen=True)
 class TaskInfo:
     name: str
     help: str
-    module: str                                   # tocha.tasks.<name>, holding `Task`
-    metrics: Callable[[Any], tuple[str, ...]]     # names `val.<name>` can take, given the config
-    defaults: dict[str, Any] = field(default_factory=dict)   # config defaults (TASK DEFAULTS in --help)
-    data: tuple[str, ...] | None = None           # the data names it learns from (None: any image/tabular data)
-    one_process: bool = False                     # refuses --nproc / torchrun
-    infers: str = "predict"                       # the command that uses its runs: predict or generate
-    noun: str = "model"                           # what a run of it is, for messages
+    module: str  # tocha.tasks.<name>, holding `Task`
+    metrics: Callable[[Any], tuple[str, ...]]  # names `val.<name>` can take, given the config
+    defaults: dict[str, Any] = field(default_factory=dict)  # config defaults (TASK DEFAULTS in --help)
+    data: tuple[str, ...] | None = None  # the data names it learns from (None: any image/tabular data)
+    one_process: bool = False  # refuses --nproc / torchrun
+    infers: str = "predict"  # the command that uses its runs: predict or generate
+    noun: str = "model"  # what a run of it is, for messages
 
 
 def _classify_metrics(cfg) -> tuple[str, ...]:
@@ -34,25 +33,64 @@ def _classify_metrics(cfg) -> tuple[str, ...]:
 
 
 TASKS: dict[str, TaskInfo] = {
-    "classify": TaskInfo("classify", "images or feature tables into classes", "tocha.tasks.classify",
-                         _classify_metrics, noun="classifier"),
+    "classify": TaskInfo(
+        "classify",
+        "images or feature tables into classes",
+        "tocha.tasks.classify",
+        _classify_metrics,
+        noun="classifier",
+    ),
     # Many small steps: one epoch of the fortunes text (2.3M characters) is 1,133 steps of 32 x 64 characters.
     # Two epochs are what meet the targets (bpc 22% under the 3-gram, 85% real words): BENCHMARKS.md.
-    "charlm": TaskInfo("charlm", "a character-level language model of a text", "tocha.tasks.charlm",
-                       lambda cfg: ("loss", "bpc", "perplexity", "accuracy"),
-                       defaults={"data.name": "text", "data.val_fraction": 0.1, "model.name": "lstm",
-                                 "model.hidden": [256], "model.layers": 1, "model.dropout": 0.0, "seq_len": 64,
-                                 "epochs": 2, "batch_size": 32, "lr": 5e-3, "weight_decay": 0.0, "grad_clip": 1.0,
-                                 "monitor": "val.bpc", "log_every": 50, "top_k": 1},
-                       data=("text",), one_process=True, infers="generate",
-                       noun="character language model"),
-    "regress": TaskInfo("regress", "a number from a row of numeric features: MSE or Huber loss, MAE, RMSE and R2",
-                        "tocha.tasks.regress", lambda cfg: ("loss", "mae", "rmse", "r2"),
-                        # Measured on load_diabetes (benchmarks/regress_diabetes.py): constant lr, the best epoch kept.
-                        defaults={"data.name": "csv", "model.name": "mlp", "model.hidden": [64, 32],
-                                  "monitor": "val.rmse", "epochs": 100, "batch_size": 64, "lr": 1e-3,
-                                  "weight_decay": 1e-2, "scheduler": "none", "log_every": 10},
-                        data=("csv",), one_process=True, noun="regression model"),
+    "charlm": TaskInfo(
+        "charlm",
+        "a character-level language model of a text",
+        "tocha.tasks.charlm",
+        lambda cfg: ("loss", "bpc", "perplexity", "accuracy"),
+        defaults={
+            "data.name": "text",
+            "data.val_fraction": 0.1,
+            "model.name": "lstm",
+            "model.hidden": [256],
+            "model.layers": 1,
+            "model.dropout": 0.0,
+            "seq_len": 64,
+            "epochs": 2,
+            "batch_size": 32,
+            "lr": 5e-3,
+            "weight_decay": 0.0,
+            "grad_clip": 1.0,
+            "monitor": "val.bpc",
+            "log_every": 50,
+            "top_k": 1,
+        },
+        data=("text",),
+        one_process=True,
+        infers="generate",
+        noun="character language model",
+    ),
+    "regress": TaskInfo(
+        "regress",
+        "a number from a row of numeric features: MSE or Huber loss, MAE, RMSE and R2",
+        "tocha.tasks.regress",
+        lambda cfg: ("loss", "mae", "rmse", "r2"),
+        # Measured on load_diabetes (benchmarks/regress_diabetes.py): constant lr, the best epoch kept.
+        defaults={
+            "data.name": "csv",
+            "model.name": "mlp",
+            "model.hidden": [64, 32],
+            "monitor": "val.rmse",
+            "epochs": 100,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "weight_decay": 1e-2,
+            "scheduler": "none",
+            "log_every": 10,
+        },
+        data=("csv",),
+        one_process=True,
+        noun="regression model",
+    ),
 }
 
 

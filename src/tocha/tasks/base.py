@@ -14,33 +14,33 @@ from torch import nn
 class Built:
     """What a task hands the harness for one placement."""
 
-    model: nn.Module                          # on the placement's device, unwrapped
-    batches: dict[str, Any]                   # "train", and "val"/"test" when present
-    meta: dict                                # meta.json: what eval/predict/generate need
-    loss_fn: Callable                         # (logits, y) -> mean loss over the batch
-    correct_fn: Callable | None               # (logits, y) -> (hits, targets scored), or None (regression)
-    probe: tuple[Any, Any]                    # one training batch on the device (thread measurement, compile)
-    lines: list[str] = field(default_factory=list)        # log lines describing data and model
+    model: nn.Module  # on the placement's device, unwrapped
+    batches: dict[str, Any]  # "train", and "val"/"test" when present
+    meta: dict  # meta.json: what eval/predict/generate need
+    loss_fn: Callable  # (logits, y) -> mean loss over the batch
+    correct_fn: Callable | None  # (logits, y) -> (hits, targets scored), or None (regression)
+    probe: tuple[Any, Any]  # one training batch on the device (thread measurement, compile)
+    lines: list[str] = field(default_factory=list)  # log lines describing data and model
     resolved: dict[str, Any] = field(default_factory=dict)  # config values chosen for 'auto' (dotted keys)
-    generators: dict = field(default_factory=dict)        # RNGs the checkpoint must carry (augmentation)
-    weights_metadata: dict[str, str] | None = None        # stored in every .safetensors file
-    lr_of: Callable[[str], float] | None = None           # per-parameter learning rate (transfer learning)
-    placement: Any = None                     # the placement, updated when the data decided (workers)
+    generators: dict = field(default_factory=dict)  # RNGs the checkpoint must carry (augmentation)
+    weights_metadata: dict[str, str] | None = None  # stored in every .safetensors file
+    lr_of: Callable[[str], float] | None = None  # per-parameter learning rate (transfer learning)
+    placement: Any = None  # the placement, updated when the data decided (workers)
     run_name: tuple[str, str] = ("data", "model")  # for runs/<data>-<model>-<time>
-    samples_unit: str = "samples"             # what the throughput counts
-    probe_loss: Callable | None = None        # the loss on `probe` when the training targets differ (distillation)
+    samples_unit: str = "samples"  # what the throughput counts
+    probe_loss: Callable | None = None  # the loss on `probe` when the training targets differ (distillation)
 
 
 @dataclass
 class Finished:
     """A task's final word: what goes into summary.json, the report and extra files (the harness writes them)."""
 
-    summary: dict                             # val/test metrics and task-specific fields
-    report: dict = field(default_factory=dict)            # keyword arguments of reports.html.write_report
-    files: dict[str, str] = field(default_factory=dict)   # file name -> text
+    summary: dict  # val/test metrics and task-specific fields
+    report: dict = field(default_factory=dict)  # keyword arguments of reports.html.write_report
+    files: dict[str, str] = field(default_factory=dict)  # file name -> text
     jsons: dict[str, dict] = field(default_factory=dict)  # file name -> JSON value
-    values: dict = field(default_factory=dict)            # for the Python result (val/test metrics objects)
-    headline: list[str] = field(default_factory=list)     # what the CLI prints at the end (before the cost)
+    values: dict = field(default_factory=dict)  # for the Python result (val/test metrics objects)
+    headline: list[str] = field(default_factory=list)  # what the CLI prints at the end (before the cost)
 
 
 class Task(Protocol):

@@ -27,8 +27,8 @@ class Task:
     name = "classify"
 
     def __init__(self, *, teacher=None, spec: ModelSpec | None = None, meta_extra: dict | None = None) -> None:
-        self.teacher = teacher            # tocha.distill.Teacher: the loss learns from its logits too
-        self.spec = spec                  # what a handed-in model is built from (a pruned model reloads)
+        self.teacher = teacher  # tocha.distill.Teacher: the loss learns from its logits too
+        self.spec = spec  # what a handed-in model is built from (a pruned model reloads)
         self.meta_extra = meta_extra or {}
         self.data: DataSplits | None = None
         self.top_k = 5
@@ -37,10 +37,18 @@ class Task:
     def load(self, cfg, data: DataSplits | None) -> tuple[DataSplits, bool]:
         if data is not None:
             return data, False
-        return load_data(cfg.data.name, root=cfg.data.root, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
-                         image_size=None if cfg.image_size == AUTO else cfg.image_size, channels=cfg.data.channels,
-                         download=cfg.data.download, on_bad_file=cfg.data.on_bad_file, path=cfg.data.path,
-                         target=cfg.data.target), True
+        return load_data(
+            cfg.data.name,
+            root=cfg.data.root,
+            val_fraction=cfg.data.val_fraction,
+            seed=cfg.seed,
+            image_size=None if cfg.image_size == AUTO else cfg.image_size,
+            channels=cfg.data.channels,
+            download=cfg.data.download,
+            on_bad_file=cfg.data.on_bad_file,
+            path=cfg.data.path,
+            target=cfg.data.target,
+        ), True
 
     def build(self, cfg, placement, *, data: DataSplits | None = None, model: nn.Module | None = None) -> Built:
         data, registered = self.load(cfg, data)
@@ -49,8 +57,7 @@ class Task:
         if residency.resident:
             if data.train.inputs is None:
                 data = materialise(data, workers=placement.hw.workers)
-            placement = placement.in_memory("data is held in memory: batches are tensor slices, no loader "
-                                            "processes")
+            placement = placement.in_memory("data is held in memory: batches are tensor slices, no loader processes")
         self.data = data
         model, spec, weight_notes = self.model(cfg, data, model)
         # channels_last suits the convolution kernels (oneDNN on CPU: 1.7x for the default CNN here; cuDNN on GPU).
@@ -61,18 +68,36 @@ class Task:
         augment = cfg.data.augment
         if augment == AUTO:  # augmentation helps models that can overfit; it only slows a small MLP down
             augment = list(DEFAULT_AUGMENT.get(cfg.data.name, ())) if registered and spec.name != "mlp" else []
-        transform = DeviceTransform(data.mean, data.std, augment=augment, crop_padding=cfg.data.crop_padding,
-                                    device=device, seed=cfg.seed, channels_last=channels_last)
+        transform = DeviceTransform(
+            data.mean,
+            data.std,
+            augment=augment,
+            crop_padding=cfg.data.crop_padding,
+            device=device,
+            seed=cfg.seed,
+            channels_last=channels_last,
+        )
         dist = placement.dist
-        batches = {name: make_batches(split, placement.batch_size_per_process, device=device, transform=transform,
-                                      train=name == "train", workers=placement.hw.workers,
-                                      pin_memory=placement.hw.pin_memory, seed=cfg.seed, rank=dist.rank,
-                                      world_size=dist.world_size, resident=residency.resident,
-                                      prepare_once=residency.prepare_once)
-                   for name, split in (("train", data.train), ("val", data.val), ("test", data.test))
-                   if split is not None}
+        batches = {
+            name: make_batches(
+                split,
+                placement.batch_size_per_process,
+                device=device,
+                transform=transform,
+                train=name == "train",
+                workers=placement.hw.workers,
+                pin_memory=placement.hw.pin_memory,
+                seed=cfg.seed,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                resident=residency.resident,
+                prepare_once=residency.prepare_once,
+            )
+            for name, split in (("train", data.train), ("val", data.val), ("test", data.test))
+            if split is not None
+        }
         x = data.train.head(placement.batch_size_per_process)
-        probe = transform.prepare(x.to(device)), data.train.labels[:len(x)].to(device)
+        probe = transform.prepare(x.to(device)), data.train.labels[: len(x)].to(device)
         loss_fn, correct_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), top1_correct
         if self.teacher is not None:  # distillation: the targets carry the teacher's logits; the loop is the same
             self.teacher.check_compatible(data)
@@ -83,28 +108,57 @@ class Task:
         self.top_k = cfg.top_k
         lr_backbone = freezing.backbone_lr(cfg.lr, cfg.lr_backbone)  # the harness resolved cfg.lr
         lines = self.describe(cfg, data, residency.reason, spec, model, sync_note, weight_notes, freezing)
-        meta = {"task": "classify", "model": spec.to_dict(), "classes": list(data.classes), "mean": data.mean,
-                "std": data.std, "in_channels": data.in_channels, "image_size": data.image_size,
-                # predict resizes a file as training did: PIL for image folders, torch for tensor data
-                "resize": "pil" if registered and cfg.data.name == "imagefolder" else "torch",
-                **self.meta_extra}
-        resolved = {"model.dropout": spec.dropout, "data.augment": augment, "lr_backbone": lr_backbone,
-                    "image_size": data.image_size if data.image_size else AUTO}
+        meta = {
+            "task": "classify",
+            "model": spec.to_dict(),
+            "classes": list(data.classes),
+            "mean": data.mean,
+            "std": data.std,
+            "in_channels": data.in_channels,
+            "image_size": data.image_size,
+            # predict resizes a file as training did: PIL for image folders, torch for tensor data
+            "resize": "pil" if registered and cfg.data.name == "imagefolder" else "torch",
+            **self.meta_extra,
+        }
+        resolved = {
+            "model.dropout": spec.dropout,
+            "data.augment": augment,
+            "lr_backbone": lr_backbone,
+            "image_size": data.image_size if data.image_size else AUTO,
+        }
         if data.image_size:
             resolved["data.channels"] = str(data.in_channels)
         if lr_backbone != cfg.lr and freezing.head:
-            lines.append(f"lr         {cfg.lr:g} for the head '{freezing.head}', {lr_backbone:g} for the rest "
-                         "(lr_backbone)")
-        return Built(model, batches, meta, loss_fn, correct_fn, probe, lines, resolved,
-                     generators={"augment": transform.generator}, placement=placement,
-                     lr_of=freezing.lr_of(cfg.lr, lr_backbone),
-                     run_name=(cfg.data.name, cfg.model.name), probe_loss=nn.functional.cross_entropy)
+            lines.append(
+                f"lr         {cfg.lr:g} for the head '{freezing.head}', {lr_backbone:g} for the rest (lr_backbone)"
+            )
+        return Built(
+            model,
+            batches,
+            meta,
+            loss_fn,
+            correct_fn,
+            probe,
+            lines,
+            resolved,
+            generators={"augment": transform.generator},
+            placement=placement,
+            lr_of=freezing.lr_of(cfg.lr, lr_backbone),
+            run_name=(cfg.data.name, cfg.model.name),
+            probe_loss=nn.functional.cross_entropy,
+        )
 
     def model(self, cfg, data: DataSplits, model: nn.Module | None) -> tuple[nn.Module, ModelSpec, list[str]]:
         dropout = DEFAULT_DROPOUT.get(cfg.model.name, 0.0) if cfg.model.dropout == AUTO else cfg.model.dropout
-        spec = self.spec or ModelSpec(cfg.model.name if model is None else type(model).__name__, data.in_channels,
-                                      len(data.classes), data.image_size, tuple(cfg.model.hidden), cfg.model.width,
-                                      dropout)
+        spec = self.spec or ModelSpec(
+            cfg.model.name if model is None else type(model).__name__,
+            data.in_channels,
+            len(data.classes),
+            data.image_size,
+            tuple(cfg.model.hidden),
+            cfg.model.width,
+            dropout,
+        )
         if model is not None:
             check_input_size(model, spec)  # a model handed to tocha.fit: check it against the data too
             return model, spec, []
@@ -114,9 +168,11 @@ class Task:
 
     @staticmethod
     def describe(cfg, data, residency_reason, spec, model, sync_note, weight_notes, freezing) -> list[str]:
-        lines = [f"data       {cfg.data.name}: {len(data.train)} train / {len(data.val) if data.val else 0} val / "
-                 f"{len(data.test) if data.test else 'no'} test samples, {len(data.classes)} classes, from "
-                 f"{data.source}"]
+        lines = [
+            f"data       {cfg.data.name}: {len(data.train)} train / {len(data.val) if data.val else 0} val / "
+            f"{len(data.test) if data.test else 'no'} test samples, {len(data.classes)} classes, from "
+            f"{data.source}"
+        ]
         lines += [f"note       {note}" for note in data.notes]
         lines.append(f"batches    {residency_reason}")
         if sync_note:
@@ -131,9 +187,16 @@ class Task:
     def scored(self, built: Built, split: str):
         dist = built.placement.dist
         n = len(getattr(self.data, split))
-        return evaluate_classifier(built.model, built.batches[split], classes=self.data.classes,
-                                   device=built.placement.device, precision=built.placement.precision,
-                                   top_k=self.top_k, dist=dist, n_samples=n)
+        return evaluate_classifier(
+            built.model,
+            built.batches[split],
+            classes=self.data.classes,
+            device=built.placement.device,
+            precision=built.placement.precision,
+            top_k=self.top_k,
+            dist=dist,
+            n_samples=n,
+        )
 
     def evaluate(self, built: Built, split: str) -> dict:
         loss, metrics = self.scored(built, split)
@@ -143,16 +206,19 @@ class Task:
         fields, values = final_scores(self.scored, built)
         done = Finished(summary=fields, values=values)
         if done.values["test"] is not None:
-            done.jsons["eval-test.json"] = {"split": "test", "checkpoint": "best",
-                                            "loss": done.summary["test"]["test.loss"],
-                                            **done.values["test"].to_dict()}
+            done.jsons["eval-test.json"] = {
+                "split": "test",
+                "checkpoint": "best",
+                "loss": done.summary["test"]["test.loss"],
+                **done.values["test"].to_dict(),
+            }
         done.report = {"test_metrics": done.values["test"], "val_metrics": done.values["val"]}
         if summary.get("best"):
             b = summary["best"]
             done.headline.append(f"best {b['metric']} = {b['value']:.4f} at epoch {b['epoch']:g}")
         if (test := done.values["test"]) is not None:
-            done.headline.append(f"test accuracy {test.accuracy:.4f}  (macro F1 {test.macro.f1:.4f}, "
-                                 f"{test.n_samples} samples)")
+            done.headline.append(
+                f"test accuracy {test.accuracy:.4f}  (macro F1 {test.macro.f1:.4f}, {test.n_samples} samples)"
+            )
         done.headline.append(f"{summary['train_samples_per_second']:,.0f} samples/s")
         return done
-
