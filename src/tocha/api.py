@@ -66,8 +66,10 @@ def fit(
     `train_data`: an ``(x, y)`` pair of tensors, a ``torch.utils.data.Dataset`` or a registered
     dataset name. Options are the `tocha train` config keys (``epochs=3``, ``lr=0.1``,
     ``data={"val_fraction": 0.1}``) and are validated the same way. A run folder is written only
-    when ``out=...`` is given. Returns a :class:`tocha.recipes.classify.FitResult`; with ``task="charlm"``
-    (a character language model of ``data={"path": ...}``) a :class:`tocha.recipes.charlm.LMResult`.
+    when ``out=...`` is given. ``task=`` picks the task from the registry (classify, charlm: a
+    character language model of ``data={"path": ...}``, regress: ``(x, y)`` float tensors or
+    ``data={"name": "csv", ...}``). Returns a :class:`tocha.harness.run.FitResult`; its ``val`` and
+    ``test`` hold the task's metrics, and task-specific values (a baseline, a sample) are attributes.
     """
     from tocha import config as config_module
 
