@@ -302,7 +302,7 @@ def compress_run(
         label="output folder",
         overwrite_flag="--overwrite",
     )
-    meta = rf.read_json(path / rf.META)
+    meta = rf.read_meta(path)
     x_bench = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"])
     data, artifacts = None, {}
 
