@@ -274,6 +274,7 @@ def export_run(
         dtype = HALF[precision][0]
         model = copy.deepcopy(model).to(dtype) if fmt == "onnx" else _CastInput(copy.deepcopy(model), dtype)
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")  # keeps the extension
+    _remove_dead_temporaries(target)
     try:
         try:
             if fmt == "onnx":
@@ -313,6 +314,26 @@ def export_run(
                 target.parent.rmdir()
     rf.write_json(sidecar, {"format": fmt, **asdict(parity)})
     return ExportResult(target, fmt, target.stat().st_size, parity)
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Temporary files of earlier exports to `target` whose process is gone (killed): they are junk.
+    One of a running export (its PID alive) stays; that process removes it itself."""
+    prefix = f".{target.stem}.tmp-"
+    for stale in target.parent.glob(f"{prefix}*{target.suffix}"):
+        pid = stale.name[len(prefix) : len(stale.name) - len(target.suffix)]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _is_parity_file(path: Path) -> bool:
