@@ -468,7 +468,8 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def run_case(name: str, base: Path) -> tuple[str, list, subprocess.CompletedProcess, dict, dict]:
-    folder = base / re.sub(r"\W+", "_", name)
+    tag = hashlib.sha256(name.encode()).hexdigest()[:6]  # "{}" and "[]" make the same folder name
+    folder = base / (re.sub(r"\W+", "_", name) + tag)
     folder.mkdir()
     argv = CASES[name][0](folder)
     before = snapshot(folder)
