@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -352,6 +356,109 @@ CASES.update(
 )
 
 
+# Run-time cases: a finished run (trained once, copied into each case) with a damaged meta.json or a
+# damaged export, read by every command that uses a run.
+_TEMPLATE: list[Path] = []
+_TEMPLATE_LOCK = threading.Lock()
+
+
+def trained_run() -> Path:
+    """A tiny digits MLP run with an ONNX export, trained on first use (the cases run two at a time)."""
+    with _TEMPLATE_LOCK:
+        if not _TEMPLATE:
+            base = Path(tempfile.mkdtemp(prefix="tocha-bad-run-"))
+            for argv in (["train", "data=digits", "model=mlp", "out=run", *QUICK], ["export", "run"]):
+                done = subprocess.run([*TOCHA, *argv], cwd=base, capture_output=True, text=True, timeout=300)
+                assert done.returncode == 0, done.stderr
+            _TEMPLATE.append(base / "run")
+        return _TEMPLATE[0]
+
+
+def damaged_run(t: Path, meta) -> Path:
+    """A copy of the trained run whose meta.json holds `meta` (a JSON text, or a function of the real one)."""
+    shutil.copytree(trained_run(), t / "run", ignore=shutil.ignore_patterns(".tocha.lock", "export"))
+    path = t / "run" / "meta.json"
+    path.write_text(meta if isinstance(meta, str) else json.dumps(meta(json.loads(path.read_text()))))
+    Image.new("L", (8, 8), 100).save(t / "digit.png")
+    return t / "run"
+
+
+def damaged_onnx(t: Path, change) -> Path:
+    """A copy of the run's ONNX export whose tocha metadata is `change(metadata text)`."""
+    import onnx
+
+    proto = onnx.load(str(trained_run() / "export" / "model.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "tocha":
+            prop.value = change(prop.value)
+    onnx.save(proto, str(t / "model.onnx"))
+    Image.new("L", (8, 8), 100).save(t / "digit.png")
+    return t / "model.onnx"
+
+
+def three_classes(meta: dict) -> dict:
+    return {**meta, "classes": meta["classes"][:3]}
+
+
+def other_size(text: str) -> str:
+    return json.dumps({**json.loads(text), "image_size": 28})
+
+
+DAMAGED_META = {  # name -> (meta.json, what the message says is wrong)
+    "{}": ("{}", "it has no model description"),
+    "[]": ("[]", "it is not a JSON object"),
+    "a class list of the wrong length": (three_classes, "its class list does not match the model's output size"),
+}
+USERS = {  # command -> argv after the run folder
+    "eval": lambda run: ["eval", run],
+    "predict": lambda run: ["predict", run, "digit.png"],
+    "export": lambda run: ["export", run],
+    "compress": lambda run: ["compress", run],
+    "generate": lambda run: ["generate", run, "--prompt", "a"],
+    "distill": lambda run: ["distill", "--teacher", run, "data=digits", "model=mlp", "out=student", *QUICK],
+}
+for meta_name, (meta, problem) in DAMAGED_META.items():
+    for command, args in USERS.items():
+        if command == "generate" and callable(meta):
+            continue  # a classifier's meta.json, only its classes cut: generate rightly says it is no language model
+        CASES[f"{command} on meta.json {meta_name}"] = (
+            lambda t, m=meta, a=args: a(str(damaged_run(t, m).name)),
+            ["meta.json of run is damaged", problem, "re-export or retrain"],
+        )
+CASES.update(
+    {
+        "eval on meta.json that is not JSON": (
+            lambda t: ["eval", damaged_run(t, "{").name],
+            ["run/meta.json", "not valid JSON"],
+        ),
+        "predict on meta.json that is not JSON": (
+            lambda t: ["predict", damaged_run(t, "{").name, "digit.png"],
+            ["run/meta.json", "not valid JSON"],
+        ),
+        "predict on ONNX metadata that is not JSON": (
+            lambda t: ["predict", damaged_onnx(t, lambda text: "not json {").name, "digit.png"],
+            ["the tocha metadata of model.onnx is damaged", "not a JSON object", "re-export or retrain"],
+        ),
+        "predict on ONNX metadata naming the wrong image size": (
+            lambda t: ["predict", damaged_onnx(t, other_size).name, "digit.png"],
+            ["the tocha metadata of model.onnx is damaged", "image size 28", "8x8"],
+        ),
+        "export --out an existing folder with --overwrite": (
+            lambda t: (t / "d").mkdir() or ["export", damaged_run(t, lambda m: m).name, "--out", "d", "--overwrite"],
+            ["'d' is a folder", "--out"],
+        ),
+        "export --opset 12": (
+            lambda t: ["export", damaged_run(t, lambda m: m).name, "--opset", "12"],
+            ["opset 18", "--opset 12", "nothing was written"],
+        ),
+        "eval on a folder that is no run": (
+            lambda t: (t / "notrun").mkdir() or ["eval", "notrun"],
+            ["'notrun' is not a tocha run folder", "config.yaml is missing"],
+        ),
+    }
+)
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -360,14 +467,15 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-def run_case(name: str, base: Path) -> tuple[str, subprocess.CompletedProcess, dict, dict]:
-    folder = base / re.sub(r"\W+", "_", name)
+def run_case(name: str, base: Path) -> tuple[str, list, subprocess.CompletedProcess, dict, dict]:
+    tag = hashlib.sha256(name.encode()).hexdigest()[:6]  # "{}" and "[]" make the same folder name
+    folder = base / (re.sub(r"\W+", "_", name) + tag)
     folder.mkdir()
     argv = CASES[name][0](folder)
     before = snapshot(folder)
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run([*TOCHA, *argv], cwd=folder, capture_output=True, text=True, timeout=300, env=env)
-    return name, proc, before, snapshot(folder)
+    return name, argv, proc, before, snapshot(folder)
 
 
 @pytest.fixture(scope="module")
@@ -385,10 +493,11 @@ def outcomes(request, tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_clear_message(outcomes, name):
-    proc, before, after = outcomes[name]
+    argv, proc, before, after = outcomes[name]
     assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("tocha train: error:")]
+    command = next(a for a in argv if not a.startswith("-"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(f"tocha {command}: error:")]
     assert len(errors) == 1, proc.stderr
     for word in CASES[name][1]:
         assert word in proc.stderr, f"{word!r} not in:\n{proc.stderr}"

@@ -12,6 +12,7 @@ Nothing here imports torch: `tocha --help` and the refusals stay fast.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
@@ -90,8 +91,30 @@ def kind_of(path: Path) -> str | None:
 def mark(path: Path, kind: str) -> None:
     """Write the marker saying `path` is a tocha folder of `kind` (atomically: rename over)."""
     tmp = path / f"{MARKER}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"kind": kind, "written_by": "tocha"}) + "\n", encoding="utf-8")
-    os.replace(tmp, path / MARKER)
+    try:
+        tmp.write_text(json.dumps({"kind": kind, "written_by": "tocha"}) + "\n", encoding="utf-8")
+        os.replace(tmp, path / MARKER)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        fix = "free disk space there, or choose another output"
+        raise UserError(write_failure(exc, path / MARKER), fix=fix) from None
+
+
+def write_failure(exc: BaseException, file: Path) -> str:
+    """What a failed write says: 'no space left on MOUNT while writing FILE' for a full disk (or quota),
+    else 'cannot write FILE: reason'. MOUNT is where the file system is mounted ('/', '/scratch')."""
+    text = str(exc).lower()
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text or "quota" in text:
+        return f"no space left on {mount_point(file)} while writing {file}"
+    reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"cannot write {file}: {reason}"
+
+
+def mount_point(path: Path) -> str:
+    here = Path(os.path.abspath(path))
+    while not os.path.ismount(here) and here != here.parent:
+        here = here.parent
+    return str(here)
 
 
 def _listing(names: list[str], limit: int = 3) -> str:
@@ -315,7 +338,13 @@ def lock_run_dir(path: str | Path) -> RunLock:
                 fix="wait for that run to end (or stop it), or choose another out=PATH; "
                 "a killed run releases the folder at once",
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: not even the PID fits
+            os.close(fd)
+            raise UserError(
+                write_failure(exc, path / LOCK), where="config key out", fix="free disk space there, or choose out=PATH"
+            ) from None
     lock = _HELD[path.resolve()] = RunLock(path.resolve(), fd)
     return lock

@@ -44,14 +44,16 @@ def prepare_run_dir(out: str, *, overwrite: bool) -> Path:
     folders.prepare(
         path, "run", overwrite=overwrite, where="config key out", label="run folder", overwrite_flag="overwrite=true"
     )
+    probe = path / ".tocha-write-test"
     try:
         (path / "checkpoints").mkdir(exist_ok=True)
-        probe = path / ".tocha-write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
+        probe.unlink(missing_ok=True)
+        full = folders.write_failure(exc, probe)
         raise UserError(
-            f"cannot write the run folder '{out}': {exc.strerror or exc}",
+            full if full.startswith("no space left") else f"cannot write the run folder '{out}': {exc.strerror or exc}",
             where="config key out",
             fix="choose a writable location with out=PATH",
         ) from None
@@ -64,7 +66,21 @@ def prepare_run_dir(out: str, *, overwrite: bool) -> Path:
 def write_json(path: Path, data: Any) -> None:
     from tocha.engine.checkpoint import write_text_atomic
 
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    write_text_atomic(path, json_text(data))
+
+
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, default=_json_default) + "\n"
+
+
+def write_json_if_possible(path: Path, data: Any) -> str | None:
+    """Write `path` as write_json does; on a read-only folder, lost permission or a full disk return
+    why it was not written instead (a reader such as `tocha eval` still has its numbers to show)."""
+    try:
+        write_json(path, data)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _json_default(value: Any) -> Any:
@@ -84,6 +100,22 @@ def read_json(path: Path) -> Any:
         raise UserError(
             f"'{path}' is not valid JSON (line {exc.lineno}): the run folder is damaged", fix="re-run 'tocha train'"
         ) from None
+
+
+def read_meta(run_dir: Path) -> dict:
+    """RUN/meta.json, or one clear error when it is damaged: not an object, or without a model description
+    (every task writes one), so that no reader fails later with a KeyError or TypeError."""
+    meta = read_json(Path(run_dir) / META)
+    problem = None
+    if not isinstance(meta, dict):
+        problem = "it is not a JSON object"
+    elif not isinstance(meta.get("model"), dict) or not isinstance(meta["model"].get("name"), str):
+        problem = "it has no model description"
+    if problem:
+        raise UserError(
+            f"meta.json of {run_dir} is damaged: {problem}", fix="re-export or retrain the run (tocha train)"
+        )
+    return meta
 
 
 class MetricsLog:
@@ -139,9 +171,17 @@ class MetricsLog:
             self._write_csv()
 
     def close(self) -> None:
-        self.jsonl.close()
+        """Close the files; after a failed write (a full disk) that failure was already reported, and
+        flushing the same buffered record again must not replace that message with a traceback."""
+        try:
+            self.jsonl.close()
+        except OSError:
+            pass
         if self.tb is not None:
-            self.tb.close()
+            try:
+                self.tb.close()
+            except OSError:
+                pass
 
 
 def read_history(run_dir: Path) -> list[dict]:

@@ -156,7 +156,7 @@ def test_compressing_a_language_model_run_is_a_clear_error(tmp_path, capsys):
     run = tmp_path / "lm"
     run.mkdir()
     (run / "config.yaml").write_text("task: charlm\n")
-    (run / "meta.json").write_text('{"task": "charlm"}')
+    (run / "meta.json").write_text('{"task": "charlm", "model": {"name": "charlm"}}')  # as a real one: task and model
     assert cli(["compress", str(run)]) == 2
     err = capsys.readouterr().err
     assert "character language model" in err and "Traceback" not in err

@@ -150,7 +150,7 @@ def test_a_language_model_teacher_is_a_clear_error(tmp_path):
     run = tmp_path / "lm"
     run.mkdir()
     (run / "config.yaml").write_text("task: charlm\n")
-    (run / "meta.json").write_text('{"task": "charlm"}')
+    (run / "meta.json").write_text('{"task": "charlm", "model": {"name": "charlm"}}')  # as a real one: task and model
     proc = subprocess.run(
         [*TOCHA, "distill", "--teacher", str(run), "epochs=1"], capture_output=True, text=True, timeout=300
     )

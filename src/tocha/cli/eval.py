@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tocha.cli._common import DEVICE_HELP, device, positive_int
 
@@ -27,11 +28,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         args.run, split=args.split, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size
     )
     if args.json:
-        print(result.json_path.read_text(), end="")  # the file itself: what is printed is what was written
-        return 0
-    m = result.metrics
-    print(m.report_text())
-    print(f"{result.split} ({result.checkpoint} checkpoint): {m.headline(result.loss)}")
-    if result.json_path:
-        print(f"written: {result.json_path}")
+        print(result.json_text, end="")  # exactly what RUN/eval-SPLIT.json holds
+    else:
+        m = result.metrics
+        print(m.report_text())
+        print(f"{result.split} ({result.checkpoint} checkpoint): {m.headline(result.loss)}")
+        if result.json_path:
+            print(f"written: {result.json_path}")
+    if result.not_written:  # the numbers above are still right; only the file is missing
+        name = f"eval-{result.split}.json" if result.checkpoint == "best" else f"eval-{result.split}-last.json"
+        print(f"tocha eval: note: {name} was not written in {args.run}: {result.not_written}", file=sys.stderr)
     return 0

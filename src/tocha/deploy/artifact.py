@@ -39,7 +39,9 @@ def check_meta(meta, what: str, input_shape=None) -> dict:
     ):
         problem = f"it names image size {meta['image_size']} but the model takes {input_shape[2]}x{input_shape[3]}"
     if problem:
-        raise UserError(f"{what} is damaged: {problem}", fix="re-export the run (tocha export RUN) or retrain it")
+        raise UserError(
+            f"{what} is damaged: {problem}", fix="re-export or retrain the run (tocha export RUN, tocha train)"
+        )
     return meta
 
 

@@ -18,6 +18,7 @@ test accuracy; otherwise it is rejected, said so, and the better artifact stays 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import asdict, dataclass
 from html import escape
 from pathlib import Path
@@ -302,7 +303,7 @@ def compress_run(
         label="output folder",
         overwrite_flag="--overwrite",
     )
-    meta = rf.read_json(path / rf.META)
+    meta = rf.read_meta(path)
     x_bench = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"])
     data, artifacts = None, {}
 
@@ -324,7 +325,8 @@ def compress_run(
     steps = [measured("fp32", fp32.path, measure.run_macs(path), timed=True)]
     best, decisions = steps[0], []
 
-    def consider(step: Step) -> bool:
+    def consider(step: Step, final: Path | None = None) -> bool:
+        """Judge `step`; a file judged under a temporary name gets `final` (or its .rejected name) after."""
         nonlocal best
         # Decide on latencies timed side by side (alternating), not on two measurements minutes apart.
         before_ms, after_ms = measure.paired_latency(
@@ -334,10 +336,12 @@ def compress_run(
         keep, reason = judge(dataclasses.replace(best, p50_ms=before_ms), step, max_accuracy_drop)
         echo(reason)
         decisions.append(reason)
-        if not keep:
-            rejected = Path(step.path).with_name(Path(step.path).stem + ".rejected.onnx")
-            Path(step.path).rename(rejected)
-            step = dataclasses.replace(step, path=str(rejected))
+        named = final or Path(step.path)
+        if not keep or final is not None:
+            target = named if keep else named.with_name(named.stem + ".rejected.onnx")
+            Path(step.path).rename(target)
+            artifacts[str(target)] = artifacts.pop(step.path)
+            step = dataclasses.replace(step, path=str(target))
         steps.append(step)
         best = step if keep else best
         return keep
@@ -369,7 +373,9 @@ def compress_run(
                 load_split(path, "train").head(calibration_batches * 64)
             )
         name = f"{best.name}+{quantize}" if best.name != "fp32" else quantize
-        int8_path = folder / f"model-{name.replace('+', '-')}.onnx"
+        final = folder / f"model-{name.replace('+', '-')}.onnx"
+        # Quantized and judged under a temporary name: a killed compress leaves no unjudged model-*.onnx.
+        int8_path = folder / f".{final.stem}.tmp-{os.getpid()}.onnx"
         try:
             quantize_onnx(
                 Path(best.path),
@@ -380,13 +386,14 @@ def compress_run(
                 keep_edges=not quantize_edges,
             )
         except Exception as exc:  # an operator the quantizer does not support, ...
+            int8_path.unlink(missing_ok=True)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise UserError(
                 f"int8 quantization of {best.path} failed: {type(exc).__name__}: {first}",
                 where="tocha compress --quantize",
                 fix="keep the fp32 export, or try --quantize int8-dynamic / --calibration entropy",
             ) from None
-        consider(measured(name, int8_path, best.macs))
+        consider(measured(name, int8_path, best.macs), final)
 
     report = {
         "batch": batch,

@@ -104,7 +104,8 @@ def _onnx(model: nn.Module, x: torch.Tensor, path: Path, info: dict, opset: int,
 
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
     example = x[:2] if dynamic_batch else x[:1]
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its passes
+    # The exporter narrates its passes, and prints a failed opset conversion as a traceback.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         torch.onnx.export(
             model,
             (example,),
@@ -117,6 +118,14 @@ def _onnx(model: nn.Module, x: torch.Tensor, path: Path, info: dict, opset: int,
             external_data=False,
         )
     proto = onnx.load(str(path))
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # the exporter writes 18 or later and cannot always convert a model down
+        raise UserError(
+            f"the ONNX exporter wrote opset {written}, not the --opset {opset} asked for (it cannot convert "
+            "this model to that opset); nothing was written",
+            where="tocha export --opset",
+            fix="use --opset 18 (the default) or higher",
+        )
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info)
     onnx.save(proto, str(path))
@@ -236,15 +245,12 @@ def export_run(
             where="tocha export --out",
             fix="choose another --out",
         )
-    if not target.parent.is_dir():
-        if out:
-            raise UserError(
-                f"folder '{target.parent}' does not exist",
-                where="tocha export --out",
-                fix="create it first or choose another --out",
-            )
-        target.parent.mkdir(parents=True)
-        folders.mark(target.parent, "export")
+    if not target.parent.is_dir() and out:
+        raise UserError(
+            f"folder '{target.parent}' does not exist",
+            where="tocha export --out",
+            fix="create it first or choose another --out",
+        )
     loaded = load_run(path, "best", "cpu")
     model, meta = loaded.model.eval(), loaded.meta
     if not meta["image_size"]:
@@ -254,6 +260,10 @@ def export_run(
             fix="use torch.onnx.export on the model from tocha.load_run",
         )
     x = sample_inputs(path, meta, samples)
+    made = not target.parent.is_dir()
+    if made:  # RUN/export/, made only once the run is known to be exportable
+        target.parent.mkdir(parents=True)
+        folders.mark(target.parent, "export")
     from tocha.deploy.prune import count_macs
 
     info = metadata(meta, path, count_macs(model, x[:1]), precision)
@@ -264,6 +274,7 @@ def export_run(
         dtype = HALF[precision][0]
         model = copy.deepcopy(model).to(dtype) if fmt == "onnx" else _CastInput(copy.deepcopy(model), dtype)
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")  # keeps the extension
+    _remove_dead_temporaries(target)
     try:
         try:
             if fmt == "onnx":
@@ -297,8 +308,32 @@ def export_run(
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        if made and not target.exists():  # a failed export leaves no empty RUN/export/ behind
+            (target.parent / folders.MARKER).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()
     rf.write_json(sidecar, {"format": fmt, **asdict(parity)})
     return ExportResult(target, fmt, target.stat().st_size, parity)
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Temporary files of earlier exports to `target` whose process is gone (killed): they are junk.
+    One of a running export (its PID alive) stays; that process removes it itself."""
+    prefix = f".{target.stem}.tmp-"
+    for stale in target.parent.glob(f"{prefix}*{target.suffix}"):
+        pid = stale.name[len(prefix) : len(stale.name) - len(target.suffix)]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _is_parity_file(path: Path) -> bool:

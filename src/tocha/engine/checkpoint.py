@@ -66,7 +66,37 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
 
 def save_state(state: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch_save(state, tmp)
+
+
+class _Writer:
+    """A file for torch.save that remembers the OSError of a failed write: torch's zip writer turns it
+    into a RuntimeError saying only 'unexpected pos', which hides a full disk."""
+
+    def __init__(self, f) -> None:
+        self.f, self.failed = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def torch_save(obj, path: Path) -> None:
+    """torch.save to `path`; a failed write is raised as the OSError it was (ENOSPC, EDQUOT, EIO)."""
+    with open(path, "wb") as f:
+        writer = _Writer(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.failed is not None:
+                raise writer.failed from None
+            raise
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

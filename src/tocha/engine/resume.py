@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tocha.engine.checkpoint import _fsync_dir
+from tocha.engine.checkpoint import _fsync_dir, torch_save
 
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "state.pt", "manifest.json"
 PREFIX = "step-"
@@ -59,7 +59,7 @@ def write(folder: Path, step: int, model: nn.Module, state: dict, *, keep: int) 
     tmp.mkdir()
     try:
         save_model(model, str(tmp / WEIGHTS))
-        torch.save(state, tmp / STATE)
+        torch_save(state, tmp / STATE)
         files = {}
         for name in (WEIGHTS, STATE):
             _fsync(tmp / name)

@@ -229,21 +229,14 @@ class TrainingRun:
         self.write(lambda: rf.write_json(run_dir / rf.ENV, env), rf.ENV)
 
     def write(self, write, what: str) -> None:
-        """A write into the run folder; a full disk or lost permission becomes one clear error."""
-        run_dir = self.run_dir
+        """A write into the run folder (`what`: the file, relative to it); a full disk or lost
+        permission becomes one clear error naming the file and the newest complete checkpoint."""
         try:
             write()
         except Exception as exc:  # torch.save (RuntimeError) and safetensors (SafetensorError) wrap OSError
             if not isinstance(exc, OSError) and not _is_io_error(exc):
                 raise
-            newest = resume.all_checkpoints(run_dir / "checkpoints")
-            kept = f"the newest complete checkpoint is {newest[0]}" if newest else "no checkpoint was written yet"
-            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
-            raise UserError(
-                f"cannot write {what} in '{run_dir}': {reason}; {kept}",
-                where="run folder",
-                fix=f"free disk space or fix permissions, then continue with: tocha train --resume {run_dir}",
-            ) from None
+            raise write_error(exc, self.run_dir, what) from None
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -302,7 +295,7 @@ class TrainingRun:
                 cadence=Cadence(cfg.log_every, cfg.eval_every_steps, cfg.checkpoint.every_steps),
                 selection=Selection(cfg.monitor, resolved.mode, cfg.early_stop.patience, cfg.early_stop.min_delta),
                 hooks=Hooks(
-                    on_log=self.metrics_log.write if self.metrics_log else None,
+                    on_log=self.log_metrics if self.metrics_log else None,
                     on_eval_end=self.on_eval_end,
                     on_checkpoint=self.on_checkpoint if self.writes_run else None,
                 ),
@@ -326,6 +319,9 @@ class TrainingRun:
             if self.metrics_log:
                 self.metrics_log.close()
 
+    def log_metrics(self, record: dict) -> None:
+        self.write(lambda: self.metrics_log.write(record), rf.METRICS)
+
     def on_eval_end(self, record: dict, improved: bool) -> None:
         built, run_dir = self.built, self.run_dir
         if record.get("data_wait_share", 0) > DATA_WAIT_WARN and not self.slow_input_warned and self.dist.is_main:
@@ -337,7 +333,7 @@ class TrainingRun:
                 built.placement.hw.workers,
             )
         if self.metrics_log:
-            self.metrics_log.write(record)
+            self.log_metrics(record)
         if run_dir is None:
             if improved:
                 self.best_state = {k: v.detach().clone() for k, v in built.model.state_dict().items()}
@@ -346,11 +342,11 @@ class TrainingRun:
         for name, text in (after_eval(built, record) if after_eval else {}).items():
             self.write(lambda n=name, t=text: _append(run_dir / n, t), name)
         self.write(
-            lambda: save_weights(built.model, run_dir / rf.LAST_WEIGHTS, built.weights_metadata), "the last weights"
+            lambda: save_weights(built.model, run_dir / rf.LAST_WEIGHTS, built.weights_metadata), rf.LAST_WEIGHTS
         )
         if improved:
             self.write(
-                lambda: save_weights(built.model, run_dir / rf.BEST_WEIGHTS, built.weights_metadata), "the best weights"
+                lambda: save_weights(built.model, run_dir / rf.BEST_WEIGHTS, built.weights_metadata), rf.BEST_WEIGHTS
             )
 
     def on_checkpoint(self, state: LoopState) -> None:
@@ -367,7 +363,7 @@ class TrainingRun:
             lambda: resume.write(
                 self.run_dir / "checkpoints", state.step, self.built.model, full, keep=self.cfg.checkpoint.keep
             ),
-            "a checkpoint",
+            f"checkpoints/{resume.PREFIX}{state.step:08d}",
         )
 
     # ------------------------------------------------------------------ the end
@@ -482,6 +478,25 @@ def load_best(model: nn.Module, run_dir: Path | None, best_state: dict[str, torc
 def _append(path: Path, text: str) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(text)
+
+
+def write_error(exc: BaseException, run_dir: Path, what: str) -> UserError:
+    """The one message for a failed write into a run folder: which file, why, what is kept, how to go on."""
+    from tocha.folders import write_failure
+
+    newest = resume.all_checkpoints(run_dir / "checkpoints")
+    kept = f"the newest complete checkpoint is {newest[0]}" if newest else "no checkpoint was written yet"
+    then = (
+        f"continue with: tocha train --resume {run_dir}"
+        if newest
+        else "run the same command again with overwrite=true (or out=PATH on another disk)"
+    )
+    full = write_failure(exc, run_dir / what).startswith("no space left")
+    return UserError(
+        f"{write_failure(exc, run_dir / what)}; {kept}",
+        where="run folder",
+        fix=f"free disk space there, then {then}" if full else f"fix the folder's permissions or mount, then {then}",
+    )
 
 
 def _is_io_error(exc: BaseException) -> bool:

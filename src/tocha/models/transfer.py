@@ -56,7 +56,7 @@ def resolve_weights_path(path: str | Path) -> tuple[Path, dict | None]:
                 where="config key model.weights",
                 fix="train that run to its first evaluation first",
             )
-        return best, rf.read_json(path / rf.META)
+        return best, rf.read_json(path / rf.META)  # only its class names are used
     return path, None
 
 

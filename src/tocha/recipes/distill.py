@@ -171,7 +171,7 @@ def distill_run(
             allowed="0 (labels only) to 1 (teacher only)",
         )
     path = rf.check_run_dir(teacher_run)
-    if rf.read_json(path / rf.META).get("task", "classify") != "classify":
+    if rf.read_meta(path).get("task", "classify") != "classify":
         raise UserError(
             f"'{teacher_run}' is not an image classifier run; distillation teaches classifiers",
             where="tocha distill --teacher",

@@ -21,7 +21,7 @@ def read_lm_checkpoint(path: str | Path, checkpoint: str = "best") -> tuple[Path
     path = Path(path)
     if path.is_dir():
         rf.check_run_dir(path)
-        meta = rf.read_json(path / rf.META)
+        meta = rf.read_meta(path)
         if meta.get("task") != "charlm":
             raise UserError(
                 f"'{path}' is not a language-model run (it was trained with task={meta.get('task', 'classify')})",

@@ -29,7 +29,9 @@ class EvalResult:
     loss: float
     metrics: ClassificationMetrics
     checkpoint: str
-    json_path: Path | None
+    json_path: Path | None  # None when it was not written (write=False, or the folder is read-only)
+    json_text: str = ""  # what eval-SPLIT.json holds, or would hold
+    not_written: str | None = None  # why json_path could not be written (e.g. "Read-only file system")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     from tocha.models import ModelSpec, build_model
 
     path = rf.check_run_dir(run_dir)
-    meta = rf.read_json(path / rf.META)
+    meta = rf.read_meta(path)
     refuse_other_task(path, meta, "classify", "this command")
     check_meta(meta, f"meta.json of {path}")
     weights = path / (rf.BEST_WEIGHTS if checkpoint == "best" else rf.LAST_WEIGHTS)
@@ -101,13 +103,16 @@ def evaluate_run(
 
     path = rf.check_run_dir(run_dir)
     cfg = config.load(path / rf.CONFIG)
-    meta = rf.read_json(path / rf.META)
+    meta = rf.read_meta(path)
     task = task_of_meta(meta)
     if task != "classify":
         runner = getattr(create(task), "evaluate_run", None)
         if runner is None:
             refuse_other_task(path, meta, "classify", "tocha eval")
         return runner(path, split=split, checkpoint=checkpoint, device=device, batch_size=batch_size, write=write)
+    from tocha.deploy.artifact import check_meta
+
+    check_meta(meta, f"meta.json of {path}")  # before the data is read with its sizes and classes
     chosen = load_split(path, split)
     hw = plan(device, "auto", "auto", "auto", file_data=chosen.inputs is None)
     precision = inference_precision(cfg.precision, cfg.device, hw.device)
@@ -127,11 +132,17 @@ def evaluate_run(
     loss, metrics = evaluate_classifier(
         loaded.model, batches, classes=tuple(meta["classes"]), device=dev, precision=precision, top_k=top_k or cfg.top_k
     )
-    json_path = None
-    if write:
-        json_path = path / f"eval-{split}.json" if checkpoint == "best" else path / f"eval-{split}-{checkpoint}.json"
-        rf.write_json(json_path, {"split": split, "checkpoint": checkpoint, "loss": loss, **metrics.to_dict()})
-    return EvalResult(split, loss, metrics, checkpoint, json_path)
+    name = f"eval-{split}.json" if checkpoint == "best" else f"eval-{split}-{checkpoint}.json"
+    record = {"split": split, "checkpoint": checkpoint, "loss": loss, **metrics.to_dict()}
+    return eval_result(path / name, record, write, split=split, loss=loss, metrics=metrics, checkpoint=checkpoint)
+
+
+def eval_result(json_path: Path, record: dict, write: bool, **fields) -> EvalResult:
+    """The EvalResult, with RUN/eval-SPLIT.json written when asked and possible: a read-only run folder
+    still gives its metrics, and says the file was not written."""
+    not_written = rf.write_json_if_possible(json_path, record) if write else None
+    written = json_path if write and not_written is None else None
+    return EvalResult(**fields, json_path=written, json_text=rf.json_text(record), not_written=not_written)
 
 
 def load_split(run_dir: Path, split: str, *, missing_ok: bool = False):
@@ -140,7 +151,7 @@ def load_split(run_dir: Path, split: str, *, missing_ok: bool = False):
     from tocha.data import load_data
 
     cfg = config.load(run_dir / rf.CONFIG)
-    meta = rf.read_json(run_dir / rf.META)
+    meta = rf.read_meta(run_dir)
     data = load_data(
         cfg.data.name,
         root=cfg.data.root,
@@ -237,7 +248,7 @@ def predict_files(
     if Path(run_dir).is_dir() and (Path(run_dir) / rf.META).is_file():
         from tocha.tasks import create, task_of_meta
 
-        task = task_of_meta(rf.read_json(Path(run_dir) / rf.META))
+        task = task_of_meta(rf.read_meta(Path(run_dir)))
         own = getattr(create(task), "predict_files", None) if task != "classify" else None
         if own is not None:  # e.g. a regression run predicts the rows of CSV files
             return [Prediction(name, values) for name, values in own(Path(run_dir), files, checkpoint=checkpoint)]

@@ -201,8 +201,10 @@ def write_report(
         f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         f"<h1>{escape(title)}</h1>\n{body}</body>\n</html>\n"
     )
+    from tocha.engine.checkpoint import write_text_atomic
+
     out = run_dir / REPORT_NAME
-    out.write_text(page, encoding="utf-8")
+    write_text_atomic(out, page)  # a full disk never leaves half a page in place of the last one
     return out
 
 

@@ -204,7 +204,7 @@ class Task:
 
     # ---------------------------------------------------------------- a finished run
     def evaluate_run(self, path: Path, *, split: str, checkpoint: str, device: str, batch_size: int, write: bool):
-        from tocha.recipes.runs import EvalResult
+        from tocha.recipes.runs import eval_result
 
         model, meta = load_model(path, checkpoint, device)
         cfg_path = path / rf.CONFIG
@@ -222,18 +222,17 @@ class Task:
         true, pred = table.to_original(chosen.y), table.to_original(pred)
         metrics = regression_metrics(true.numpy(), pred.numpy())
         loss = float(((pred - true).double() ** 2).mean()) / table.target_std**2
-        json_path = None
-        if write:
-            json_path = path / f"eval-{split}.json"
-            rf.write_json(json_path, {"split": split, "checkpoint": checkpoint, **metrics.to_dict()})
-        return EvalResult(split, loss, metrics, checkpoint, json_path)
+        record = {"split": split, "checkpoint": checkpoint, **metrics.to_dict()}
+        return eval_result(
+            path / f"eval-{split}.json", record, write, split=split, loss=loss, metrics=metrics, checkpoint=checkpoint
+        )
 
     def predict_files(self, path: Path, files: list[str], *, checkpoint: str = "best"):
         """(row name, ((target, value),)) for every row of every CSV file."""
         out = []
         for file in files:
             lines, values = predict_rows(path, file, checkpoint=checkpoint)
-            target = rf.read_json(path / rf.META)["target"]
+            target = rf.read_meta(path)["target"]
             out += [(f"{file}:{line}", ((target, float(v)),)) for line, v in zip(lines, values)]
         return out
 
@@ -241,7 +240,7 @@ class Task:
 def load_model(path: Path, checkpoint: str, device: str) -> tuple[nn.Module, dict]:
     from tocha.engine.checkpoint import load_weights
 
-    meta = rf.read_json(path / rf.META)
+    meta = rf.read_meta(path)
     weights = path / (rf.BEST_WEIGHTS if checkpoint == "best" else rf.LAST_WEIGHTS)
     if not weights.is_file():
         raise UserError(f"run '{path}' has no {checkpoint} checkpoint ({weights.name})", fix="train it again")
