@@ -10,7 +10,7 @@ from torch import nn
 
 from tocha import runfolder as rf
 from tocha.errors import UserError
-from tocha.metrics.classification import ClassificationMetrics
+from tocha.tasks.base import EvalResult, eval_result  # noqa: F401 - EvalResult is part of this API
 
 PREDICT_BATCH = 256  # images decoded and run together by `tocha predict`
 
@@ -21,17 +21,6 @@ class LoadedRun:
     model: nn.Module
     meta: dict
     config_path: Path
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    split: str
-    loss: float
-    metrics: ClassificationMetrics
-    checkpoint: str
-    json_path: Path | None  # None when it was not written (write=False, or the folder is read-only)
-    json_text: str = ""  # what eval-SPLIT.json holds, or would hold
-    not_written: str | None = None  # why json_path could not be written (e.g. "Read-only file system")
 
 
 @dataclass(frozen=True)
@@ -135,14 +124,6 @@ def evaluate_run(
     name = f"eval-{split}.json" if checkpoint == "best" else f"eval-{split}-{checkpoint}.json"
     record = {"split": split, "checkpoint": checkpoint, "loss": loss, **metrics.to_dict()}
     return eval_result(path / name, record, write, split=split, loss=loss, metrics=metrics, checkpoint=checkpoint)
-
-
-def eval_result(json_path: Path, record: dict, write: bool, **fields) -> EvalResult:
-    """The EvalResult, with RUN/eval-SPLIT.json written when asked and possible: a read-only run folder
-    still gives its metrics, and says the file was not written."""
-    not_written = rf.write_json_if_possible(json_path, record) if write else None
-    written = json_path if write and not_written is None else None
-    return EvalResult(**fields, json_path=written, json_text=rf.json_text(record), not_written=not_written)
 
 
 def load_split(run_dir: Path, split: str, *, missing_ok: bool = False):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from torch import nn
+
+from tocha import runfolder as rf
 
 
 @dataclass
@@ -69,3 +72,22 @@ def final_scores(scored: Callable, built: Built) -> tuple[dict, dict]:
             fields[split] = {f"{split}.loss": loss, **metrics.flat(split)}
             values[split] = metrics
     return fields, values
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    split: str
+    loss: float
+    metrics: Any  # the task's metrics (ClassificationMetrics, RegressionMetrics)
+    checkpoint: str
+    json_path: Path | None  # None when it was not written (write=False, or the folder is read-only)
+    json_text: str = ""  # what eval-SPLIT.json holds, or would hold
+    not_written: str | None = None  # why json_path could not be written (e.g. "Read-only file system")
+
+
+def eval_result(json_path: Path, record: dict, write: bool, **fields) -> EvalResult:
+    """The EvalResult, with RUN/eval-SPLIT.json written when asked and possible: a read-only run folder
+    still gives its metrics, and says the file was not written."""
+    not_written = rf.write_json_if_possible(json_path, record) if write else None
+    written = json_path if write and not_written is None else None
+    return EvalResult(**fields, json_path=written, json_text=rf.json_text(record), not_written=not_written)

@@ -23,7 +23,7 @@ from tocha.errors import UserError
 from tocha.metrics.regression import RegressionMetrics, regression_metrics
 from tocha.models import ModelSpec, build_model, check_input_size
 from tocha.reports.plots import plot_regression
-from tocha.tasks.base import Built, Finished, final_scores
+from tocha.tasks.base import Built, Finished, eval_result, final_scores
 
 PLOT = "regression.png"
 
@@ -204,7 +204,6 @@ class Task:
 
     # ---------------------------------------------------------------- a finished run
     def evaluate_run(self, path: Path, *, split: str, checkpoint: str, device: str, batch_size: int, write: bool):
-        from tocha.recipes.runs import eval_result
 
         model, meta = load_model(path, checkpoint, device)
         cfg_path = path / rf.CONFIG
