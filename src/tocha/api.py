@@ -20,12 +20,6 @@ def _ensure_console_logging() -> None:
             logger.setLevel(logging.INFO)
 
 
-def in_notebook() -> bool:
-    """Running inside a Jupyter/IPython kernel (not a terminal IPython)."""
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
-
 def _unloaded(data: Any, role: str, options: dict) -> Any:
     """A DataLoader's dataset: tocha batches it itself, so that it can be held in memory, resumed exactly."""
     import torch
@@ -119,6 +113,8 @@ def fit(
     if isinstance(loss, str):  # a config name: auto, mse, huber
         values["loss"], loss = loss, None
     if verbose is None:
+        from tocha.engine.progress import in_notebook
+
         verbose = not in_notebook()
     train_data = _unloaded(train_data, "train", values)
     val_data, test_data = _unloaded(val_data, "val", values), _unloaded(test_data, "test", values)
