@@ -192,8 +192,11 @@ class TrainConfig:
         min=1,
     )
     grad_accum_steps: int = opt(1, "micro-batches accumulated per optimizer step", min=1)
-    optimizer: str = opt("adamw", "optimizer (adam: weight decay added to the gradient, as torch.optim.Adam)",
-                         choices=("adamw", "adam", "sgd"))
+    optimizer: str = opt(
+        "adamw",
+        "optimizer (adam: weight decay added to the gradient, as torch.optim.Adam)",
+        choices=("adamw", "adam", "sgd"),
+    )
     lr: float | str = opt(
         AUTO, "peak learning rate (auto: 3e-3 for adamw and adam, 0.1 for sgd)", min=0.0, min_open=True, auto=True
     )

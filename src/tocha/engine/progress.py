@@ -55,7 +55,9 @@ def short_postfix(record: dict, width: int) -> str:
     wanted = [f"{SHORT[k]} {record[k]:.4f}" for k in ("train.loss", "train.accuracy") if k in record]
     if speed is not None:
         wanted.append(_speed(speed))
-    wanted += [f"{SHORT[k]} {record[k]:.4f}" for k in ("val.accuracy", "val.bpc", "val.rmse", "val.loss") if k in record]
+    wanted += [
+        f"{SHORT[k]} {record[k]:.4f}" for k in ("val.accuracy", "val.bpc", "val.rmse", "val.loss") if k in record
+    ]
     kept: list[str] = []
     for part in wanted:  # in order of importance: the first that does not fit ends the list
         if len(", " + " ".join([*kept, part])) > width:

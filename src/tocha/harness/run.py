@@ -194,7 +194,9 @@ class TrainingRun:
                 allowed="task=classify, task=regress",
             )
         built.loss_fn = built.probe_loss = wrap(self.loss)
-        built.lines.append(f"loss       {getattr(self.loss, '__name__', type(self.loss).__name__)} (given to tocha.fit)")
+        built.lines.append(
+            f"loss       {getattr(self.loss, '__name__', type(self.loss).__name__)} (given to tocha.fit)"
+        )
 
     def open_run_folder(self, built: Built) -> tuple[str, resume.Loaded | None]:
         cfg = self.cfg
@@ -409,7 +411,9 @@ class TrainingRun:
             on_checkpoint=callbacks_module.chain(
                 own_checkpoint,
                 users.get("on_checkpoint", []),
-                lambda state: ({"step": state.step, "epoch": state.epoch, "batch": state.batch, "run_dir": self.run_dir},),
+                lambda state: (
+                    {"step": state.step, "epoch": state.epoch, "batch": state.batch, "run_dir": self.run_dir},
+                ),
             ),
         )
 
