@@ -103,7 +103,8 @@ def fit(
         tocha.fit(model, (x, y), callbacks={"on_eval_end": stop_when_good}, max_steps=500)
 
     ``verbose``: the hardware choices line by line (default: one summary line in a notebook).
-    ``max_steps=N`` and ``limit_val_batches=N`` cut a run short for a smoke test. Returns a :class:`tocha.recipes.classify.FitResult`; with ``task="charlm"``
+    ``max_steps=N`` and ``limit_val_batches=N`` cut a run short for a smoke test.
+    Returns a :class:`tocha.harness.run.FitResult`; with ``task="charlm"``
     (a character language model of ``data={"path": ...}``) a :class:`tocha.recipes.charlm.LMResult`.
     """
     from tocha import config as config_module

@@ -32,8 +32,8 @@ from tocha.engine.state import LoopState
 from tocha.engine.step import Stepper
 from tocha.errors import UserError
 from tocha.hardware import describe_environment
-from tocha.harness import placement as placing
 from tocha.harness import callbacks as callbacks_module
+from tocha.harness import placement as placing
 from tocha.harness import scale
 from tocha.harness.signals import Interrupted, StopSignals, training_guard
 from tocha.harness.tune import compile_model, peak_memory_mb, pick_threads

@@ -114,8 +114,9 @@ class Task:
         }
         loss = nn.HuberLoss() if cfg.loss == "huber" else nn.MSELoss()
         probe = table.train.x[: placement.batch_size].to(device), table.train.y[: placement.batch_size].to(device)
+        name = cfg.data.name if data is None else "in-memory data"
         lines = [
-            f"data       {cfg.data.name if data is None else 'in-memory data'}: {len(table.train)} train / {len(table.val) if table.val else 0} val / "
+            f"data       {name}: {len(table.train)} train / {len(table.val) if table.val else 0} val / "
             f"{len(table.test) if table.test else 0} test rows, {table.num_features} features, from "
             f"{table.source}"
         ]
