@@ -525,7 +525,7 @@ class TrainingRun:
                 self.run_dir,
                 title=title,
                 summary=summary,
-                config_text=dump_yaml(resolved),
+                config_text=applicable_yaml(resolved, self.dist.world_size),
                 history=list(result.history),
                 **kwargs,
             ),
@@ -541,6 +541,16 @@ def limit_batches(batches, n: int, dist: DistInfo):
         log.warning("limit_val_batches=%d is ignored on %d processes", n, dist.world_size)
         return batches
     return Limited(batches, n)
+
+
+def applicable_yaml(resolved: TrainConfig, world_size: int) -> str:
+    """The report's config: the keys that apply to this task and model (config.yaml keeps them all)."""
+    import yaml
+
+    from tocha.config import to_dict
+    from tocha.reports.config_table import applicable
+
+    return yaml.safe_dump(applicable(to_dict(resolved), world_size), sort_keys=False, default_flow_style=None)
 
 
 def find_resume_point(run_dir: Path) -> resume.Loaded | None:
