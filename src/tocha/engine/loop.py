@@ -310,7 +310,9 @@ class Driver:
             if (self.stop_reason or capped) and mid_epoch:
                 s.train_seconds = seconds_at_start + time.perf_counter() - clock - eval_seconds
                 if capped and not self.stop_reason:  # a smoke test still evaluates what it trained
-                    self.run_eval(epoch + next_batch / n_micro, train_seconds=round(s.train_seconds, 4))
+                    record = self.run_eval(epoch + next_batch / n_micro, train_seconds=round(s.train_seconds, 4))
+                    if self.progress:
+                        self.progress.end_epoch(epoch, record, time.perf_counter() - clock)
                 self.checkpoint()
                 return self.stop_message()
         return self.end_epoch(epoch, clock, eval_seconds, seen_at_start, seconds_at_start)

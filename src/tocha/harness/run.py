@@ -277,7 +277,12 @@ class TrainingRun:
         if loaded:
             position = loaded.state["position"]
             lines.append(f"resume     from {loaded.path} (epoch {position['epoch']}, step {position['step']})")
-            if position["epoch"] >= cfg.epochs:
+            if cfg.max_steps and position["step"] >= cfg.max_steps and position["epoch"] < cfg.epochs:
+                lines.append(
+                    f"resume     the run had reached max_steps={cfg.max_steps}: nothing to train; the best "
+                    "checkpoint is evaluated again and summary.json and report.html are rewritten"
+                )
+            elif position["epoch"] >= cfg.epochs:
                 lines.append(
                     f"resume     the run had finished all {cfg.epochs} epochs: nothing to train; the best "
                     "checkpoint is evaluated again and summary.json and report.html are rewritten"
