@@ -310,7 +310,7 @@ def test_metrics_jsonl_has_train_and_eval_records(digits):
 
 def test_report_references_plots(digits):
     html = (digits["run"] / "report.html").read_text()
-    assert 'src="curves.png"' in html
+    assert 'data-file="curves.png"' in html and 'src="data:image/png;base64,' in html  # self-contained
     assert "confusion_matrix.png" in html
     assert f">{digits['summary']['test']['test.accuracy']:.4f}<" in html
 

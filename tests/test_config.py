@@ -62,7 +62,7 @@ def test_wrong_type_names_key_value_and_type():
         ("batch_size=0", ">= 1"),
         ("data.val_fraction=1", "< 1.0"),
         ("precision=fp8", "auto, fp32, bf16, fp16"),
-        ("optimizer=adam", "did you mean 'adamw'?"),
+        ("optimizer=sgdm", "did you mean 'sgd'?"),
         ("data.augment=rotate", "crop, flip"),
         ("monitor=val.acuracy", "did you mean 'val.accuracy'?"),
     ],

@@ -81,7 +81,7 @@ def test_two_processes_train_once_and_only_rank_0_speaks(runs):
     assert out.stdout.count("best val.accuracy") == 1 and out.stdout.count("test accuracy") == 1
     assert "[rank 1]" not in out.stderr and out.stderr.count("run folder two") == 1
     assert "processes  2 (DistributedDataParallel, gloo backend" in out.stderr
-    assert "batch      64 global per forward pass = 2 process(es) x 32" in out.stderr
+    assert "batch      64 samples per optimizer step (2 processes x 32)" in out.stderr
     summary = json.loads((runs["two"] / "summary.json").read_text())
     assert (summary["world_size"], summary["batch_size_global"], summary["batch_size_per_process"]) == (2, 64, 32)
     assert summary["steps"] == json.loads((runs["one"] / "summary.json").read_text())["steps"] == 2 * 18

@@ -4,6 +4,7 @@ Public API (imported lazily so that `import tocha` and `tocha --help` stay fast)
 
     result = tocha.fit(model, (x, y), epochs=3, lr=0.1)      # -> FitResult
     report = tocha.evaluate(result.model, (x_test, y_test))    # -> EvalResult
+    preds = tocha.predict(result, x_new)                       # -> Predictions (.probabilities, .labels)
     run = tocha.load_run("runs/cnn")                           # model + metadata of a finished run
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from tocha._version import __version__
 
-__all__ = ["fit", "evaluate", "load_run", "UserError", "__version__"]
+__all__ = ["fit", "evaluate", "predict", "load_run", "StopTraining", "Callback", "UserError", "__version__"]
 
 from tocha.errors import UserError
 
@@ -21,6 +22,18 @@ def __getattr__(name: str):
         from tocha import api
 
         return getattr(api, name)
+    if name == "predict":
+        from tocha.recipes.predict import predict
+
+        return predict
+    if name == "StopTraining":
+        from tocha.engine.loop import StopTraining
+
+        return StopTraining
+    if name == "Callback":
+        from tocha.harness.callbacks import Callback
+
+        return Callback
     if name == "load_run":
         from tocha.recipes.runs import load_run
 

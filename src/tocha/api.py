@@ -20,6 +20,24 @@ def _ensure_console_logging() -> None:
             logger.setLevel(logging.INFO)
 
 
+def _unloaded(data: Any, role: str, options: dict) -> Any:
+    """A DataLoader's dataset: tocha batches it itself, so that it can be held in memory, resumed exactly."""
+    import torch
+
+    if not isinstance(data, torch.utils.data.DataLoader):
+        return data
+    if role == "train" and "batch_size" not in options and data.batch_size:
+        options["batch_size"] = data.batch_size
+    logging.getLogger("tocha").info(
+        "data       %s_data is a DataLoader: tocha uses its dataset (batch_size %s) and batches it itself, "
+        "held in memory when it fits, so that the order is seeded and a resume continues exactly; the "
+        "loader's sampler, collate_fn and workers are not used",
+        role,
+        data.batch_size,
+    )
+    return data.dataset
+
+
 def _as_splits(train_data: Any, val_data: Any, test_data: Any, *, val_fraction: float, seed: int, classes):
     """A DataSplits from (x, y) tensors or Datasets; None when `train_data` is a registered name."""
     from tocha.data.tensors import splits_from_dataset, splits_from_tensors
@@ -58,6 +76,9 @@ def fit(
     test_data: Any = None,
     classes: list[str] | None = None,
     config: str | Path | None = None,
+    loss: Any = None,
+    callbacks: Any = None,
+    verbose: bool | None = None,
     **options: Any,
 ):
     """Train `model`: an nn.Module, a registered model name, a dict of model options
@@ -70,11 +91,36 @@ def fit(
     character language model of ``data={"path": ...}``, regress: ``(x, y)`` float tensors or
     ``data={"name": "csv", ...}``). Returns a :class:`tocha.harness.run.FitResult`; its ``val`` and
     ``test`` hold the task's metrics, and task-specific values (a baseline, a sample) are attributes.
+    A ``torch.utils.data.DataLoader`` is accepted for any split: its
+    dataset is used (see the log line for why).
+
+    ``loss``: a callable ``loss(output, y) -> mean loss`` replacing the task's training loss
+    (classify: logits [B, K] and labels [B]; regress: predictions [B] and the standardised target
+    [B]), or a config name ("mse", "huber"). ``callbacks``: objects with any of ``on_log(record)``,
+    ``on_eval_end(record, improved)``, ``on_checkpoint(info)``, or a dict of those callables; raise
+    ``tocha.StopTraining("why")`` in one to stop cleanly (see tocha/harness/callbacks.py)::
+
+        def stop_when_good(record, improved):
+            if record["val.accuracy"] > 0.9:
+                raise tocha.StopTraining("val.accuracy above 0.9")
+
+        tocha.fit(model, (x, y), callbacks={"on_eval_end": stop_when_good}, max_steps=500)
+
+    ``verbose``: the hardware choices line by line (default: one summary line in a notebook).
+    ``max_steps=N`` and ``limit_val_batches=N`` cut a run short for a smoke test.
     """
     from tocha import config as config_module
 
     _ensure_console_logging()
     values = dict(options)
+    if isinstance(loss, str):  # a config name: auto, mse, huber
+        values["loss"], loss = loss, None
+    if verbose is None:
+        from tocha.engine.progress import in_notebook
+
+        verbose = not in_notebook()
+    train_data = _unloaded(train_data, "train", values)
+    val_data, test_data = _unloaded(val_data, "val", values), _unloaded(test_data, "test", values)
     if isinstance(model, dict):  # model options, e.g. {"name": "cnn", "width": 8}
         values["model"] = {**values.get("model", {}), **model} if isinstance(values.get("model"), dict) else model
         model = None
@@ -95,7 +141,7 @@ def fit(
         data = None if isinstance(train_data, str) else (train_data, val_data, test_data)
     from tocha.harness import train
 
-    result = train(cfg, model=model, data=data)
+    result = train(cfg, model=model, data=data, loss=loss, callbacks=callbacks, verbose=verbose)
     # What evaluate/predict need to prepare inputs as training did (normalisation, size), kept on the model.
     result.model.tocha_meta = result.meta
     return result

@@ -181,6 +181,10 @@ class TrainConfig:
         AUTO, "square input size in pixels (auto = the dataset's own)", min=1, max=MAX_IMAGE_SIZE, auto=True
     )
     epochs: int = opt(6, "passes over the training split", min=1)
+    max_steps: int = opt(
+        0, "stop after this many optimizer steps, the schedule sized to them (0 = all epochs; a smoke test)", min=0
+    )
+    limit_val_batches: int = opt(0, "evaluate on the first N validation batches only (0 = all)", min=0)
     batch_size: int = opt(
         128,
         "global batch: samples per forward pass over all processes together (each of N "
@@ -188,9 +192,13 @@ class TrainConfig:
         min=1,
     )
     grad_accum_steps: int = opt(1, "micro-batches accumulated per optimizer step", min=1)
-    optimizer: str = opt("adamw", "optimizer", choices=("adamw", "sgd"))
+    optimizer: str = opt(
+        "adamw",
+        "optimizer (adam: weight decay added to the gradient, as torch.optim.Adam)",
+        choices=("adamw", "adam", "sgd"),
+    )
     lr: float | str = opt(
-        AUTO, "peak learning rate (auto: 3e-3 for adamw, 0.1 for sgd)", min=0.0, min_open=True, auto=True
+        AUTO, "peak learning rate (auto: 3e-3 for adamw and adam, 0.1 for sgd)", min=0.0, min_open=True, auto=True
     )
     momentum: float = opt(0.0, "SGD momentum (0 = plain SGD, as in PyTorch)", min=0.0, max=1.0, max_open=True)
     nesterov: bool = opt(False, "SGD Nesterov momentum (needs momentum > 0)")
@@ -264,7 +272,7 @@ class TrainConfig:
     sample_chars: int = opt(300, "task=charlm: characters generated at each evaluation (samples.txt, report)", min=0)
 
 
-DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1}
+DEFAULT_LR = {"adamw": 3e-3, "adam": 3e-3, "sgd": 0.1}
 
 # Defaults that differ by task (the registry holds them); a key given in a file, an option or on the
 # command line wins.

@@ -35,6 +35,12 @@ class HardwarePlan:
         }
         return [f"{k:<11} {v!s:<8} {self.reasons[k]}" for k, v in values.items()]
 
+    def summary_line(self) -> str:
+        """The choices on one line (notebooks); a reason is kept only where it is a warning."""
+        line = f"hardware   {self.device}, {self.precision}, {self.threads} thread(s), {self.workers} worker(s)"
+        slow = self.reasons.get("precision", "")
+        return line + (f" - precision {slow}" if "slow" in slow else "")
+
 
 def usable_cpus() -> int:
     try:
@@ -69,6 +75,10 @@ def plan(
         prec, reasons["precision"] = precision, "set by the user"
         if precision == "fp16" and kind == "cpu":
             reasons["precision"] += " (fp16 on CPU is slow; bf16 is the usual CPU choice)"
+        if precision == "bf16" and kind == "cpu":
+            lacks = cpu_lacks_bf16()
+            if lacks:
+                reasons["precision"] += f" (slow here: {lacks}; bf16 is emulated, often ~4x slower than fp32)"
 
     cpus = usable_cpus()
     n_gpus = torch.cuda.device_count() if kind == "cuda" else 0
@@ -101,6 +111,26 @@ def plan(
     else:
         n_threads, reasons["threads"] = int(threads), "set by the user"
     return HardwarePlan(dev, prec, n_workers, pin, n_threads, reasons)
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # the x86 instructions that compute in bfloat16
+
+
+def cpu_lacks_bf16(cpuinfo: str | None = None) -> str:
+    """What this CPU lacks for fast bf16, or "" when it has it (or when it cannot be told: not Linux x86)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return ""
+    flags_line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    if flags_line is None:  # ARM says "Features"; its bf16 support is not judged here
+        return ""
+    flags = set(flags_line.partition(":")[2].split())
+    if flags & set(BF16_CPU_FLAGS):
+        return ""
+    return "the CPU has neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo"
 
 
 def _device(requested: str, torch) -> tuple[str, str]:

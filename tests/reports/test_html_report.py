@@ -24,7 +24,9 @@ class _Collector(HTMLParser):
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
         if tag == "img":
-            self.img_src.append(dict(attrs)["src"])
+            a = dict(attrs)  # an embedded image names the PNG it came from (it stays beside the page)
+            assert a["src"].startswith("data:image/png;base64,")
+            self.img_src.append(a["data-file"])
 
     def handle_data(self, data):
         self.text.append(data)
@@ -109,13 +111,14 @@ def test_full_report(tmp_path):
     assert f"{test_m.per_class[1].f1:.4f}" in text and f"{test_m.macro.precision:.4f}" in text
     assert "0.8125" in text and "val.accuracy" in text
     assert "test.f1_macro" in text and "test.test." not in text  # flat keys are not re-prefixed
-    assert "4321.0 samples/s" in text
+    assert "4,321.0 samples/s" in text  # thousands separators
 
     # Images are local files that exist; nothing points outside the run folder.
     assert sorted(parsed.img_src) == ["confusion_matrix.png", "curves.png"]
     for src in parsed.img_src:
         assert (out.parent / src).read_bytes()[:4] == b"\x89PNG"
-    assert not re.search(r"(https?:)?//", html.replace("<!DOCTYPE html>", ""))
+    local = re.sub(r'src="data:image/png;base64,[^"]*"', "", html.replace("<!DOCTYPE html>", ""))
+    assert not re.search(r"(https?:)?//", local)
     assert "script" not in parsed.tags
 
     # A task's own sections come verbatim, right after the summary (before the generic ones).

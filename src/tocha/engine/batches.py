@@ -7,6 +7,7 @@ normalisation and augmentation, batched on the device, for both.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -302,3 +303,19 @@ def make_batches(
         rank=rank,
         world_size=world_size,
     )
+
+
+class Limited:
+    """The first `n` batches of `batches` (limit_val_batches: a smoke test evaluates a little)."""
+
+    def __init__(self, batches, n: int) -> None:
+        self.batches, self.n = batches, n
+
+    def __len__(self) -> int:
+        return min(self.n, len(self.batches))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return itertools.islice(iter(self.batches), len(self))
+
+    def __getattr__(self, name: str):  # set_epoch, wait_seconds, ... of the wrapped batches
+        return getattr(self.batches, name)

@@ -67,6 +67,11 @@ class NonFiniteLoss(Exception):
         self.step, self.last_good = step, last_good
 
 
+class StopTraining(Exception):  # noqa: N818 - named for what a callback asks, like Keras' stop_training
+    """Raised by a hook (a user callback) to end the run cleanly: the driver finishes the hook's
+    step, writes a checkpoint and returns with the message as the reason it stopped."""
+
+
 class StopRequested(Exception):
     """A stop signal arrived; the loop finished its step and handed a checkpoint to `on_checkpoint`."""
 
@@ -111,11 +116,16 @@ class Driver:
         progress: Progress | None = None,
         dist: DistInfo = DistInfo(),
         stop_signal: Callable[[], int | None] | None = None,
+        max_steps: int = 0,
     ) -> None:
         self.stepper, self.train, self.state, self.epochs, self.device = stepper, train, state, epochs, device
         self.accum, self.evaluate, self.cadence, self.selection = grad_accum_steps, evaluate, cadence, selection
         self.hooks, self.progress, self.dist, self.stop_signal = hooks, progress, dist, stop_signal
         self.last_finite = state.step
+        self.max_steps = max_steps  # 0: no cap; otherwise the run ends (evaluated, checkpointed) at this step
+        self.stop_reason: str | None = None  # set when a hook raised StopTraining
+        # Per log interval (the train curve); the state's sums run until the next evaluation (its record).
+        self.interval = [0.0, 0.0, 0.0, 0.0]  # the totals at the last log read (host floats)
         # A checkpoint holds the running sums over all ranks: rank 0 carries them on, the others start at zero.
         if not dist.is_main:
             state.loss_sum, state.correct, state.seen, state.scored = (
@@ -136,8 +146,9 @@ class Driver:
         stacked = torch.cat([torch.stack([s.loss_sum.to(dtype), s.correct.to(dtype)]), counts])
         return all_reduce_sum(stacked, self.dist).tolist()
 
-    def read_running(self) -> dict:
-        loss_total, correct_total, count, scored_total = self.totals()  # the one host sync
+    def read_running(self, totals: list[float] | None = None) -> dict:
+        """The train metrics of `totals` (default: since the last evaluation)."""
+        loss_total, correct_total, count, scored_total = totals or self.totals()  # the one host sync
         if not math.isfinite(loss_total):
             raise NonFiniteLoss(self.state.step, self.last_finite)
         self.last_finite = self.state.step
@@ -145,6 +156,18 @@ class Driver:
         if self.stepper.correct_fn is not None:
             record["train.accuracy"] = correct_total / max(scored_total, 1.0)
         return {**record, "lr": self.stepper.optimizer.param_groups[0]["lr"]}
+
+    def mark_interval(self, totals: list[float] | None = None) -> None:
+        self.interval = totals if totals is not None else [0.0, 0.0, 0.0, 0.0]
+
+    def call(self, hook: Callable | None, *args) -> None:
+        """A hook; StopTraining from it is remembered and honoured at the end of the step."""
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except StopTraining as stop:
+            self.stop_reason = self.stop_reason or (str(stop) or "a callback raised StopTraining")
 
     def checkpoint_state(self) -> LoopState:
         """The state to write, with the running sums of all ranks; never the state of a diverged run."""
@@ -195,15 +218,15 @@ class Driver:
         if s.skipped_steps:
             record["skipped_steps"] = s.skipped_steps
         s.history.append(record)
-        if self.hooks.on_eval_end is not None:
-            self.hooks.on_eval_end(record, improved)
         s.loss_sum.zero_(), s.correct.zero_()
         s.seen = s.scored = 0
+        self.mark_interval()
+        self.call(self.hooks.on_eval_end, record, improved)
         return record
 
     def checkpoint(self) -> None:
         if self.hooks.on_checkpoint is not None:
-            self.hooks.on_checkpoint(self.checkpoint_state())
+            self.call(self.hooks.on_checkpoint, self.checkpoint_state())
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> LoopResult:
@@ -212,6 +235,8 @@ class Driver:
         self.stepper.model.train()
         stopped_early = None
         for epoch in range(s.epoch, self.epochs):
+            if self.max_steps and s.step >= self.max_steps:  # a resumed run that had reached its cap
+                break
             first = s.batch if epoch == s.epoch else 0
             s.epoch, s.batch = epoch, first
             stopped_early = self.run_epoch(epoch, first)
@@ -252,17 +277,20 @@ class Driver:
             # Every rank reads at the same steps: the read is a collective on several processes.
             if s.step % cad.log_every == 0 and (self.hooks.on_log or self.progress or self.dist.world_size > 1):
                 now = time.perf_counter()
+                totals = self.totals()  # the one host sync of this read
+                # The train curve: a true mean over this interval, the running sums minus the last read's.
+                interval = [now_total - then for now_total, then in zip(totals, self.interval)]
                 record = {
                     "kind": "train",
                     "step": s.step,
                     "epoch": round(epoch + next_batch / n_micro, 4),
-                    **self.read_running(),
+                    **self.read_running(interval),
                     "samples_per_second": (s.samples_total - log_seen) / (now - log_clock),
                 }
+                self.mark_interval(totals)
                 log_clock, log_seen = now, s.samples_total
                 s.history.append(record)
-                if self.hooks.on_log:
-                    self.hooks.on_log(record)
+                self.call(self.hooks.on_log, record)
                 if self.progress:
                     self.progress.log(record)
             if cad.eval_every_steps and s.step % cad.eval_every_steps == 0 and mid_epoch:
@@ -278,7 +306,21 @@ class Driver:
                 if self.progress:
                     self.progress.close()
                 raise StopRequested(signum, s.step)
+            capped = bool(self.max_steps) and s.step >= self.max_steps
+            if (self.stop_reason or capped) and mid_epoch:
+                s.train_seconds = seconds_at_start + time.perf_counter() - clock - eval_seconds
+                if capped and not self.stop_reason:  # a smoke test still evaluates what it trained
+                    record = self.run_eval(epoch + next_batch / n_micro, train_seconds=round(s.train_seconds, 4))
+                    if self.progress:
+                        self.progress.end_epoch(epoch, record, time.perf_counter() - clock)
+                self.checkpoint()
+                return self.stop_message()
         return self.end_epoch(epoch, clock, eval_seconds, seen_at_start, seconds_at_start)
+
+    def stop_message(self) -> str:
+        if self.stop_reason:
+            return f"stopped by a callback at step {self.state.step}: {self.stop_reason}"
+        return f"stopped at max_steps={self.max_steps}"
 
     def pending_signal(self) -> int | None:
         if self.stop_signal is None:
@@ -310,13 +352,17 @@ class Driver:
         if self.progress:
             self.progress.end_epoch(epoch, record, time.perf_counter() - clock)
         stopped = None
-        if sel.patience and s.stale_evals >= sel.patience and epoch + 1 < self.epochs:
+        if self.stop_reason or (self.max_steps and s.step >= self.max_steps):
+            stopped = self.stop_message()
+        elif sel.patience and s.stale_evals >= sel.patience and epoch + 1 < self.epochs:
             stopped = (
                 f"stopped after epoch {epoch + 1}: {sel.monitor} did not improve by more than "
                 f"{sel.min_delta:g} in {sel.patience} evaluation(s)"
             )
         s.epoch, s.batch = epoch + 1, 0
         self.checkpoint()
+        if stopped is None and self.stop_reason:  # raised by the checkpoint hook itself
+            stopped = self.stop_message()
         return stopped
 
 

@@ -53,6 +53,8 @@ def build_optimizer(
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, fused=fused)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    if name == "adam":  # L2 weight decay through the gradient, as users of torch.optim.Adam expect
+        return torch.optim.Adam(groups, lr=lr, fused=fused)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

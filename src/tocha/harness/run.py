@@ -32,6 +32,7 @@ from tocha.engine.state import LoopState
 from tocha.engine.step import Stepper
 from tocha.errors import UserError
 from tocha.hardware import describe_environment
+from tocha.harness import callbacks as callbacks_module
 from tocha.harness import placement as placing
 from tocha.harness import scale
 from tocha.harness.signals import Interrupted, StopSignals, training_guard
@@ -62,14 +63,41 @@ class FitResult:
         except KeyError:
             raise AttributeError(name) from None
 
+    def __repr__(self) -> str:
+        """A few readable lines (a notebook shows this), not the whole history."""
+        s = self.summary
+        lines = [f"FitResult(task={s.get('task')}, {s.get('steps', 0):,} steps, {s.get('wall_seconds', 0):.1f} s wall)"]
+        if self.best:
+            b = self.best
+            lines.append(f"  best {b['metric']} = {b['value']:.4f} at epoch {b['epoch']:g} (step {b['step']:,})")
+        for split in ("val", "test"):
+            scores = s.get(split)
+            if isinstance(scores, dict):
+                shown = [f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)][:4]
+                lines.append(f"  {split:<4} " + ", ".join(shown))
+        if s.get("early_stop"):
+            lines.append(f"  {s['early_stop']}")
+        lines.append(f"  run folder {self.run_dir}" if self.run_dir else "  no run folder (pass out=... to write one)")
+        return "\n".join(lines)
+
 
 def train(
-    cfg: TrainConfig, *, task=None, model: nn.Module | None = None, data=None, argv: list[str] | None = None
+    cfg: TrainConfig,
+    *,
+    task=None,
+    model: nn.Module | None = None,
+    data=None,
+    argv: list[str] | None = None,
+    loss=None,
+    callbacks=None,
+    verbose: bool = True,
 ) -> FitResult:
     """Train `cfg` with `task` (default: the registry's `cfg.task`); rank 0 writes the run folder.
 
     On one process, or as one rank of several under torchrun (the environment says which). `model`
     and `data` are handed-in objects (tocha.fit); `argv` marks a CLI run (a run folder is always written).
+    `loss(output, y)` replaces the task's training loss; `callbacks` see harness/callbacks.py;
+    `verbose=False` shortens the hardware lines to one.
     """
     dist = distributed.from_env()
     if dist.world_size > 1 and tasks.info(cfg.task).one_process:
@@ -77,12 +105,25 @@ def train(
     scale.check_settings(dist, batch_size=cfg.batch_size, device=cfg.device, on_nonfinite=cfg.on_nonfinite)
     task = task or tasks.create(cfg.task)
     cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.optimizer] if cfg.lr == AUTO else cfg.lr)
-    return scale.guarded(dist, cfg.dist.timeout_s, lambda: TrainingRun(cfg, task, dist, argv).run(model, data))
+    hooks = callbacks_module.collect(callbacks)
+    return scale.guarded(
+        dist, cfg.dist.timeout_s, lambda: TrainingRun(cfg, task, dist, argv, loss, hooks, verbose).run(model, data)
+    )
 
 
 class TrainingRun:
-    def __init__(self, cfg: TrainConfig, task, dist: DistInfo, argv: list[str] | None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        task,
+        dist: DistInfo,
+        argv: list[str] | None,
+        loss=None,
+        user_hooks: dict | None = None,
+        verbose: bool = True,
+    ) -> None:
         self.cfg, self.task, self.dist, self.argv = cfg, task, dist, argv
+        self.loss, self.user_hooks, self.verbose = loss, user_hooks or {}, verbose
         self.writes_run = cfg.out is not None or argv is not None
         self.run_dir: Path | None = None
         self.metrics_log: rf.MetricsLog | None = None
@@ -114,11 +155,14 @@ class TrainingRun:
             dist=dist,
         )
         built = self.task.build(cfg, placement, data=data, model=model)
+        self.custom_loss(built)
+        if cfg.limit_val_batches and "val" in built.batches:
+            built.batches["val"] = limit_batches(built.batches["val"], cfg.limit_val_batches, dist)
         steps_per_epoch = math.ceil(len(built.batches["train"]) / cfg.grad_accum_steps)
         # Checked with the real step count before the run folder exists: a run that cannot start leaves none.
         self.schedule_notes = check_schedule(
             cfg.scheduler,
-            cfg.epochs * steps_per_epoch,
+            self.total_steps(steps_per_epoch),
             round(cfg.warmup_epochs * steps_per_epoch),
             steps_per_epoch=steps_per_epoch,
             step_epochs=cfg.step_epochs,
@@ -132,6 +176,27 @@ class TrainingRun:
         if self.run_dir is not None:
             self.write_run_start(resolved, built)
         return self.fit(built, step_model, resolved, loaded, steps_per_epoch)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The optimizer steps that will run: max_steps cuts the run (and sizes the schedule) short."""
+        total = self.cfg.epochs * steps_per_epoch
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    def custom_loss(self, built: Built) -> None:
+        """tocha.fit(loss=callable): the training loss replaced; evaluation keeps the task's own metrics."""
+        if self.loss is None:
+            return
+        wrap = getattr(self.task, "wrap_loss", None)
+        if wrap is None:
+            raise UserError(
+                f"task={self.task.name} does not take a custom loss",
+                where="tocha.fit loss",
+                allowed="task=classify, task=regress",
+            )
+        built.loss_fn = built.probe_loss = wrap(self.loss)
+        built.lines.append(
+            f"loss       {getattr(self.loss, '__name__', type(self.loss).__name__)} (given to tocha.fit)"
+        )
 
     def open_run_folder(self, built: Built) -> tuple[str, resume.Loaded | None]:
         cfg = self.cfg
@@ -189,8 +254,11 @@ class TrainingRun:
     def log_start(self, built: Built, resolved: TrainConfig, speed_notes: list[str], loaded) -> None:
         placement, cfg = built.placement, self.cfg
         lines = [line for line in built.lines if not line.startswith("model ")]
-        lines += placement.hw.lines()
-        lines += [f"speed      {note}" for note in speed_notes]
+        hw_lines = placement.hw.lines() if self.verbose else [placement.hw.summary_line()]
+        if loaded:  # the resolved config.yaml is read back: its values were chosen here, not by the user
+            hw_lines = [line.replace("set by the user", "as the run was started (config.yaml)") for line in hw_lines]
+        lines += hw_lines
+        lines += [f"speed      {note}" for note in speed_notes] if self.verbose else []
         if self.dist.world_size > 1:
             lines.append(
                 f"processes  {self.dist.world_size} (DistributedDataParallel, {placement.backend} backend, "
@@ -202,10 +270,19 @@ class TrainingRun:
         lines += [line for line in built.lines if line.startswith("model ")]
         if self.run_dir is not None:
             lines.append(f"run folder {self.run_dir}")
+        if cfg.max_steps:
+            lines.append(f"max_steps  {cfg.max_steps}: the run stops there, the schedule sized to it")
+        if cfg.limit_val_batches:
+            lines.append(f"validate   on the first {cfg.limit_val_batches} batch(es) only (limit_val_batches)")
         if loaded:
             position = loaded.state["position"]
             lines.append(f"resume     from {loaded.path} (epoch {position['epoch']}, step {position['step']})")
-            if position["epoch"] >= cfg.epochs:
+            if cfg.max_steps and position["step"] >= cfg.max_steps and position["epoch"] < cfg.epochs:
+                lines.append(
+                    f"resume     the run had reached max_steps={cfg.max_steps}: nothing to train; the best "
+                    "checkpoint is evaluated again and summary.json and report.html are rewritten"
+                )
+            elif position["epoch"] >= cfg.epochs:
                 lines.append(
                     f"resume     the run had finished all {cfg.epochs} epochs: nothing to train; the best "
                     "checkpoint is evaluated again and summary.json and report.html are rewritten"
@@ -257,7 +334,7 @@ class TrainingRun:
         scheduler = build_scheduler(
             optimizer,
             cfg.scheduler,
-            total_steps=cfg.epochs * steps_per_epoch,
+            total_steps=self.total_steps(steps_per_epoch),
             steps_per_epoch=steps_per_epoch,
             warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
             step_epochs=cfg.step_epochs,
@@ -294,13 +371,10 @@ class TrainingRun:
                 evaluate=(lambda: self.task.evaluate(built, "val")) if "val" in built.batches else None,
                 cadence=Cadence(cfg.log_every, cfg.eval_every_steps, cfg.checkpoint.every_steps),
                 selection=Selection(cfg.monitor, resolved.mode, cfg.early_stop.patience, cfg.early_stop.min_delta),
-                hooks=Hooks(
-                    on_log=self.log_metrics if self.metrics_log else None,
-                    on_eval_end=self.on_eval_end,
-                    on_checkpoint=self.on_checkpoint if self.writes_run else None,
-                ),
+                hooks=self.hooks(),
+                max_steps=cfg.max_steps,
                 progress=Progress(
-                    epochs=cfg.epochs,
+                    epochs=min(cfg.epochs, math.ceil(self.total_steps(steps_per_epoch) / steps_per_epoch)),
                     steps_per_epoch=len(built.batches["train"]),
                     enabled=self.dist.is_main and cfg.log.progress,
                 ),
@@ -321,6 +395,28 @@ class TrainingRun:
 
     def log_metrics(self, record: dict) -> None:
         self.write(lambda: self.metrics_log.write(record), rf.METRICS)
+
+    def hooks(self) -> Hooks:
+        """The harness's own hooks, then the user's callbacks (tocha.fit callbacks=) at the same points."""
+        users = self.user_hooks
+        own_checkpoint = self.on_checkpoint if self.writes_run else None
+        return Hooks(
+            on_log=callbacks_module.chain(
+                self.log_metrics if self.metrics_log else None,
+                users.get("on_log", []),
+                lambda record: (dict(record),),
+            ),
+            on_eval_end=callbacks_module.chain(
+                self.on_eval_end, users.get("on_eval_end", []), lambda record, improved: (dict(record), improved)
+            ),
+            on_checkpoint=callbacks_module.chain(
+                own_checkpoint,
+                users.get("on_checkpoint", []),
+                lambda state: (
+                    {"step": state.step, "epoch": state.epoch, "batch": state.batch, "run_dir": self.run_dir},
+                ),
+            ),
+        )
 
     def on_eval_end(self, record: dict, improved: bool) -> None:
         built, run_dir = self.built, self.run_dir
@@ -430,12 +526,32 @@ class TrainingRun:
                 self.run_dir,
                 title=title,
                 summary=summary,
-                config_text=dump_yaml(resolved),
+                config_text=applicable_yaml(resolved, self.dist.world_size),
                 history=list(result.history),
                 **kwargs,
             ),
             rf.REPORT,
         )
+
+
+def limit_batches(batches, n: int, dist: DistInfo):
+    """The first `n` validation batches (limit_val_batches); on several processes all are kept."""
+    from tocha.engine.batches import Limited
+
+    if dist.world_size > 1:  # the gather of metrics counts the whole split's samples
+        log.warning("limit_val_batches=%d is ignored on %d processes", n, dist.world_size)
+        return batches
+    return Limited(batches, n)
+
+
+def applicable_yaml(resolved: TrainConfig, world_size: int) -> str:
+    """The report's config: the keys that apply to this task and model (config.yaml keeps them all)."""
+    import yaml
+
+    from tocha.config import to_dict
+    from tocha.reports.config_table import applicable
+
+    return yaml.safe_dump(applicable(to_dict(resolved), world_size), sort_keys=False, default_flow_style=None)
 
 
 def find_resume_point(run_dir: Path) -> resume.Loaded | None:

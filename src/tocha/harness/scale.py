@@ -92,11 +92,14 @@ def rank_device(hw: HardwarePlan, dist: DistInfo, threads_auto: bool) -> tuple[H
 def batch_rule(batch_size: int, grad_accum_steps: int, lr: float, world_size: int) -> str:
     """The one line that says what the batch size means here and how the learning rate relates to it."""
     per_step = batch_size * grad_accum_steps
+    parts = [f"{world_size} processes x {batch_size // world_size}"] if world_size > 1 else []
+    if grad_accum_steps > 1:
+        parts.append(f"{batch_size} per forward pass x {grad_accum_steps} accumulated")
+    how = f" ({'; '.join(parts)})" if parts else ""
+    # The rule stays, shorter: batch_size is global, and lr belongs to the samples of one optimizer step.
     return (
-        f"batch      {batch_size} global per forward pass = {world_size} process(es) x "
-        f"{batch_size // world_size}; x {grad_accum_steps} accumulation step(s) = {per_step} samples per "
-        f"optimizer step; lr {lr:g} is for that batch. batch_size is global, so changing the number of processes "
-        "changes neither; if you change batch_size, scale lr with it (linearly for SGD) as a starting point"
+        f"batch      {per_step} samples per optimizer step{how}, lr {lr:g} for that batch "
+        "(batch_size is global; scale lr with it)"
     )
 
 

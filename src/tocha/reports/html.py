@@ -6,6 +6,7 @@ Images are PNG files written next to it and referenced by relative name.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
@@ -46,8 +47,12 @@ def _fmt(value: Any, digits: int = 4) -> str:
     """Text for one value: floats rounded, everything else via str; always escaped."""
     if isinstance(value, bool) or value is None:
         return escape(str(value))
-    if isinstance(value, float):
-        return escape(f"{value:.{digits}f}" if math.isfinite(value) else str(value))
+    if isinstance(value, float):  # big numbers get thousands separators (12,345.6)
+        if not math.isfinite(value):
+            return escape(str(value))
+        return escape(f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.{digits}f}")
+    if isinstance(value, int):
+        return escape(f"{value:,}")
     return escape(str(value))
 
 
@@ -135,8 +140,26 @@ def _class_report_table(m: ClassificationMetrics, digits: int = 4) -> str:
     return table
 
 
-def _image(name: str, alt: str) -> str:
-    return f'<img src="{escape(name)}" alt="{escape(alt)}">'
+def _image(name: str, alt: str, run_dir: Path | None = None) -> str:
+    """The PNG embedded as a data URI, so that report.html is one self-contained file (the PNG stays beside it)."""
+    path = None if run_dir is None else run_dir / name
+    if path is None or not path.is_file():
+        return f'<img src="{escape(name)}" alt="{escape(alt)}">'
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="{escape(alt)}" data-file="{escape(name)}">'
+
+
+def _embed_pngs(html: str, run_dir: Path) -> str:
+    import re
+
+    def embed(match):
+        path = run_dir / match.group(1)
+        if "/" in match.group(1) or not path.is_file():
+            return match.group(0)
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'<img src="data:image/png;base64,{encoded}" data-file="{match.group(1)}"'
+
+    return re.sub(r'<img src="([^"]+\.png)"', embed, html)
 
 
 def write_report(
@@ -170,7 +193,7 @@ def write_report(
 
     if history:
         plot_curves(history, run_dir / CURVES_NAME)
-        curves = _image(CURVES_NAME, "training curves: loss and accuracy versus epoch")
+        curves = _image(CURVES_NAME, "training curves: loss, accuracy and learning rate", run_dir)
     else:
         curves = _NOT_AVAILABLE
     sections.append(("Training curves", curves))
@@ -183,12 +206,12 @@ def write_report(
         cm_html = (
             f"<p>{escape(split)} set, rows are true classes, columns predicted; "
             f"colour is the row-normalised rate, numbers are counts.</p>"
-            + _image(CONFUSION_NAME, f"{split} confusion matrix")
+            + _image(CONFUSION_NAME, f"{split} confusion matrix", run_dir)
         )
         sections.append(("Confusion matrix", cm_html))
         for split, metrics in (("Test", test_metrics), ("Validation", val_metrics)):
-            html_table = _class_report_table(metrics) if metrics is not None else _NOT_AVAILABLE
-            sections.append((f"{split} classification report", html_table))
+            if metrics is not None:  # a run without a test split shows no empty test section
+                sections.append((f"{split} classification report", _class_report_table(metrics)))
 
     sections.append(("All summary values", _key_value_table(_flatten(summary))))
     config_html = f"<pre>{escape(config_text)}</pre>" if config_text.strip() else _NOT_AVAILABLE
@@ -196,6 +219,7 @@ def write_report(
 
     # Extra sections arrive as HTML already; only their headings are escaped here.
     body = "".join(f"<h2>{escape(heading)}</h2>\n{content}\n" for heading, content in sections)
+    body = _embed_pngs(body, run_dir)  # a task's own plots too (regression.png ...)
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
@@ -218,11 +242,19 @@ def table_html(rows: Sequence[Mapping[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
 
 
-def upsert_section(run_dir: Path, section_id: str, title: str, inner_html: str) -> bool:
-    """Add (or replace) one `<section id=...>` of a run's report.html; False when the run has no report.
+def upsert_section(run_dir: Path, section_id: str, title: str, inner_html: str, *, dated: bool = True) -> bool:
+    """Add one `<section id=...>` to a run's report.html; False when the run has no report.
 
     Later commands (`tocha bench-model`, `tocha compress`) put their tables into the run's one page.
+    `dated`: every call adds its own section, titled with the time it ran (earlier ones stay);
+    otherwise a section of the same id is replaced.
     """
+    import datetime
+
+    if dated:
+        now = datetime.datetime.now().astimezone()
+        section_id = f"{section_id}-{now:%Y%m%d-%H%M%S-%f}"
+        title = f"{title} ({now:%Y-%m-%d %H:%M:%S})"
     import re
 
     from tocha.engine.checkpoint import write_text_atomic

@@ -45,8 +45,17 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
     train_recs = [r for r in history if r.get("kind") == "train"]
     eval_recs = [r for r in history if r.get("kind") == "eval"]
 
-    fig = Figure(figsize=(10, 4), dpi=_DPI, layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    fig = Figure(figsize=(14, 4), dpi=_DPI, layout="constrained")
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    # The learning rate at each log read and evaluation: the schedule as it ran.
+    x, y = _series(sorted(train_recs + eval_recs, key=lambda r: r.get("step", 0)), "lr")
+    if x:
+        ax_lr.plot(x, y, color="tab:green", linewidth=1.5, marker="o" if len(x) == 1 else None)
+    else:
+        ax_lr.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax_lr.transAxes, color="gray")
+    ax_lr.set_title("learning rate")
+    ax_lr.set_xlabel(_x_label(eval_recs or train_recs))
+    ax_lr.grid(True, alpha=0.3)
     panels = (
         (ax_loss, "loss", "train.loss", "val.loss"),
         (ax_acc, "accuracy", "train.accuracy", "val.accuracy"),

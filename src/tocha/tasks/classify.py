@@ -15,6 +15,7 @@ from tocha.data.types import DataSplits
 from tocha.engine.batches import DeviceTransform, make_batches
 from tocha.engine.evaluate import evaluate_classifier
 from tocha.engine.step import top1_correct
+from tocha.errors import UserError
 from tocha.harness import scale
 from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model, check_input_size
 from tocha.models.transfer import Freezing, load_pretrained
@@ -107,7 +108,8 @@ class Task:
             batches["train"] = freezing.wrap(batches["train"])
         self.top_k = cfg.top_k
         lr_backbone = freezing.backbone_lr(cfg.lr, cfg.lr_backbone)  # the harness resolved cfg.lr
-        lines = self.describe(cfg, data, residency.reason, spec, model, sync_note, weight_notes, freezing)
+        data_name = cfg.data.name if registered else "in-memory data"  # tensors, a Dataset: not the default name
+        lines = self.describe(data_name, data, residency.reason, spec, model, sync_note, weight_notes, freezing)
         meta = {
             "task": "classify",
             "model": spec.to_dict(),
@@ -144,7 +146,7 @@ class Task:
             generators={"augment": transform.generator},
             placement=placement,
             lr_of=freezing.lr_of(cfg.lr, lr_backbone),
-            run_name=(cfg.data.name, cfg.model.name),
+            run_name=(cfg.data.name if registered else "data", spec.name),
             probe_loss=nn.functional.cross_entropy,
         )
 
@@ -167,9 +169,9 @@ class Task:
         return model, spec, notes
 
     @staticmethod
-    def describe(cfg, data, residency_reason, spec, model, sync_note, weight_notes, freezing) -> list[str]:
+    def describe(data_name, data, residency_reason, spec, model, sync_note, weight_notes, freezing) -> list[str]:
         lines = [
-            f"data       {cfg.data.name}: {len(data.train)} train / {len(data.val) if data.val else 0} val / "
+            f"data       {data_name}: {len(data.train)} train / {len(data.val) if data.val else 0} val / "
             f"{len(data.test) if data.test else 'no'} test samples, {len(data.classes)} classes, from "
             f"{data.source}"
         ]
@@ -182,6 +184,12 @@ class Task:
         if freezing.active:
             lines.append(f"freeze     {freezing.describe()}")
         return lines
+
+    def wrap_loss(self, loss):
+        """tocha.fit(loss=...): `loss(logits, y)` as given (a mean over the batch)."""
+        if self.teacher is not None:
+            raise UserError("a custom loss cannot be combined with distillation", where="tocha.fit loss")
+        return loss
 
     # ---------------------------------------------------------------- score
     def scored(self, built: Built, split: str):

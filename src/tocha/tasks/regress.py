@@ -76,6 +76,10 @@ class Task:
             notes=[],
         )
 
+    def wrap_loss(self, loss):
+        """tocha.fit(loss=...): `loss(prediction [B], y [B])` on the standardised target."""
+        return squeezed(loss)
+
     def build(self, cfg, placement, *, data=None, model: nn.Module | None = None) -> Built:
         table = self.table = self.load(cfg, data)
         device = placement.device
@@ -110,8 +114,9 @@ class Task:
         }
         loss = nn.HuberLoss() if cfg.loss == "huber" else nn.MSELoss()
         probe = table.train.x[: placement.batch_size].to(device), table.train.y[: placement.batch_size].to(device)
+        name = cfg.data.name if data is None else "in-memory data"
         lines = [
-            f"data       {cfg.data.name}: {len(table.train)} train / {len(table.val) if table.val else 0} val / "
+            f"data       {name}: {len(table.train)} train / {len(table.val) if table.val else 0} val / "
             f"{len(table.test) if table.test else 0} test rows, {table.num_features} features, from "
             f"{table.source}"
         ]
