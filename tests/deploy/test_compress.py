@@ -182,3 +182,27 @@ def test_compressing_a_language_model_run_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "character language model" in err and "Traceback" not in err
     assert not (run / "compressed").exists()
+
+
+def test_goal_search_writes_every_candidate_and_the_chosen_model(run, tmp_path, capsys):
+    out = tmp_path / "g"
+    assert cli(["compress", str(run), "--goal", "speedup=50", "--max-drop", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "compress.json").read_text())
+    names = [c["name"] for c in report["candidates"]]
+    assert names[0] == "fp32" and {"int8-minmax", "int8-entropy", "int8-percentile", "int8-dynamic"} <= set(names)
+    assert not report["met"] and "goal speedup=50 missed" in report["why"] and report["why"] in printed
+    for c in report["candidates"][1:]:
+        assert c["fp32_ms"] > 0 and c["p50_ms"] > 0 and c["why"]
+        assert c["speedup"] == pytest.approx(c["fp32_ms"] / c["p50_ms"])
+    assert any(c["pareto"] for c in report["candidates"])
+    # The chosen artifact predicts what its row says.
+    chosen = next(c for c in report["candidates"] if c["name"] == report["chosen"])
+    model = measure.open_artifact(str(out / "model.onnx"))
+    assert measure.accuracy(model, measure.split_data(model.meta, "val")) == chosen["val_accuracy"]
+    assert 'id="compress"' in (run / "report.html").read_text()
+
+
+def test_a_latency_goal_fp32_already_meets_exits_2(run, tmp_path, capsys):
+    assert cli(["compress", str(run), "--goal", "latency_ms=100000", "--out", str(tmp_path / "g")]) == 2
+    assert "already met" in capsys.readouterr().err

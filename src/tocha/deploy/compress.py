@@ -259,6 +259,8 @@ def compress_run(
     batch: int = 64,
     quantize_edges: bool = False,
     overwrite: bool = False,
+    goal: str | None = None,
+    time_budget_s: float = 1200.0,
     echo=print,
 ) -> dict:
     from tocha import runfolder as rf
@@ -286,7 +288,12 @@ def compress_run(
             "recover its accuracy",
             where="tocha compress",
         )
-    if not prune and quantize == "none":
+    parsed_goal = None
+    if goal is not None:
+        from tocha.deploy.goals import parse_goal
+
+        parsed_goal = parse_goal(goal)
+    if not prune and quantize == "none" and parsed_goal is None:
         raise UserError(
             "nothing to do: no --prune and --quantize none",
             where="tocha compress",
@@ -311,6 +318,30 @@ def compress_run(
         label="output folder",
         overwrite_flag="--overwrite",
     )
+    if parsed_goal is not None:
+        from tocha.deploy.search import goal_compress
+
+        options = {
+            "method": prune_method,
+            "target": prune_target,
+            "scope": prune_scope,
+            "rounds": prune_steps,
+            "epochs": finetune_epochs,
+            "lr": finetune_lr,
+            "round_to": prune_round_to,
+        }
+        return goal_compress(
+            path,
+            folder,
+            goal=parsed_goal,
+            max_drop=max_accuracy_drop,
+            time_budget_s=time_budget_s,
+            batch=batch,
+            prune=prune,
+            prune_options=options,
+            calibration_batches=calibration_batches,
+            echo=echo,
+        )
     meta = rf.read_json(path / rf.META)
     x_bench = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"])
     data, artifacts = None, {}
