@@ -1,6 +1,6 @@
 """Distillation benchmark: the same small student trained alone and distilled from a teacher run.
 
-    python benchmarks/distill.py TEACHER_RUN [--student model=cnn model.width=4] [--epochs 3] [--seeds 0,1]
+    python benchmarks/distill.py TEACHER_RUN [--student model=cnn model.width=4] [--epochs 3] [--seeds 0,1,2]
 
 Both students get the same data (the teacher's), config, epochs and seed; the only difference is
 the loss (cross-entropy vs tocha's Hinton KD loss). Prints the test accuracy per seed and the mean
@@ -21,9 +21,9 @@ def main() -> None:
     parser.add_argument("teacher", help="teacher run folder")
     parser.add_argument("--student", nargs="*", default=["model=cnn", "model.width=4"])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--alpha", type=float, default=0.7)
+    parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 

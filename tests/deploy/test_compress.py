@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -63,22 +64,42 @@ def test_compress_prunes_fine_tunes_measures_and_reports(run, tmp_path):
     assert len(report["decisions"]) == 1 and report["kept"] in (fp32["path"], pruned["path"])
     # The fine-tuned, pruned model is a run folder like any other: it evaluates and exports.
     result = evaluate_run(tmp_path / "c" / "pruned", write=False)
-    assert abs(result.metrics.accuracy - pruned["accuracy"]) < 1e-9
+    assert abs(result.metrics.accuracy - pruned["test_accuracy"]) < 1e-9
     prune_info = json.loads((tmp_path / "c" / "pruned" / "prune.json").read_text())
     assert prune_info["macs_after"] == pruned["macs"]
     assert 'id="compress"' in (run / "report.html").read_text()
 
 
-@pytest.mark.parametrize("times, keep", [((1.0, 2.0), False), ((2.0, 1.0), True)])
-def test_a_step_that_is_slower_is_rejected_and_its_file_renamed(run, tmp_path, monkeypatch, times, keep):
+@pytest.mark.parametrize(
+    "times, decided, keep, words",
+    [((1.0, 2.0), True, False, "not faster"), ((2.0, 1.0), True, True, "kept"), ((2.0, 1.0), False, False, "noisy")],
+)
+def test_a_step_that_is_slower_is_rejected_and_its_file_renamed(
+    run, tmp_path, monkeypatch, times, decided, keep, words
+):
     """The decision uses the side-by-side timer; stubbed here so the outcome is known."""
-    monkeypatch.setattr(measure, "paired_latency", lambda *_a, **_k: times)
+    pairing = measure.Pairing(times[0], times[1], times[1], (times[0] / times[1],), decided, 1)
+    monkeypatch.setattr(measure, "paired", lambda *_a, **_k: pairing)
     report = compress_run(run, out=tmp_path / "c", quantize="int8-dynamic", max_accuracy_drop=100, echo=lambda *_: None)
     fp32, int8 = report["steps"]
-    assert int8["p50_ms"] == times[1]
+    # One timing, one verdict: both rows carry the numbers of the pairing the decision came from.
+    assert (fp32["p50_ms"], int8["p50_ms"], int8["vs_p50_ms"]) == (times[0], times[1], times[0])
     assert (report["kept"] == int8["path"]) is keep
     assert int8["path"].endswith(".rejected.onnx") is not keep
-    assert (tmp_path / "c" / "model-int8-dynamic.onnx").exists() is keep
+    assert words in report["decision"]
+
+
+def test_a_timing_whose_rounds_disagree_is_repeated_then_undecided():
+    calls = {"a": 0}
+
+    def jittery(x):  # alternately much faster and much slower than the steady one
+        calls["a"] += 1
+        time.sleep(0.004 if calls["a"] // 5 % 2 else 0.0005)
+
+    pairing = measure.paired(jittery, lambda x: time.sleep(0.002), None, rounds=4, calls=5, attempts=2)
+    assert not pairing.decided and pairing.attempts == 2
+    steady = measure.paired(lambda x: time.sleep(0.004), lambda x: time.sleep(0.001), None, rounds=4, calls=3)
+    assert steady.decided and steady.attempts == 1 and steady.speedup > 2
 
 
 def test_bench_model_rows_for_every_artifact_and_batch(run, tmp_path, capsys):
@@ -161,3 +182,27 @@ def test_compressing_a_language_model_run_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "character language model" in err and "Traceback" not in err
     assert not (run / "compressed").exists()
+
+
+def test_goal_search_writes_every_candidate_and_the_chosen_model(run, tmp_path, capsys):
+    out = tmp_path / "g"
+    assert cli(["compress", str(run), "--goal", "speedup=50", "--max-drop", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "compress.json").read_text())
+    names = [c["name"] for c in report["candidates"]]
+    assert names[0] == "fp32" and {"int8-minmax", "int8-entropy", "int8-percentile", "int8-dynamic"} <= set(names)
+    assert not report["met"] and "goal speedup=50 missed" in report["why"] and report["why"] in printed
+    for c in report["candidates"][1:]:
+        assert c["fp32_ms"] > 0 and c["p50_ms"] > 0 and c["why"]
+        assert c["speedup"] == pytest.approx(c["fp32_ms"] / c["p50_ms"])
+    assert any(c["pareto"] for c in report["candidates"])
+    # The chosen artifact predicts what its row says.
+    chosen = next(c for c in report["candidates"] if c["name"] == report["chosen"])
+    model = measure.open_artifact(str(out / "model.onnx"))
+    assert measure.accuracy(model, measure.split_data(model.meta, "val")) == chosen["val_accuracy"]
+    assert 'id="compress"' in (run / "report.html").read_text()
+
+
+def test_a_latency_goal_fp32_already_meets_exits_2(run, tmp_path, capsys):
+    assert cli(["compress", str(run), "--goal", "latency_ms=100000", "--out", str(tmp_path / "g")]) == 2
+    assert "already met" in capsys.readouterr().err

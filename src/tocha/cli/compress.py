@@ -28,6 +28,18 @@ examples:
   tocha compress runs/mlp --quantize int8-dynamic       # Linear-heavy models"""
 
 
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive duration such as 20m, 90s or 1h, got '{text}'")
+    return seconds
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "compress",
@@ -113,7 +125,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--max-accuracy-drop",
         type=in_range(0, 100, allowed="0 to 100 (percentage points)"),
         default=1.0,
-        help="percentage points of test accuracy a step may cost (default 1)",
+        help="percentage points of validation accuracy a step may cost (default 1; test is only reported)",
+    )
+    p.add_argument(
+        "--goal",
+        metavar="KEY=VALUE",
+        help="search instead of steps: speedup=X, latency_ms=X or size_mb=X at --batch; the fastest "
+        "candidate within --max-drop val points wins, OUT/model.onnx is it",
+    )
+    p.add_argument(
+        "--max-drop",
+        dest="max_accuracy_drop",
+        type=in_range(0, 100, allowed="0 to 100 (percentage points)"),
+        default=argparse.SUPPRESS,
+        help="the same as --max-accuracy-drop (points of validation accuracy)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=_duration,
+        default=1200.0,
+        metavar="TIME",
+        help="search budget, e.g. 20m, 90s (default 20m)",
     )
     p.add_argument("--batch", type=positive_int, default=64, help="batch size for the latency check (default 64)")
     p.add_argument("--out", help="output folder (default RUN/compressed)")
@@ -142,6 +174,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         batch=args.batch,
         quantize_edges=args.quantize_edges,
         overwrite=args.overwrite,
+        goal=args.goal,
+        time_budget_s=args.time_budget,
+        echo=lambda line: print(line, flush=True),
     )
+    if args.goal:
+        from tocha.deploy.search import table as search_table
+
+        print(search_table(report))
+        return 0
     print(table(report))
     return 0

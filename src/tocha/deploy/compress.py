@@ -12,7 +12,9 @@ The pipeline, each step against the best artifact so far, all on this machine's 
    Linear/LSTM-heavy models, needs no calibration).
 
 A step is kept only when it is faster and loses at most `max_accuracy_drop` percentage points of
-test accuracy; otherwise it is rejected, said so, and the better artifact stays the result.
+validation accuracy (test accuracy is reported, never used to decide); otherwise it is rejected, said
+so, and the better artifact stays the result. The verdict and the table beside it come from one
+side-by-side timing; a timing whose rounds disagree is repeated, then called too noisy to decide.
 """
 
 from __future__ import annotations
@@ -35,16 +37,28 @@ QUANTIZE = ("int8", "int8-dynamic", "none")
 class Step:
     name: str
     path: str
-    accuracy: float | None
-    p50_ms: float
+    accuracy: float | None  # validation accuracy: what decides
+    p50_ms: float  # from the side-by-side timing that decided on it
     megabytes: float
     params: int | None = None
     macs: int | None = None
+    test_accuracy: float | None = None  # reported, never used to decide
+    vs: str | None = None  # the artifact it was timed beside
+    vs_p50_ms: float | None = None  # that artifact's time in the same timing
+    p90_ms: float | None = None
 
 
-def judge(before: Step, after: Step, max_accuracy_drop: float) -> tuple[bool, str]:
-    """Whether `after` pays for itself against `before`, and why (percentage points for accuracy)."""
+def judge(before: Step, after: Step, max_accuracy_drop: float, decided: bool = True) -> tuple[bool, str]:
+    """Whether `after` pays for itself against `before`, and why (percentage points of validation accuracy).
+
+    `before.p50_ms` and `after.p50_ms` come from one side-by-side timing; `decided` False (its rounds
+    disagreed about which is faster, even when repeated) is never decided on."""
     speedup = before.p50_ms / after.p50_ms
+    if not decided:
+        return False, (
+            f"{after.name}: too noisy to decide ({speedup:.2f}x the speed of {before.name} overall, but the "
+            "timing rounds disagree): rejected"
+        )
     drop = (
         (before.accuracy - after.accuracy) * 100 if before.accuracy is not None and after.accuracy is not None else 0.0
     )
@@ -56,16 +70,6 @@ def judge(before: Step, after: Step, max_accuracy_drop: float) -> tuple[bool, st
         f"{after.name}: {speedup:.2f}x faster, {before.megabytes / after.megabytes:.1f}x smaller, "
         f"accuracy {-drop:+.2f} points: kept"
     )
-
-
-class _Calibration:
-    """ONNX Runtime's CalibrationDataReader protocol over normalised training batches."""
-
-    def __init__(self, x: torch.Tensor, input_name: str, batch: int) -> None:
-        self.batches = iter([{input_name: x[i : i + batch].numpy()} for i in range(0, len(x), batch)])
-
-    def get_next(self):
-        return next(self.batches, None)
 
 
 def edge_layers(model_path: Path) -> list[str]:
@@ -114,23 +118,28 @@ def quantize_onnx(
                 str(source), str(int8), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude
             )
         else:
-            methods = {
-                "minmax": CalibrationMethod.MinMax,
-                "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile,
-            }
-            input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
-            quantize_static(
-                str(source),
-                str(int8),
-                _Calibration(calibration, input_name, 64),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
-                nodes_to_exclude=exclude,
-            )
+            from tocha.deploy import calibrate
+
+            batches = [calibration[i : i + 64].numpy() for i in range(0, len(calibration), 64)]
+            cache = int8.with_name(int8.stem + ".calibration.json")
+            calibrate.write_cache(calibrate.ranges(calibrate.collect(source, batches), method), cache)
+            try:
+                # The ranges are tocha's (see deploy/calibrate.py): ONNX Runtime reads them from the cache
+                # and calibrates nothing itself; the MinMax label is the one the cache was written with.
+                quantize_static(
+                    str(source),
+                    str(int8),
+                    None,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=exclude,
+                    calibration_cache_path=str(cache),
+                )
+            finally:
+                cache.unlink(missing_ok=True)
     finally:
         prepared.unlink(missing_ok=True)
     # Quantization drops the model's metadata: put the class names and normalisation back.
@@ -251,6 +260,8 @@ def compress_run(
     batch: int = 64,
     quantize_edges: bool = False,
     overwrite: bool = False,
+    goal: str | None = None,
+    time_budget_s: float = 1200.0,
     echo=print,
 ) -> dict:
     from tocha import runfolder as rf
@@ -278,7 +289,12 @@ def compress_run(
             "recover its accuracy",
             where="tocha compress",
         )
-    if not prune and quantize == "none":
+    parsed_goal = None
+    if goal is not None:
+        from tocha.deploy.goals import parse_goal
+
+        parsed_goal = parse_goal(goal)
+    if not prune and quantize == "none" and parsed_goal is None:
         raise UserError(
             "nothing to do: no --prune and --quantize none",
             where="tocha compress",
@@ -303,18 +319,48 @@ def compress_run(
         label="output folder",
         overwrite_flag="--overwrite",
     )
+    if parsed_goal is not None:
+        from tocha.deploy.search import goal_compress
+
+        options = {
+            "method": prune_method,
+            "target": prune_target,
+            "scope": prune_scope,
+            "rounds": prune_steps,
+            "epochs": finetune_epochs,
+            "lr": finetune_lr,
+            "round_to": prune_round_to,
+        }
+        return goal_compress(
+            path,
+            folder,
+            goal=parsed_goal,
+            max_drop=max_accuracy_drop,
+            time_budget_s=time_budget_s,
+            batch=batch,
+            prune=prune,
+            prune_options=options,
+            calibration_batches=calibration_batches,
+            echo=echo,
+        )
     meta = rf.read_meta(path)
     x_bench = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"])
     data, artifacts = None, {}
 
-    def measured(name: str, file: Path, macs: int | None, timed: bool = False) -> Step:
+    def measured(name: str, file: Path, macs: int | None) -> Step:
         """Accuracy, size and counts of one file; its latency is timed beside the best so far in `consider`."""
         nonlocal data
         artifact = artifacts[str(file)] = measure.open_artifact(str(file))
-        data = data or measure.test_data(artifact.meta)
-        p50 = measure.latency(artifact.predict, x_bench, 30)[0] if timed else float("nan")
+        data = data or {split: measure.split_data(artifact.meta, split) for split in ("val", "test")}
         return Step(
-            name, str(file), measure.accuracy(artifact, data), p50, artifact.bytes / 2**20, artifact.params, macs
+            name,
+            str(file),
+            measure.accuracy(artifact, data["val"]),
+            float("nan"),
+            artifact.bytes / 2**20,
+            artifact.params,
+            macs,
+            measure.accuracy(artifact, data["test"]),
         )
 
     fp32 = export_run(path, "onnx", out=folder / "model-fp32.onnx")
@@ -322,18 +368,22 @@ def compress_run(
         f"fp32 ONNX: {fp32.path} (parity: max abs diff {fp32.parity.max_abs_diff:.1e}, "
         f"top-1 {fp32.parity.top1_agreement:.2%})"
     )
-    steps = [measured("fp32", fp32.path, measure.run_macs(path), timed=True)]
+    steps = [measured("fp32", fp32.path, measure.run_macs(path))]
     best, decisions = steps[0], []
 
     def consider(step: Step, final: Path | None = None) -> bool:
         """Judge `step`; a file judged under a temporary name gets `final` (or its .rejected name) after."""
         nonlocal best
-        # Decide on latencies timed side by side (alternating), not on two measurements minutes apart.
-        before_ms, after_ms = measure.paired_latency(
-            artifacts[best.path].predict, artifacts[step.path].predict, x_bench
+        # One timing, side by side (alternating rounds), gives both the verdict and the numbers in the table.
+        pairing = measure.paired(artifacts[best.path].predict, artifacts[step.path].predict, x_bench)
+        if steps[0] is best and steps[0].p50_ms != steps[0].p50_ms:  # the reference's first timing: its row
+            steps[0] = best = dataclasses.replace(best, p50_ms=pairing.a_ms, vs=step.name, vs_p50_ms=pairing.b_ms)
+        step = dataclasses.replace(
+            step, p50_ms=pairing.b_ms, p90_ms=pairing.b_p90_ms, vs=best.name, vs_p50_ms=pairing.a_ms
         )
-        step = dataclasses.replace(step, p50_ms=after_ms)
-        keep, reason = judge(dataclasses.replace(best, p50_ms=before_ms), step, max_accuracy_drop)
+        keep, reason = judge(
+            dataclasses.replace(best, p50_ms=pairing.a_ms), step, max_accuracy_drop, decided=pairing.decided
+        )
         echo(reason)
         decisions.append(reason)
         named = final or Path(step.path)
@@ -424,8 +474,10 @@ def compress_run(
     rows = [
         {
             "step": st.name,
-            "test accuracy": st.accuracy,
+            "val accuracy": st.accuracy,
+            "test accuracy": st.test_accuracy,
             f"p50 ms @{batch}": st.p50_ms,
+            "timed beside": f"{st.vs} ({st.vs_p50_ms:.3f} ms)" if st.vs else "-",
             "MB": st.megabytes,
             "params": st.params,
             "MACs": st.macs,
@@ -443,10 +495,19 @@ def compress_run(
 
 
 def table(report: dict) -> str:
-    lines = [f"{'step':<12} {'test acc':>9} {'p50 ms @' + str(report['batch']):>12} {'MB':>7} {'MACs':>12}  file"]
+    """The steps with the timing each verdict came from: p50 beside the artifact it was timed with."""
+    lines = [
+        f"{'step':<12} {'val acc':>8} {'test acc':>9} {'p50 ms @' + str(report['batch']):>12} "
+        f"{'beside':>18} {'MB':>7} {'MACs':>12}  file"
+    ]
     for s in report["steps"]:
-        acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.4f}"
+        val = "-" if s["accuracy"] is None else f"{s['accuracy']:.4f}"
+        test = "-" if s.get("test_accuracy") is None else f"{s['test_accuracy']:.4f}"
         macs = "-" if s.get("macs") is None else f"{s['macs']:,}"
-        lines.append(f"{s['name']:<12} {acc:>9} {s['p50_ms']:>12.3f} {s['megabytes']:>7.2f} {macs:>12}  {s['path']}")
+        beside = f"{s['vs']} {s['vs_p50_ms']:.3f}" if s.get("vs") else "-"
+        lines.append(
+            f"{s['name']:<12} {val:>8} {test:>9} {s['p50_ms']:>12.3f} {beside:>18} {s['megabytes']:>7.2f} "
+            f"{macs:>12}  {s['path']}"
+        )
     lines.append(f"result: {report['kept']}")
     return "\n".join(lines)

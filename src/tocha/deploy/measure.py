@@ -125,14 +125,21 @@ def run_macs(run_dir: Path) -> int:
 
 def test_data(meta: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The normalised test split of the run an artifact came from, when that run is still there."""
+    return split_data(meta, "test")
+
+
+def split_data(meta: dict, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A normalised split ("test" falls back to "val" when the run has none) of an artifact's run."""
     from tocha.engine.batches import DeviceTransform
     from tocha.recipes.runs import load_split
 
     run = Path(meta.get("run", ""))
     if not (run / "config.yaml").is_file():
         return None
-    split = load_split(run, "test", missing_ok=True) or load_split(run, "val")
-    return DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(split.head()), split.labels
+    data = load_split(run, split, missing_ok=True) or (load_split(run, "val") if split == "test" else None)
+    if data is None:
+        return None
+    return DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(data.head()), data.labels
 
 
 def accuracy(artifact: Artifact, data: tuple[torch.Tensor, torch.Tensor] | None, batch: int = 256) -> float | None:
@@ -168,16 +175,68 @@ def paired_latency(
 ) -> tuple[float, float]:
     """Median ms per call of `a` and `b`, timed in alternating rounds so that a change in the machine's
     load hits both alike: the fair way to decide which of two artifacts is faster on a busy machine."""
+    pairing = paired(a, b, x, rounds=rounds, calls=calls, attempts=1)
+    return pairing.a_ms, pairing.b_ms
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """One side-by-side timing: the numbers a verdict and the table beside it both come from."""
+
+    a_ms: float  # median over all rounds
+    b_ms: float
+    b_p90_ms: float
+    round_ratios: tuple[float, ...]  # a/b per round: > 1 means b is faster in that round
+    decided: bool  # the rounds agree on which is faster (or on "the same")
+    attempts: int
+
+    @property
+    def speedup(self) -> float:
+        return self.a_ms / self.b_ms
+
+
+def _agree(ratios: list[float], tie: float = 0.05) -> bool:
+    """At least 3 of 4 rounds on the same side of 1 (or all within `tie` of it): a decidable timing."""
+    faster = sum(r > 1 + tie for r in ratios)
+    slower = sum(r < 1 - tie for r in ratios)
+    return max(faster, slower) >= 0.75 * len(ratios) or faster + slower == 0
+
+
+def paired(
+    a: Callable[[torch.Tensor], np.ndarray],
+    b: Callable[[torch.Tensor], np.ndarray],
+    x: torch.Tensor,
+    rounds: int = 8,
+    calls: int = 5,
+    attempts: int = 3,
+) -> Pairing:
+    """`a` and `b` timed in alternating rounds; repeated (up to `attempts` times) while the rounds
+    disagree about which is faster, then reported as undecided rather than decided on."""
     for _ in range(WARMUP_CALLS):
         a(x), b(x)
-    times: tuple[list[float], list[float]] = ([], [])
-    for r in range(rounds):
-        for which, predict in ((0, a), (1, b)) if r % 2 == 0 else ((1, b), (0, a)):
-            for _ in range(calls):
-                t = time.perf_counter()
-                predict(x)
-                times[which].append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times[0]), statistics.median(times[1])
+    for attempt in range(1, attempts + 1):
+        times: tuple[list[float], list[float]] = ([], [])
+        ratios = []
+        for r in range(rounds):
+            this: tuple[list[float], list[float]] = ([], [])
+            for which, predict in ((0, a), (1, b)) if r % 2 == 0 else ((1, b), (0, a)):
+                for _ in range(calls):
+                    t = time.perf_counter()
+                    predict(x)
+                    this[which].append((time.perf_counter() - t) * 1e3)
+            ratios.append(statistics.median(this[0]) / statistics.median(this[1]))
+            times[0].extend(this[0]), times[1].extend(this[1])
+        if _agree(ratios) or attempt == attempts:
+            break
+    b_sorted = sorted(times[1])
+    return Pairing(
+        statistics.median(times[0]),
+        statistics.median(times[1]),
+        b_sorted[min(len(b_sorted) - 1, int(0.9 * len(b_sorted)))],
+        tuple(ratios),
+        _agree(ratios),
+        attempt,
+    )
 
 
 RUNTIMES = ("torch", "ort")

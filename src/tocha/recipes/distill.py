@@ -32,7 +32,7 @@ log = logging.getLogger("tocha")
 class Teacher:
     model: nn.Module
     temperature: float = 4.0
-    alpha: float = 0.7
+    alpha: float = 0.9  # on the soft loss, as the published recipes use it (Hinton et al.; T=4)
     cache: bool | str = "auto"  # precompute logits when the training batches allow it
     meta: dict | None = None  # the teacher run's meta.json: checked against the student's data
 
