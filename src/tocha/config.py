@@ -307,7 +307,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 256,
         "label_smoothing": 0.1,
         "model.bn_momentum": 0.2,
-        "ema": 0.99,
         "tta": "flip",
     },
     "best": {

@@ -61,14 +61,11 @@ def test_bn_momentum_reaches_every_batchnorm():
 
 
 def test_presets_are_defaults_overridable_key_by_key():
-    fast = config.load(overrides=["preset=fast"])
-    assert (fast.epochs, fast.tta, fast.ema) == (
-        config.PRESETS["fast"]["epochs"],
-        "flip",
-        config.PRESETS["fast"]["ema"],
-    )
-    mine = config.load(overrides=["preset=fast", "epochs=5", "tta=none"])
-    assert (mine.epochs, mine.tta, mine.ema) == (5, "none", fast.ema)
+    best = config.load(overrides=["preset=best"])
+    preset = config.PRESETS["best"]
+    assert (best.epochs, best.tta, best.ema) == (preset["epochs"], "flip", preset["ema"])
+    mine = config.load(overrides=["preset=best", "epochs=5", "tta=none"])
+    assert (mine.epochs, mine.tta, mine.ema, mine.model.width) == (5, "none", best.ema, preset["model.width"])
     assert config.load().preset == "none" and config.load().ema is None
     text = config.help_text()
     assert "preset=fast: epochs=" in text and "preset=best:" in text
