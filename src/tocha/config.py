@@ -94,6 +94,14 @@ class ModelConfig:
     layers: int = opt(2, "lstm/gru: stacked recurrent layers", min=1)
     tie_weights: bool = opt(False, "lstm/gru: the output layer reuses the embedding matrix")
     width: int = opt(16, "cnn channels of the first conv layer (then 2x, 2x)", min=1)
+    bn_momentum: float = opt(
+        0.1,
+        "cnn BatchNorm momentum: the weight of each batch in the running statistics used at evaluation "
+        "(PyTorch's default 0.1; larger follows the last weights faster in a short run)",
+        min=0.0,
+        max=1.0,
+        min_open=True,
+    )
     dropout: float | str = opt(
         AUTO,
         "dropout before the classifier (auto: 0.25 for cnn, 0 for mlp)",
@@ -218,6 +226,30 @@ class TrainConfig:
         choices=(AUTO, "mse", "huber"),
     )
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing", min=0.0, max=1.0, max_open=True)
+    ema: float | None = opt(
+        None,
+        "decay of an exponential moving average of the weights (e.g. 0.99; none = off): evaluation, "
+        "the best checkpoint and the final scores use the average; one extra update per step",
+        min=0.0,
+        max=1.0,
+        min_open=True,
+        max_open=True,
+    )
+    ema_start: int = opt(
+        0, "optimizer steps before the weight average starts (until then it copies the weights)", min=0
+    )
+    tta: str = opt(
+        "none",
+        "test-time augmentation at evaluation during training (val selection, the final val/test "
+        "scores): flip = logits averaged over the image and its mirror image; recorded in meta.json, "
+        "not applied by tocha eval, predict or export",
+        choices=("none", "flip"),
+    )
+    preset: str = opt(
+        "none",
+        "a recipe: a set of defaults (listed under PRESETS) that any key given overrides, key by key",
+        choices=("none", "fast", "best"),
+    )
     grad_clip: float | None = opt(None, "clip the gradient norm to this value (none = off)", min=0.0, min_open=True)
     precision: str = opt(
         AUTO, "numeric precision (auto: bf16 on CUDA with bf16, else fp32)", choices=(AUTO, "fp32", "bf16", "fp16")
@@ -273,6 +305,28 @@ class TrainConfig:
 
 
 DEFAULT_LR = {"adamw": 3e-3, "adam": 3e-3, "sgd": 0.1}
+
+# Recipes for classify on image data (issue 17; measured in BENCHMARKS.md). Applied like task
+# defaults: a key given in a file, an option or on the command line wins.
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "fast": {
+        "epochs": 2,
+        "batch_size": 256,
+        "label_smoothing": 0.1,
+        "model.bn_momentum": 0.2,
+        "tta": "flip",
+    },
+    "best": {
+        "epochs": 16,
+        "model.width": 24,
+        "label_smoothing": 0.1,
+        "data.augment": ["flip", "crop"],
+        "ema": 0.998,
+        "ema_start": 500,
+        "tta": "flip",
+    },
+}
 
 # Defaults that differ by task (the registry holds them); a key given in a file, an option or on the
 # command line wins.
@@ -383,6 +437,9 @@ def load(
             continue
         raw[SHORTHANDS.get(key.strip(), key.strip())] = (value.strip(), "command line")
     task = str(raw.get("task", ("classify", ""))[0]).strip()
+    preset = str(raw.get("preset", ("none", ""))[0]).strip()
+    for key, value in PRESETS.get(preset, {}).items():
+        raw.setdefault(key, (value, f"preset={preset}"))
     for key, value in TASK_DEFAULTS.get(task, {}).items():
         raw.setdefault(key, (value, f"task={task} default"))
     return _build(raw, errors)
@@ -794,6 +851,14 @@ def _cross_checks(cfg: TrainConfig) -> list[UserError]:
                 fix=f"use warmup_epochs below {cfg.epochs}, or more epochs",
             )
         )
+    if cfg.preset != "none" and cfg.task != "classify":
+        errors.append(
+            UserError(
+                f"preset={cfg.preset} is a recipe for task=classify, not task={cfg.task}",
+                where="config keys preset, task",
+                fix="drop preset=",
+            )
+        )
     if cfg.nesterov and cfg.optimizer == "sgd" and cfg.momentum == 0:
         errors.append(
             UserError(
@@ -834,8 +899,15 @@ def help_text() -> str:
         extra = f"  [{allowed}]" if allowed != spec.type_name else ""
         lines.append(f"  {spec.key:<24} {spec.type_name:<14} default {default}{extra}")
         lines.append(f"      {spec.help}")
+    lines.append("\nPRESETS (preset=NAME sets these when the key is not given):")
+    for name, preset in PRESETS.items():
+        if preset:
+            lines.append(f"  preset={name}: " + " ".join(_shown_pairs(preset)))
     lines.append("\nTASK DEFAULTS (used when the key is not given):")
     for task, defaults in TASK_DEFAULTS.items():
-        shown = (f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in defaults.items())
-        lines.append(f"  task={task}: " + " ".join(shown))
+        lines.append(f"  task={task}: " + " ".join(_shown_pairs(defaults)))
     return "\n".join(lines)
+
+
+def _shown_pairs(values: dict[str, Any]) -> list[str]:
+    return [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in values.items()]

@@ -42,10 +42,12 @@ class Stepper:
         precision: str = "fp32",
         grad_clip: float | None = None,
         skip_nonfinite: bool = False,
+        ema=None,
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.correct_fn = loss_fn, correct_fn
         self.grad_clip, self.skip_nonfinite = grad_clip, skip_nonfinite
+        self.ema = ema  # tocha.engine.ema.WeightEMA: the averaged copy that evaluation uses, or None
         amp_dtype = AMP_DTYPES[precision]
         self.autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         # Loss scaling only for fp16; disabled, the scaler passes everything through (nanoGPT's way).
@@ -88,6 +90,8 @@ class Stepper:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
         if self.scheduler is not None:
             self.scheduler.step()
         return samples

@@ -25,6 +25,7 @@ from tocha.config import AUTO, DEFAULT_LR, TrainConfig, dump_yaml
 from tocha.engine import distributed, resume
 from tocha.engine.checkpoint import load_weights, save_weights, write_text_atomic
 from tocha.engine.distributed import DistInfo
+from tocha.engine.ema import WeightEMA
 from tocha.engine.loop import Cadence, Driver, Hooks, LoopResult, Selection
 from tocha.engine.optim import build_optimizer, build_scheduler, check_schedule
 from tocha.engine.progress import Progress
@@ -342,9 +343,16 @@ class TrainingRun:
         )
         if run_dir is not None:
             self.metrics_log = rf.MetricsLog(run_dir, csv_enabled=cfg.log.csv, tensorboard=resolved.log.tensorboard)
+        # EMA (issue 17): the average is what evaluation scores and what the best checkpoint holds.
+        # On resume it starts again from the restored weights (the average is not in the checkpoint).
+        self.ema = WeightEMA(built.model, cfg.ema, cfg.ema_start) if cfg.ema is not None else None
+        self.scored = dataclasses.replace(built, model=self.ema.module) if self.ema else built
         state = LoopState()
         if loaded:
             state = LoopState.from_position(restore(loaded, built.model, optimizer, scheduler, built.generators))
+            if self.ema is not None:
+                self.ema = WeightEMA(built.model, cfg.ema, 0)
+                self.scored = dataclasses.replace(built, model=self.ema.module)
             if self.metrics_log:
                 self.metrics_log.restart(state.history)
         stepper = Stepper(
@@ -357,6 +365,7 @@ class TrainingRun:
             precision=placement.precision,
             grad_clip=cfg.grad_clip,
             skip_nonfinite=cfg.on_nonfinite == "skip",
+            ema=self.ema,
         )
         self.optimizer, self.scheduler, self.built = optimizer, scheduler, built
         signals = StopSignals(announce=self.dist.is_main) if self.writes_run else None
@@ -368,7 +377,7 @@ class TrainingRun:
                 epochs=cfg.epochs,
                 device=device,
                 grad_accum_steps=cfg.grad_accum_steps,
-                evaluate=(lambda: self.task.evaluate(built, "val")) if "val" in built.batches else None,
+                evaluate=(lambda: self.task.evaluate(self.scored, "val")) if "val" in built.batches else None,
                 cadence=Cadence(cfg.log_every, cfg.eval_every_steps, cfg.checkpoint.every_steps),
                 selection=Selection(cfg.monitor, resolved.mode, cfg.early_stop.patience, cfg.early_stop.min_delta),
                 hooks=self.hooks(),
@@ -419,7 +428,7 @@ class TrainingRun:
         )
 
     def on_eval_end(self, record: dict, improved: bool) -> None:
-        built, run_dir = self.built, self.run_dir
+        built, run_dir = self.scored, self.run_dir  # with EMA on, the averaged weights are saved
         if record.get("data_wait_share", 0) > DATA_WAIT_WARN and not self.slow_input_warned and self.dist.is_main:
             self.slow_input_warned = True
             log.warning(

@@ -19,9 +19,10 @@ def build_mlp(spec: ModelSpec) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _conv_block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
+def _conv_block(c_in: int, c_out: int, pool: bool, bn_momentum: float = 0.1) -> list[nn.Module]:
     # bias=False: the BatchNorm right after supplies the shift.
-    block = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    block = [conv, nn.BatchNorm2d(c_out, momentum=bn_momentum), nn.ReLU(inplace=True)]
     return block + [nn.MaxPool2d(2)] if pool else block
 
 
@@ -38,7 +39,7 @@ def build_cnn(spec: ModelSpec) -> nn.Module:
     layers: list[nn.Module] = []
     for c_in, c_out in [(spec.in_channels, w), (w, 2 * w), (2 * w, 2 * w)]:
         pool = size >= 2
-        layers += _conv_block(c_in, c_out, pool)
+        layers += _conv_block(c_in, c_out, pool, spec.bn_momentum)
         size = size // 2 if pool else size
     return nn.Sequential(
         *layers,

@@ -15,6 +15,7 @@ from tocha.data.types import DataSplits
 from tocha.engine.batches import DeviceTransform, make_batches
 from tocha.engine.evaluate import evaluate_classifier
 from tocha.engine.step import top1_correct
+from tocha.engine.tta import with_tta
 from tocha.errors import UserError
 from tocha.harness import scale
 from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model, check_input_size
@@ -33,6 +34,7 @@ class Task:
         self.meta_extra = meta_extra or {}
         self.data: DataSplits | None = None
         self.top_k = 5
+        self.tta = "none"
 
     # ---------------------------------------------------------------- build
     def load(self, cfg, data: DataSplits | None) -> tuple[DataSplits, bool]:
@@ -106,7 +108,7 @@ class Task:
             loss_fn, correct_fn = self.teacher.loss_fn(cfg.label_smoothing), self.teacher.correct_fn
         if freezing.active:  # transfer learning: frozen parameters are set as each epoch starts
             batches["train"] = freezing.wrap(batches["train"])
-        self.top_k = cfg.top_k
+        self.top_k, self.tta = cfg.top_k, cfg.tta
         lr_backbone = freezing.backbone_lr(cfg.lr, cfg.lr_backbone)  # the harness resolved cfg.lr
         data_name = cfg.data.name if registered else "in-memory data"  # tensors, a Dataset: not the default name
         lines = self.describe(data_name, data, residency.reason, spec, model, sync_note, weight_notes, freezing)
@@ -120,6 +122,7 @@ class Task:
             "image_size": data.image_size,
             # predict resizes a file as training did: PIL for image folders, torch for tensor data
             "resize": "pil" if registered and cfg.data.name == "imagefolder" else "torch",
+            "tta": cfg.tta,  # what the val/test scores of training used (eval/predict/export do not apply it)
             **self.meta_extra,
         }
         resolved = {
@@ -160,6 +163,7 @@ class Task:
             tuple(cfg.model.hidden),
             cfg.model.width,
             dropout,
+            cfg.model.bn_momentum,
         )
         if model is not None:
             check_input_size(model, spec)  # a model handed to tocha.fit: check it against the data too
@@ -196,7 +200,7 @@ class Task:
         dist = built.placement.dist
         n = len(getattr(self.data, split))
         return evaluate_classifier(
-            built.model,
+            with_tta(built.model, self.tta),
             built.batches[split],
             classes=self.data.classes,
             device=built.placement.device,
