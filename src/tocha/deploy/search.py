@@ -33,8 +33,8 @@ def goal_compress(
 ) -> dict:
     from tocha import runfolder as rf
     from tocha.deploy import measure
-    from tocha.deploy.compress import prune_and_finetune, quantize_onnx
     from tocha.deploy.export import export_run
+    from tocha.deploy.steps import prune_and_finetune, quantize_onnx
     from tocha.engine.batches import DeviceTransform
     from tocha.recipes.runs import load_split
 
