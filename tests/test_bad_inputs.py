@@ -234,7 +234,7 @@ CASES.update(
         "typo of a shorthand": (lambda t: ["train", "modle=mlp"], ["'modle'", "did you mean 'model' or 'mode'?"]),
         "swapped letters in a key": (lambda t: ["train", "epcohs=3"], ["'epcohs'", "did you mean 'epochs'?"]),
         "key without its section": (lambda t: ["train", "val_fraction=0.1"], ["did you mean 'data.val_fraction'?"]),
-        "swapped letters in a value": (lambda t: ["train", "optimizer=adwam"], ["optimizer", "did you mean 'adamw'?"]),
+        "swapped letters in a value": (lambda t: ["train", "optimizer=sdg"], ["optimizer", "did you mean 'sgd'?"]),
         "typo in a nested yaml key": (
             yaml_file("model:\n  nmae: mlp\n"),
             ["'model.nmae'", "did you mean 'model.name'?"],

@@ -42,5 +42,5 @@ def test_unknown_config_key_lists_both_close_keys():
 
 def test_transposed_value_is_suggested():
     with pytest.raises(UserError) as info:
-        config.load(overrides=["optimizer=adwam"])
-    assert "did you mean 'adamw'?" in str(info.value)
+        config.load(overrides=["optimizer=sdg"])
+    assert "did you mean 'sgd'?" in str(info.value)

@@ -125,7 +125,7 @@ class Driver:
         self.max_steps = max_steps  # 0: no cap; otherwise the run ends (evaluated, checkpointed) at this step
         self.stop_reason: str | None = None  # set when a hook raised StopTraining
         # Per log interval (the train curve); the state's sums run until the next evaluation (its record).
-        self.interval = [0.0, 0.0, 0.0, 0.0]  # the totals at the last log read (host floats)
+        # The totals at the last log read live in the state, so a resumed run continues the same interval.
         # A checkpoint holds the running sums over all ranks: rank 0 carries them on, the others start at zero.
         if not dist.is_main:
             state.loss_sum, state.correct, state.seen, state.scored = (
@@ -158,7 +158,7 @@ class Driver:
         return {**record, "lr": self.stepper.optimizer.param_groups[0]["lr"]}
 
     def mark_interval(self, totals: list[float] | None = None) -> None:
-        self.interval = totals if totals is not None else [0.0, 0.0, 0.0, 0.0]
+        self.state.interval = list(totals) if totals is not None else [0.0, 0.0, 0.0, 0.0]
 
     def call(self, hook: Callable | None, *args) -> None:
         """A hook; StopTraining from it is remembered and honoured at the end of the step."""
@@ -279,7 +279,7 @@ class Driver:
                 now = time.perf_counter()
                 totals = self.totals()  # the one host sync of this read
                 # The train curve: a true mean over this interval, the running sums minus the last read's.
-                interval = [now_total - then for now_total, then in zip(totals, self.interval)]
+                interval = [now_total - then for now_total, then in zip(totals, self.state.interval)]
                 record = {
                     "kind": "train",
                     "step": s.step,

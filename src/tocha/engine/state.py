@@ -30,6 +30,9 @@ class LoopState:
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
     seen: int = 0  # samples since the last evaluation (the loss is a mean per sample)
     scored: int = 0  # targets scored for accuracy (samples, or tokens for a language model)
+    # [loss sum, correct, samples, scored] over all ranks at the last log read: the train curve is the
+    # mean over each log interval, also across a resume.
+    interval: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
 
     def to_position(self) -> dict:
         """The checkpoint's `position`: plain values and CPU tensors (the format resume.FORMAT reads)."""
