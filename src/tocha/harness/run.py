@@ -560,7 +560,10 @@ def applicable_yaml(resolved: TrainConfig, world_size: int) -> str:
     from tocha.config import to_dict
     from tocha.reports.config_table import applicable
 
-    return yaml.safe_dump(applicable(to_dict(resolved), world_size), sort_keys=False, default_flow_style=None)
+    own = tasks.info(resolved.task)
+    others = frozenset().union(*(t.own_keys for t in tasks.TASKS.values() if t.name != own.name)) - own.own_keys
+    kept = applicable(to_dict(resolved), world_size, other_tasks_keys=others, data_keys=own.data_keys)
+    return yaml.safe_dump(kept, sort_keys=False, default_flow_style=None)
 
 
 def find_resume_point(run_dir: Path) -> resume.Loaded | None:

@@ -18,21 +18,22 @@ MODEL_KEYS = {
     "lstm": {"hidden", "layers", "dropout", "tie_weights"},
     "gru": {"hidden", "layers", "dropout", "tie_weights"},
 }
-DATA_KEYS = {
-    "classify": None,  # all of them
-    "regress": {"name", "path", "target", "val_fraction", "workers", "resident"},
-    "charlm": {"name", "path", "val_fraction", "workers"},
-}
 
 
-def applicable(config: dict[str, Any], world_size: int = 1) -> dict[str, Any]:
-    """A copy of `config` (config.to_dict) without the keys that do not apply to this run."""
+def applicable(
+    config: dict[str, Any],
+    world_size: int = 1,
+    *,
+    other_tasks_keys: frozenset[str] = frozenset(),
+    data_keys: frozenset[str] | None = None,
+) -> dict[str, Any]:
+    """A copy of `config` (config.to_dict) without the keys that do not apply to this run.
+
+    `other_tasks_keys`: keys that only other tasks read; `data_keys`: the data.* keys this task reads
+    (None: all). The task registry knows both; the harness passes them in.
+    """
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
-    task, drop = out.get("task"), set()
-    if task != "charlm":
-        drop |= {"seq_len", "tbptt", "sample_chars"}
-    if task != "classify":
-        drop |= {"label_smoothing", "top_k", "image_size", "lr_backbone", "unfreeze_at_epoch"}
+    drop = set(other_tasks_keys)
     if out.get("optimizer") != "sgd":
         drop |= {"momentum", "nesterov"}
     if out.get("scheduler") != "step":
@@ -54,9 +55,9 @@ def applicable(config: dict[str, Any], world_size: int = 1) -> dict[str, Any]:
         if keys is not None:
             for key in [k for k in model if k not in keys | {"name", "weights", "freeze"}]:
                 model.pop(key)
-    data, keys = out.get("data"), DATA_KEYS.get(str(task))
-    if isinstance(data, dict) and keys is not None:
-        for key in [k for k in data if k not in keys]:
+    data = out.get("data")
+    if isinstance(data, dict) and data_keys is not None:
+        for key in [k for k in data if k not in data_keys]:
             data.pop(key)
     if isinstance(data, dict) and data.get("name") != "imagefolder":
         data.pop("on_bad_file", None)

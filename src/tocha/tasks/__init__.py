@@ -25,6 +25,8 @@ class TaskInfo:
     one_process: bool = False  # refuses --nproc / torchrun
     infers: str = "predict"  # the command that uses its runs: predict or generate
     noun: str = "model"  # what a run of it is, for messages
+    own_keys: frozenset[str] = frozenset()  # config keys only this task reads (the report hides them elsewhere)
+    data_keys: frozenset[str] | None = None  # the data.* keys it reads (None: all)
 
 
 def _classify_metrics(cfg) -> tuple[str, ...]:
@@ -39,6 +41,7 @@ TASKS: dict[str, TaskInfo] = {
         "tocha.tasks.classify",
         _classify_metrics,
         noun="classifier",
+        own_keys=frozenset({"label_smoothing", "top_k", "image_size", "lr_backbone", "unfreeze_at_epoch"}),
     ),
     # Many small steps: one epoch of the fortunes text (2.3M characters) is 1,133 steps of 32 x 64 characters.
     # Two epochs are what meet the targets (bpc 22% under the 3-gram, 85% real words): BENCHMARKS.md.
@@ -68,6 +71,8 @@ TASKS: dict[str, TaskInfo] = {
         one_process=True,
         infers="generate",
         noun="character language model",
+        own_keys=frozenset({"seq_len", "tbptt", "sample_chars"}),
+        data_keys=frozenset({"name", "path", "val_fraction", "workers"}),
     ),
     "regress": TaskInfo(
         "regress",
@@ -90,6 +95,8 @@ TASKS: dict[str, TaskInfo] = {
         data=("csv",),
         one_process=True,
         noun="regression model",
+        own_keys=frozenset({"loss"}),
+        data_keys=frozenset({"name", "path", "target", "val_fraction", "workers", "resident"}),
     ),
 }
 
