@@ -186,11 +186,12 @@ def test_compressing_a_language_model_run_is_a_clear_error(tmp_path, capsys):
 
 def test_goal_search_writes_every_candidate_and_the_chosen_model(run, tmp_path, capsys):
     out = tmp_path / "g"
-    assert cli(["compress", str(run), "--goal", "speedup=50", "--max-drop", "2", "--out", str(out)]) == 0
+    args = ["compress", str(run), "--goal", "speedup=50", "--max-drop", "2", "--prune", "0", "--out", str(out)]
+    assert cli(args) == 0  # int8 only (--prune 0): the real timer, in fresh processes
     printed = capsys.readouterr().out
     report = json.loads((out / "compress.json").read_text())
     names = [c["name"] for c in report["candidates"]]
-    assert names[0] == "fp32" and {"int8-minmax", "int8-entropy", "int8-percentile", "int8-dynamic"} <= set(names)
+    assert names[0] == "fp32" and names[1:] == ["int8-minmax", "int8-percentile", "int8-dynamic"]
     assert not report["met"] and "goal speedup=50 missed" in report["why"] and report["why"] in printed
     for c in report["candidates"][1:]:
         assert c["fp32_ms"] > 0 and c["p50_ms"] > 0 and c["why"]

@@ -25,7 +25,8 @@ examples:
   tocha compress runs/cnn                              # int8 only
   tocha compress runs/cnn --prune 0.5 --finetune-epochs 2 --out runs/cnn-small
   tocha compress runs/cnn --prune 0.5 --quantize none   # prune + fine-tune only
-  tocha compress runs/mlp --quantize int8-dynamic       # Linear-heavy models"""
+  tocha compress runs/mlp --quantize int8-dynamic       # Linear-heavy models
+  tocha compress runs/cnn --goal speedup=1.8 --max-drop 1 --batch 64 --out runs/cnn-fast   # search"""
 
 
 def _duration(text: str) -> float:
@@ -57,9 +58,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             high_open=True,
             allowed="a fraction between 0 and 1, e.g. 0.5 to remove half the MACs (0 = no pruning)",
         ),
-        default=0.0,
+        default=None,
         metavar="RATIO",
-        help="remove this share of the MACs (or --prune-target params) by pruning, e.g. 0.5 (default 0: no pruning)",
+        help="remove this share of the MACs (or --prune-target params) by pruning, e.g. 0.5 (default: no "
+        "pruning; with --goal, the search finds the ratio by bisection on measured latency; 0 = none)",
     )
     p.add_argument(
         "--prune-method",

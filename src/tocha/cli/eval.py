@@ -9,8 +9,12 @@ from tocha.cli._common import DEVICE_HELP, device, positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="evaluate a run's best checkpoint on the test split")
-    p.add_argument("run", help="run folder written by 'tocha train'")
+    p = subparsers.add_parser("eval", help="evaluate a run's best checkpoint (or a model file) on the test split")
+    p.add_argument(
+        "run",
+        help="run folder written by 'tocha train', or a .onnx/.pt2 file from 'tocha export' / 'tocha compress' "
+        "(evaluated on its run's split; metrics go to FILE.eval-SPLIT.json)",
+    )
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split to evaluate (default test)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
     p.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)

@@ -77,7 +77,7 @@ def compress_run(
     run_dir: str | Path,
     *,
     out: str | Path | None = None,
-    prune: float = 0.0,
+    prune: float | None = None,
     prune_method: str = "channels",
     prune_target: str = "macs",
     prune_scope: str = "uniform",
@@ -111,11 +111,13 @@ def compress_run(
             where="tocha compress --calibration",
             allowed=", ".join(CALIBRATION),
         )
+    if goal is None:
+        prune = prune or 0.0  # step by step: no pruning unless asked; a goal search finds a ratio itself
     if prune:
         from tocha.deploy.prune import check_options
 
         check_options(prune, prune_method, prune_target, prune_scope)
-    if prune and finetune_epochs < 1:
+    if (prune or prune is None) and finetune_epochs < 1:
         raise UserError(
             "--finetune-epochs must be at least 1 with --prune: a pruned model needs fine-tuning to "
             "recover its accuracy",

@@ -132,6 +132,14 @@ def _onnx(model: nn.Module, x: torch.Tensor, path: Path, info: dict, opset: int,
     return onnx_predictor(path)[0]
 
 
+def probe_onnx(model: nn.Module, meta: dict, run_dir: Path, path: Path, macs: int | None = None) -> Path:
+    """An fp32 ONNX of a model object (e.g. pruned, not yet fine-tuned) with the run's metadata, for timing
+    and size only: no parity check, no overwrite rules (the caller owns `path`)."""
+    x = sample_inputs(run_dir, meta, 2)
+    _onnx(model.eval(), x, path, metadata(meta, run_dir, macs), 18, True)
+    return path
+
+
 def _pt2(model: nn.Module, x: torch.Tensor, path: Path, info: dict, dynamic_batch: bool):
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
     program = torch.export.export(model, (x[:2] if dynamic_batch else x[:1],), dynamic_shapes=shapes)

@@ -11,7 +11,7 @@ or Ctrl-C stops it with every finished candidate kept.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 
 from tocha.errors import UserError, did_you_mean
@@ -75,6 +75,7 @@ class Candidate:
     path: str | None = None
     kept: bool = False
     why: str = ""
+    note: str = ""  # how it was made (ranges, layers kept fp32, pruning ratio, ...)
 
     @property
     def speedup(self) -> float:
@@ -94,24 +95,42 @@ class SearchResult:
 def search(
     goal: Goal,
     reference: Candidate,
-    builders: list[tuple[str, Callable[[], Candidate]]],
+    builders: Iterable[tuple[str, Callable[[], Candidate]]],
     *,
     max_drop: float,
     time_budget_s: float,
     echo=print,
     clock=time.monotonic,
+    on_start=lambda name: None,
 ) -> SearchResult:
-    """Build and judge each candidate in turn; the fastest within `max_drop` points of validation accuracy wins."""
+    """Build and judge each candidate in turn; the fastest within `max_drop` points of validation accuracy wins.
+
+    `builders` may be a generator that reads the verdicts so far (each candidate is judged before
+    the next one is asked for). A time budget spent, or Ctrl-C (SIGINT, also while a fine-tune
+    runs), stops the search with every finished candidate kept."""
+    from tocha.harness.signals import Interrupted
+
     result = SearchResult(str(goal), [reference])
     start = clock()
-    for name, build in builders:
+    planned = len(builders) if isinstance(builders, Sized) else None
+    upcoming = iter(builders)
+    while True:
+        try:
+            name, build = next(upcoming)  # a generator may measure here what comes next (pruning probes)
+        except StopIteration:
+            break
+        except (KeyboardInterrupt, Interrupted):
+            result.stopped = "interrupted"
+            echo("interrupted: stopping with what is finished")
+            break
         if clock() - start > time_budget_s:
             result.stopped = "time budget"
             echo(f"time budget ({time_budget_s:g} s) spent before {name}: stopping with what is finished")
             break
+        on_start(name)
         try:
             c = build()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted):
             result.stopped = "interrupted"
             echo(f"interrupted during {name}: stopping with what is finished")
             break
@@ -123,7 +142,7 @@ def search(
         if not c.why:  # a builder may have rejected it already (e.g. "too noisy to decide")
             if drop > max_drop:
                 c.why = f"costs {drop:.2f} val accuracy points (allowed {max_drop:g})"
-            elif c.speedup <= 1.0:
+            elif c.speedup <= 1.0 and goal.key != "size_mb":  # a size goal asks for nothing about speed
                 c.why = f"not faster ({c.speedup:.2f}x)"
             else:
                 c.kept, c.why = True, "within the accuracy budget"
@@ -153,7 +172,8 @@ def search(
             f"({pick.speedup:.2f}x, {pick.p50_ms:.3f} ms, {pick.megabytes:.2f} MB)"
         )
     if result.stopped:
-        result.why += f" (stopped: {result.stopped}, {len(result.candidates) - 1} of {len(builders)} candidates tried)"
+        of = f" of {planned}" if planned is not None else ""
+        result.why += f" (stopped: {result.stopped}, {len(result.candidates) - 1}{of} candidates tried)"
     return result
 
 

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tocha.deploy.timing import WARMUP_CALLS, Pairing, paired  # noqa: F401 - the side-by-side timing
 from tocha.errors import UserError
-
-WARMUP_CALLS = 5
 
 
 @dataclass(frozen=True)
@@ -177,66 +176,6 @@ def paired_latency(
     load hits both alike: the fair way to decide which of two artifacts is faster on a busy machine."""
     pairing = paired(a, b, x, rounds=rounds, calls=calls, attempts=1)
     return pairing.a_ms, pairing.b_ms
-
-
-@dataclass(frozen=True)
-class Pairing:
-    """One side-by-side timing: the numbers a verdict and the table beside it both come from."""
-
-    a_ms: float  # median over all rounds
-    b_ms: float
-    b_p90_ms: float
-    round_ratios: tuple[float, ...]  # a/b per round: > 1 means b is faster in that round
-    decided: bool  # the rounds agree on which is faster (or on "the same")
-    attempts: int
-
-    @property
-    def speedup(self) -> float:
-        return self.a_ms / self.b_ms
-
-
-def _agree(ratios: list[float], tie: float = 0.05) -> bool:
-    """At least 3 of 4 rounds on the same side of 1 (or all within `tie` of it): a decidable timing."""
-    faster = sum(r > 1 + tie for r in ratios)
-    slower = sum(r < 1 - tie for r in ratios)
-    return max(faster, slower) >= 0.75 * len(ratios) or faster + slower == 0
-
-
-def paired(
-    a: Callable[[torch.Tensor], np.ndarray],
-    b: Callable[[torch.Tensor], np.ndarray],
-    x: torch.Tensor,
-    rounds: int = 8,
-    calls: int = 5,
-    attempts: int = 3,
-) -> Pairing:
-    """`a` and `b` timed in alternating rounds; repeated (up to `attempts` times) while the rounds
-    disagree about which is faster, then reported as undecided rather than decided on."""
-    for _ in range(WARMUP_CALLS):
-        a(x), b(x)
-    for attempt in range(1, attempts + 1):
-        times: tuple[list[float], list[float]] = ([], [])
-        ratios = []
-        for r in range(rounds):
-            this: tuple[list[float], list[float]] = ([], [])
-            for which, predict in ((0, a), (1, b)) if r % 2 == 0 else ((1, b), (0, a)):
-                for _ in range(calls):
-                    t = time.perf_counter()
-                    predict(x)
-                    this[which].append((time.perf_counter() - t) * 1e3)
-            ratios.append(statistics.median(this[0]) / statistics.median(this[1]))
-            times[0].extend(this[0]), times[1].extend(this[1])
-        if _agree(ratios) or attempt == attempts:
-            break
-    b_sorted = sorted(times[1])
-    return Pairing(
-        statistics.median(times[0]),
-        statistics.median(times[1]),
-        b_sorted[min(len(b_sorted) - 1, int(0.9 * len(b_sorted)))],
-        tuple(ratios),
-        _agree(ratios),
-        attempt,
-    )
 
 
 RUNTIMES = ("torch", "ort")

@@ -1,76 +1,121 @@
-"""`tocha compress RUN --goal ...`: build the candidates, time each beside fp32, and pick by the goal.
+"""`tocha compress RUN --goal ...`: search prune x distil x int8 for the fastest artifact within the budget.
 
-Candidates, all on this machine's ONNX Runtime: static int8 with each calibration method
-(minmax, entropy, percentile; first and last layer fp32), static int8 of every layer, int8-dynamic,
-and with `--prune R` the pruned, fine-tuned model and its int8. The choice and the table come from
-`goals.search`; this file only makes the artifacts and writes OUT/.
+Every candidate is an ONNX file timed beside the run's fp32 ONNX in a fresh process
+(`timing.fresh_pairing`), at the user's batch, and judged on validation accuracy (the test split is
+reported, never used to choose). The candidates, cheapest first, so that a time budget or Ctrl-C
+still leaves the best of what is finished:
+
+1. int8 of the fp32 model: static (tocha's own activation ranges, minmax and percentile) with
+   per-layer fallback (every layer quantized, the layers that cost most reverted to fp32 until
+   within the budget), and int8-dynamic (weights only; suits Linear/LSTM-heavy models);
+2. pruning, with the ratio found by bisection on *measured* latency: a pruned model's speed does
+   not depend on its weights, so each probe is pruned and exported without fine-tuning and timed
+   (seconds each); the least ratio that meets the goal is kept (aiming at the goal divided by the
+   best int8 speed-up, when int8 pays, since pruned+int8 is tried too);
+3. that ratio fine-tuned with distillation from the unpruned model (soft targets plus labels,
+   the classify task's teacher), and its int8; when the fine-tune costs more than the budget and
+   time is left, a milder ratio is fine-tuned too.
+
+`goals.search` judges each candidate as it comes; this file makes the artifacts and writes OUT/
+(compress.json, the chosen model.onnx, a latency-vs-accuracy plot with the Pareto front, and a
+dated section of the run's report.html).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
+from collections.abc import Callable, Iterator
 from html import escape
 from pathlib import Path
 
-import torch
-
 from tocha.deploy import goals
+from tocha.deploy.timing import Pairing
+
+Timer = Callable[[Path, Path], Pairing]  # (reference file, candidate file) -> one side-by-side timing
+MAX_PRUNE = 0.85  # the most MACs a bisection asks to remove
+BISECTION_STEPS = 5
 
 
-def goal_compress(
-    path: Path,
-    folder: Path,
-    *,
-    goal: goals.Goal,
-    max_drop: float,
-    time_budget_s: float,
-    batch: int,
-    prune: float,
-    prune_options: dict,
-    calibration_batches: int,
-    echo=print,
-) -> dict:
-    from tocha import runfolder as rf
-    from tocha.deploy import measure
-    from tocha.deploy.export import export_run
-    from tocha.deploy.steps import prune_and_finetune, quantize_onnx
-    from tocha.engine.batches import DeviceTransform
-    from tocha.recipes.runs import load_split
+@dataclasses.dataclass
+class Probe:
+    """One pruning ratio, pruned and exported but not fine-tuned: its speed and size only."""
 
-    meta = rf.read_json(path / rf.META)
-    x_bench = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"])
-    fp32_file = export_run(path, "onnx", out=folder / "model-fp32.onnx").path
-    ref_art = measure.open_artifact(str(fp32_file))
-    data = {split: measure.split_data(ref_art.meta, split) for split in ("val", "test")}
-    fp32_ms, fp32_p90 = measure.latency(ref_art.predict, x_bench, 30)
-    fp32_mb = ref_art.bytes / 2**20
-    goals.check_not_met(goal, fp32_ms, fp32_mb)
-    reference = goals.Candidate(
-        "fp32",
-        measure.accuracy(ref_art, data["val"]),
-        measure.accuracy(ref_art, data["test"]),
-        fp32_ms,
-        fp32_p90,
-        fp32_ms,
-        fp32_mb,
-        ref_art.params,
-        measure.run_macs(path),
-        str(fp32_file),
-        kept=True,
-        why="the reference",
-    )
-    calib = DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(
-        load_split(path, "train").head(calibration_batches * 64)
-    )
+    ratio: float
+    macs: int
+    speedup: float
+    p50_ms: float
+    megabytes: float
+    meets: bool
 
-    def candidate(name: str, file: Path, macs: int | None) -> goals.Candidate:
+
+class GoalSearch:
+    def __init__(
+        self,
+        path: Path,
+        folder: Path,
+        *,
+        goal: goals.Goal,
+        max_drop: float,
+        time_budget_s: float,
+        batch: int,
+        prune: float | None,
+        prune_options: dict,
+        calibration_batches: int,
+        echo=print,
+        timer: Timer | None = None,
+    ) -> None:
+        from tocha import runfolder as rf
+        from tocha.deploy import timing
+
+        self.path, self.folder, self.goal, self.max_drop = path, folder, goal, max_drop
+        self.time_budget_s, self.batch, self.prune, self.prune_options = time_budget_s, batch, prune, prune_options
+        self.calibration_batches, self.echo = calibration_batches, echo
+        self.meta = rf.read_json(path / rf.META)
+        shape = (self.meta["in_channels"], self.meta["image_size"], self.meta["image_size"])
+        self.timer = timer or (lambda a, b: timing.fresh_pairing(a, b, batch, shape))
+        self.probes: list[Probe] = []
+        self.int8_speedup = 1.0  # the best kept static int8 candidate's, once known
+        self.int8_shrink = 1.0  # and its size ratio
+
+    # ----------------------------------------------------------------------------- measuring
+
+    def start(self) -> goals.Candidate:
+        """The fp32 export, its accuracy on both splits and its own timing: the reference row."""
+        from tocha.deploy import measure
+        from tocha.deploy.export import export_run
+
+        self.fp32 = export_run(self.path, "onnx", out=self.folder / "model-fp32.onnx").path
+        ref = measure.open_artifact(str(self.fp32))
+        self.data = {split: measure.split_data(ref.meta, split) for split in ("val", "test")}
+        pairing = self.timer(self.fp32, self.fp32)
+        megabytes = ref.bytes / 2**20
+        goals.check_not_met(self.goal, pairing.a_ms, megabytes)
+        return goals.Candidate(
+            "fp32",
+            measure.accuracy(ref, self.data["val"]),
+            measure.accuracy(ref, self.data["test"]),
+            pairing.a_ms,
+            pairing.a_p90_ms,
+            pairing.a_ms,
+            megabytes,
+            ref.params,
+            measure.run_macs(self.path),
+            str(self.fp32),
+            kept=True,
+            why="the reference",
+        )
+
+    def measured(self, name: str, file: Path, macs: int | None, note: str = "") -> goals.Candidate:
+        from tocha.deploy import measure
+
         art = measure.open_artifact(str(file))
-        pairing = measure.paired(ref_art.predict, art.predict, x_bench)
+        pairing = self.timer(self.fp32, file)
         c = goals.Candidate(
             name,
-            measure.accuracy(art, data["val"]),
-            measure.accuracy(art, data["test"]),
+            measure.accuracy(art, self.data["val"]),
+            measure.accuracy(art, self.data["test"]),
             pairing.b_ms,
             pairing.b_p90_ms,
             pairing.a_ms,
@@ -78,121 +123,320 @@ def goal_compress(
             art.params,
             macs,
             str(file),
+            note=note,
         )
         if not pairing.decided:
             c.why = f"too noisy to decide ({pairing.speedup:.2f}x overall, the timing rounds disagree)"
         return c
 
-    def int8(name: str, source: Path, macs, **kw):
-        def build():
-            out = folder / f"model-{name}.onnx"
-            quantize_onnx(source, out, calibration=calib, **kw)
-            return candidate(name, out, macs)
+    def val_accuracy(self, file: Path) -> float:
+        from tocha.deploy import measure
 
-        return name, build
+        return measure.accuracy(measure.open_artifact(str(file)), self.data["val"])
 
-    builders = [
-        int8("int8-minmax", fp32_file, reference.macs, dynamic=False, method="minmax"),
-        int8("int8-entropy", fp32_file, reference.macs, dynamic=False, method="entropy"),
-        int8("int8-percentile", fp32_file, reference.macs, dynamic=False, method="percentile"),
-        int8("int8-all-layers", fp32_file, reference.macs, dynamic=False, method="minmax", keep_edges=False),
-        int8("int8-dynamic", fp32_file, reference.macs, dynamic=True),
-    ]
-    if prune:
-        pruned: dict = {}
+    # ----------------------------------------------------------------------------- int8
 
-        def build_pruned():
-            info = prune_and_finetune(path, folder / "pruned", ratio=prune, echo=echo, **prune_options)
-            pruned["file"] = export_run(folder / "pruned", "onnx", out=folder / "model-pruned.onnx").path
-            pruned["macs"] = info["macs_after"]
-            return candidate("pruned", pruned["file"], pruned["macs"])
+    def calibration(self):
+        if not hasattr(self, "_calibration"):
+            import torch
 
-        def build_pruned_int8():
-            out = folder / "model-pruned-int8.onnx"
-            quantize_onnx(pruned["file"], out, dynamic=False, calibration=calib, method="minmax")
-            return candidate("pruned+int8", out, pruned["macs"])
+            from tocha.engine.batches import DeviceTransform
+            from tocha.recipes.runs import load_split
 
-        builders = [("pruned", build_pruned), ("pruned+int8", build_pruned_int8), *builders]
+            train = load_split(self.path, "train").head(self.calibration_batches * 64)
+            transform = DeviceTransform(self.meta["mean"], self.meta["std"], device=torch.device("cpu"))
+            self._calibration = transform.prepare(train)
+        return self._calibration
 
-    def guarded(name, build):
-        def run():
+    def int8(self, name: str, source: Path, macs: int | None, method: str) -> goals.Candidate:
+        """Static int8 with per-layer fallback: within `max_drop` of `source`'s val accuracy if it can be."""
+        from tocha.deploy.fallback import int8_with_fallback
+
+        out = self.folder / f"model-{name.replace('+', '-')}.onnx"
+        result = int8_with_fallback(
+            source,
+            out,
+            calibration=self.calibration(),
+            evaluate=self.val_accuracy,
+            max_drop_points=self.max_drop,
+            method=method,
+            echo=lambda line: self.echo(f"  {name}: {line}"),
+        )
+        reverted = ", ".join(result.reverted) or "none"
+        return self.measured(name, out, macs, note=f"{method} ranges; layers kept fp32: {reverted}")
+
+    def int8_dynamic(self, name: str, source: Path, macs: int | None) -> goals.Candidate:
+        from tocha.deploy.steps import quantize_onnx
+
+        out = self.folder / f"model-{name.replace('+', '-')}.onnx"
+        quantize_onnx(source, out, dynamic=True, keep_edges=False)
+        return self.measured(name, out, macs, note="int8 weights, activations quantized at run time")
+
+    # ----------------------------------------------------------------------------- pruning
+
+    def target_ms(self, reference_ms: float) -> float | None:
+        """The latency the pruned model should reach (None for a size goal)."""
+        if self.goal.key == "size_mb":
+            return None
+        goal_ms = reference_ms / self.goal.value if self.goal.key == "speedup" else self.goal.value
+        return goal_ms * self.int8_speedup  # pruned+int8 is tried too: int8 does the rest
+
+    def probe(self, ratio: float, reference_ms: float) -> Probe:
+        from tocha.deploy.export import probe_onnx
+        from tocha.deploy.prune import prune_model
+
+        model, example = self._unpruned()
+        opts = self.prune_options
+        pruned = prune_model(
+            model,
+            example,
+            ratio,
+            method="channels",
+            target=opts["target"],
+            scope=opts["scope"],
+            round_to=opts["round_to"],
+        )
+        file = probe_onnx(
+            pruned.model, self.meta, self.path, self.folder / "probes" / f"pruned-{ratio:.3f}.onnx", pruned.macs_after
+        )
+        megabytes = file.stat().st_size / 2**20
+        if self.goal.key == "size_mb":
+            ms, speedup = float("nan"), float("nan")
+            meets = megabytes / self.int8_shrink <= self.goal.value  # pruned+int8 shrinks it further
+        else:
+            pairing = self.timer(self.fp32, file)
+            ms, speedup = pairing.b_ms, pairing.speedup
+            meets = pairing.decided and speedup >= reference_ms / self.target_ms(reference_ms)
+        probe = Probe(ratio, pruned.macs_after, speedup, ms, megabytes, meets)
+        self.probes.append(probe)
+        self.echo(
+            f"  probe prune {ratio:.3f}: MACs {pruned.macs_after:,}, {speedup:.2f}x, {megabytes:.3f} MB"
+            f" ({'meets' if meets else 'misses'} the pruning target)"
+        )
+        return probe
+
+    def _unpruned(self):
+        if not hasattr(self, "_model"):
+            from tocha.deploy.export import sample_inputs
+            from tocha.recipes.runs import load_run
+
+            self._model = load_run(self.path, "best", "cpu").model.eval()
+            self._example = sample_inputs(self.path, self.meta, 2)
+        return self._model, self._example
+
+    def bisect(self, reference_ms: float) -> float:
+        """The least pruning ratio whose measured speed (or size) meets the target; the most tried if none does."""
+        self.folder.joinpath("probes").mkdir(exist_ok=True)
+        top = self.probe(MAX_PRUNE, reference_ms)
+        if not top.meets:
+            self.echo(f"  pruning {MAX_PRUNE:.0%} of the MACs does not reach the target: fine-tuning that")
+            return MAX_PRUNE
+        lo, hi = 0.0, MAX_PRUNE
+        for _ in range(BISECTION_STEPS):
+            mid = round((lo + hi) / 2, 3)
+            if self.probe(mid, reference_ms).meets:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def pruned(self, ratio: float) -> tuple[goals.Candidate, Path]:
+        from tocha.deploy.export import export_run
+        from tocha.deploy.steps import prune_and_finetune
+
+        tag = f"{ratio:.3f}".rstrip("0").rstrip(".")
+        run = self.folder / f"pruned-{tag}"
+        info = prune_and_finetune(
+            self.path, run, ratio=ratio, echo=self.echo, distill=True, **{**self.prune_options, "method": "channels"}
+        )
+        file = export_run(run, "onnx", out=self.folder / f"model-pruned-{tag}.onnx").path
+        epochs = self.prune_options["epochs"]
+        note = f"prune {ratio:g} of the {self.prune_options['target']}, {epochs} fine-tune epochs distilled from fp32"
+        return self.measured(f"pruned-{tag}", file, info["macs_after"], note=note), file
+
+    # ----------------------------------------------------------------------------- the plan
+
+    def builders(self, reference: goals.Candidate, tried: list[goals.Candidate]) -> Iterator[tuple[str, Callable]]:
+        """The candidates in order; later ones read what earlier ones measured (`tried`)."""
+        yield "int8-minmax", lambda: self.int8("int8-minmax", self.fp32, reference.macs, "minmax")
+        yield "int8-percentile", lambda: self.int8("int8-percentile", self.fp32, reference.macs, "percentile")
+        yield "int8-dynamic", lambda: self.int8_dynamic("int8-dynamic", self.fp32, reference.macs)
+        if self.prune == 0:
+            return
+        kept_int8 = [c for c in tried if c.kept and c.name.startswith("int8-") and c.name != "int8-dynamic"]
+        best_int8 = max(kept_int8, key=lambda c: c.speedup, default=None)
+        if best_int8 is not None:
+            self.int8_speedup = max(1.0, best_int8.speedup)
+            self.int8_shrink = reference.megabytes / best_int8.megabytes
+        ratio = self.prune if self.prune is not None else self.bisect(reference.p50_ms)
+        for attempt in range(2):
+            made: dict = {}
+
+            def build_pruned(ratio=ratio, made=made):
+                made["candidate"], made["file"] = self.pruned(ratio)
+                return made["candidate"]
+
+            yield f"pruned-{ratio:g}", build_pruned
+            if "file" not in made:
+                return
+            pruned = made["candidate"]
+            if best_int8 is not None:
+                method = "percentile" if best_int8.name == "int8-percentile" else "minmax"
+                name = f"{pruned.name}+int8"
+                yield (
+                    name,
+                    lambda name=name, made=made, method=method: self.int8(
+                        name, made["file"], made["candidate"].macs, method
+                    ),
+                )
+            drop = (reference.val_accuracy - pruned.val_accuracy) * 100 if pruned.val_accuracy is not None else 0.0
+            if drop <= self.max_drop or attempt == 1:
+                return
+            # It cost too much accuracy: the next milder architecture the probes found (or half the ratio).
+            milder = [p for p in self.probes if p.macs > (pruned.macs or 0)]
+            if milder:
+                ratio = min(milder, key=lambda p: p.macs).ratio
+            else:
+                ratio = round(ratio / 2, 3)
+                if self.probe(ratio, reference.p50_ms).macs <= (pruned.macs or 0):  # channel rounding: the same net
+                    self.echo(f"  {pruned.name} costs {drop:.2f} val points; no milder pruning differs from it")
+                    return
+            self.echo(f"  {pruned.name} costs {drop:.2f} val points: trying prune {ratio:g}")
+
+    def run(self) -> dict:
+        reference = self.start()
+        tried: list[goals.Candidate] = []
+        with _Progress(self.echo) as progress:
+            result = goals.search(
+                self.goal,
+                reference,
+                _recording(self.builders(reference, tried), tried, guard=reference),
+                max_drop=self.max_drop,
+                time_budget_s=self.time_budget_s,
+                echo=progress.line,
+                on_start=progress.start,
+            )
+        shutil.copyfile(result.chosen.path, self.folder / "model.onnx")
+        return write_outputs(self, result)
+
+
+def _recording(builders, tried: list, guard: goals.Candidate):
+    """Each builder guarded (a failure is a rejected candidate, not the end of the search) and recorded."""
+    from tocha.harness.signals import Interrupted
+
+    for name, build in builders:
+
+        def run(name=name, build=build):
             try:
-                return build()
-            except KeyboardInterrupt:
+                c = build()
+            except (KeyboardInterrupt, Interrupted):
                 raise
-            except Exception as exc:  # an operator a quantizer does not support: a rejected candidate
-                c = dataclasses.replace(reference, name=name, kept=False, path=None)
+            except Exception as exc:  # an operator a quantizer does not support, ...
+                c = dataclasses.replace(guard, name=name, kept=False, path=None, note="")
                 c.why = f"failed: {type(exc).__name__}: {str(exc).strip()[:160]}"
-                return c
+            tried.append(c)
+            return c
 
-        return run
+        yield name, run
 
-    result = goals.search(
-        goal,
-        reference,
-        [(n, guarded(n, b)) for n, b in builders],
-        max_drop=max_drop,
-        time_budget_s=time_budget_s,
-        echo=echo,
-    )
-    shutil.copyfile(result.chosen.path, folder / "model.onnx")
+
+class _Progress:
+    """One line per candidate (the log); on a terminal also a bar of candidates done and the time spent."""
+
+    def __init__(self, echo) -> None:
+        self.echo, self.bar = echo, None
+
+    def __enter__(self):
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(unit="candidate", desc="compress search", file=sys.stderr, leave=False)
+        return self
+
+    def start(self, name: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(name, refresh=True)
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        self.echo(text)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def write_outputs(search: GoalSearch, result: goals.SearchResult) -> dict:
+    """OUT/compress.json, OUT/tradeoff.png and a dated section of the run's report.html."""
+    from tocha import runfolder as rf
+
     front = {id(c) for c in goals.pareto([c for c in result.candidates if c.path])}
     rows = [
-        {
-            **{k: v for k, v in dataclasses.asdict(c).items()},
-            "speedup": c.speedup,
-            "pareto": id(c) in front,
-        }
+        {**dataclasses.asdict(c), "speedup": c.speedup, "pareto": id(c) in front, "chosen": c is result.chosen}
         for c in result.candidates
     ]
     report = {
-        "goal": str(goal),
-        "max_drop_points": max_drop,
-        "batch": batch,
-        "time_budget_s": time_budget_s,
+        "goal": str(search.goal),
+        "max_drop_points": search.max_drop,
+        "batch": search.batch,
+        "time_budget_s": search.time_budget_s,
         "judged_on": "val",
+        "timing": "each candidate beside the fp32 ONNX, alternating rounds, in a fresh process",
         "candidates": rows,
+        "pruning_probes": [dataclasses.asdict(p) for p in search.probes],
         "chosen": result.chosen.name,
         "chosen_path": result.chosen.path,
-        "model": str(folder / "model.onnx"),
+        "model": str(search.folder / "model.onnx"),
         "met": result.met,
         "why": result.why,
         "stopped": result.stopped,
     }
-    rf.write_json(folder / "compress.json", report)
-    from tocha.reports.html import table_html, upsert_section
+    rf.write_json(search.folder / "compress.json", report)
+    from tocha.reports.plots import plot_tradeoff
+
+    plot = plot_tradeoff(rows, search.folder / "tradeoff.png", batch=search.batch, max_drop=search.max_drop)
+    from tocha.reports.html import embedded_png, table_html, upsert_section
 
     table = [
         {
-            "candidate": r["name"],
+            "candidate": r["name"] + (" (chosen)" if r["chosen"] else ""),
             "val acc": r["val_accuracy"],
             "test acc": r["test_accuracy"],
-            f"p50 ms @{batch}": r["p50_ms"],
+            f"p50 ms @{search.batch}": r["p50_ms"],
+            f"p90 ms @{search.batch}": r["p90_ms"],
             "fp32 ms (same timing)": r["fp32_ms"],
             "speedup": r["speedup"],
             "MB": r["megabytes"],
+            "params": r["params"],
             "MACs": r["macs"],
             "pareto": "yes" if r["pareto"] else "",
             "verdict": ("kept: " if r["kept"] else "rejected: ") + r["why"],
+            "how": r["note"],
         }
         for r in rows
     ]
     upsert_section(
-        path,
+        search.path,
         "compress",
-        f"Compression search (tocha compress --goal {goal})",
-        table_html(table) + f"<p>{escape(result.why)}</p>",
+        f"Compression search (tocha compress --goal {search.goal})",
+        f"<p>{escape(result.why)}</p>" + table_html(table) + embedded_png(plot, "latency vs validation accuracy"),
     )
     return report
 
 
+def goal_compress(path: Path, folder: Path, **options) -> dict:
+    """`tocha compress --goal`: see the module docstring; options are GoalSearch's."""
+    return GoalSearch(path, folder, **options).run()
+
+
 def table(report: dict) -> str:
-    lines = [f"{'candidate':<18} {'val acc':>8} {'test acc':>9} {'p50 ms':>9} {'speedup':>8} {'MB':>7}  verdict"]
+    lines = [f"{'candidate':<22} {'val acc':>8} {'test acc':>9} {'p50 ms':>9} {'speedup':>8} {'MB':>7}  verdict"]
     for r in report["candidates"]:
         val = "-" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
         test = "-" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
         lines.append(
-            f"{r['name']:<18} {val:>8} {test:>9} {r['p50_ms']:>9.3f} {r['speedup']:>7.2f}x {r['megabytes']:>7.2f}  "
+            f"{r['name']:<22} {val:>8} {test:>9} {r['p50_ms']:>9.3f} {r['speedup']:>7.2f}x {r['megabytes']:>7.2f}  "
             f"{'kept' if r['kept'] else 'rejected'}: {r['why']}"
         )
     lines += [report["why"], f"result: {report['model']} (= {report['chosen_path']})"]

@@ -140,13 +140,18 @@ def _class_report_table(m: ClassificationMetrics, digits: int = 4) -> str:
     return table
 
 
+def embedded_png(path: Path, alt: str) -> str:
+    """An <img> holding the PNG itself (a data URI): the page stays one self-contained file."""
+    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="{escape(alt)}" data-file="{escape(Path(path).name)}">'
+
+
 def _image(name: str, alt: str, run_dir: Path | None = None) -> str:
     """The PNG embedded as a data URI, so that report.html is one self-contained file (the PNG stays beside it)."""
     path = None if run_dir is None else run_dir / name
     if path is None or not path.is_file():
         return f'<img src="{escape(name)}" alt="{escape(alt)}">'
-    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{encoded}" alt="{escape(alt)}" data-file="{escape(name)}">'
+    return embedded_png(path, alt)
 
 
 def _embed_pngs(html: str, run_dir: Path) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion", "plot_curves", "plot_regression"]
+__all__ = ["plot_confusion", "plot_curves", "plot_regression", "plot_tradeoff"]
 
 _DPI = 100  # small PNGs; the report shows them at roughly this size anyway
 _MAX_ANNOTATED_CLASSES = 20  # beyond this, per-cell numbers are unreadable
@@ -207,4 +207,55 @@ def plot_regression(y_true: Any, y_pred: Any, path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI)
+    return path
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, *, batch: int, max_drop: float) -> Path:
+    """The compression search: p50 latency vs validation accuracy of every measured candidate.
+
+    The Pareto front (nothing is both faster and more accurate) is joined by a line, the chosen
+    artifact is a star, and the dashed line is the accuracy budget (fp32's val accuracy - max_drop).
+    """
+    path = Path(path)
+    fig = Figure(figsize=(8, 5), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    measured = [r for r in rows if r.get("path") and r.get("val_accuracy") is not None]
+    for r in measured:
+        color = "tab:green" if r["kept"] else ("tab:gray" if r["name"] != "fp32" else "tab:blue")
+        ax.scatter(r["p50_ms"], r["val_accuracy"], s=36, color=color, zorder=3)
+        ax.annotate(r["name"], (r["p50_ms"], r["val_accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front = sorted((r for r in measured if r.get("pareto")), key=lambda r: r["p50_ms"])
+    if front:
+        ax.plot(
+            [r["p50_ms"] for r in front], [r["val_accuracy"] for r in front], color="tab:orange", label="Pareto front"
+        )
+    chosen = [r for r in measured if r.get("chosen")]
+    if chosen:
+        ax.scatter(
+            chosen[0]["p50_ms"],
+            chosen[0]["val_accuracy"],
+            marker="*",
+            s=220,
+            color="tab:red",
+            zorder=4,
+            label=f"chosen: {chosen[0]['name']}",
+        )
+    reference = next((r for r in measured if r["name"] == "fp32"), None)
+    if reference is not None:
+        ax.axhline(
+            reference["val_accuracy"] - max_drop / 100,
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label=f"accuracy budget (fp32 - {max_drop:g} points)",
+        )
+    if not measured:
+        ax.text(0.5, 0.5, "no candidate was measured", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(f"p50 latency at batch {batch} (ms, ONNX Runtime on this machine)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("compression candidates: kept (green), rejected (gray)")
+    ax.grid(True, alpha=0.3)
+    if front or chosen or reference is not None:
+        ax.legend(fontsize="small", loc="lower right")
+    fig.savefig(path)
     return path

@@ -104,6 +104,7 @@ class Task:
         loss_fn, correct_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), top1_correct
         if self.teacher is not None:  # distillation: the targets carry the teacher's logits; the loop is the same
             self.teacher.check_compatible(data)
+            self.teacher.model.to(device)  # on the student's device, wherever it was loaded
             batches["train"] = self.teacher.wrap(batches["train"])
             loss_fn, correct_fn = self.teacher.loss_fn(cfg.label_smoothing), self.teacher.correct_fn
         if freezing.active:  # transfer learning: frozen parameters are set as each epoch starts

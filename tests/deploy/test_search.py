@@ -1,0 +1,141 @@
+"""The compression search (`tocha compress --goal`) end to end on a tiny digits CNN, with a stubbed timer.
+
+The timer is the one thing stubbed: a candidate's latency is its MACs (from the file's metadata)
+times a cost per MAC, int8 files twice as slow per MAC as fp32 (as on this CPU for a small CNN).
+Everything else is real: pruning, the distilled fine-tune, int8 with fallback, ONNX Runtime
+accuracy, compress.json, the plot and the report section.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tocha.cli import main as cli
+from tocha.deploy import goals, search
+from tocha.deploy.artifact import METADATA_KEY
+from tocha.deploy.timing import Pairing
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, train_digits_cnn):
+    out = tmp_path_factory.mktemp("search") / "run"
+    return train_digits_cnn(out, width=16, epochs=20)
+
+
+def cost_ms(file: Path) -> float:
+    info = json.loads(next(p.value for p in onnx.load(str(file)).metadata_props if p.key == METADATA_KEY))
+    return info["macs"] / 1e4 * (2.0 if "int8" in file.name else 1.0)
+
+
+def stub_timer(calls: list | None = None):
+    def timer(a: Path, b: Path) -> Pairing:
+        if calls is not None:
+            calls.append(Path(b).name)
+        ms_a, ms_b = cost_ms(a), cost_ms(b)
+        return Pairing(ms_a, ms_b, ms_b, (ms_a / ms_b,) * 8, True, 1, ms_a)
+
+    return timer
+
+
+def compress(run, out: Path, goal: str, *, max_drop=10.0, budget=600.0, timer=None, prune=None, epochs=4):
+    from tocha import folders
+
+    folders.prepare(out, "compress", overwrite=False, where="test", label="out", overwrite_flag="--overwrite")
+    options = {"target": "macs", "scope": "uniform", "rounds": 1, "epochs": epochs, "lr": None, "round_to": 8}
+    return search.goal_compress(
+        run,
+        out,
+        goal=goals.parse_goal(goal),
+        max_drop=max_drop,
+        time_budget_s=budget,
+        batch=16,
+        prune=prune,
+        prune_options=options,
+        calibration_batches=2,
+        echo=lambda *_: None,
+        timer=timer or stub_timer(),
+    )
+
+
+@pytest.mark.slow  # fine-tunes a pruned model
+def test_pruning_ratio_is_bisected_on_measured_latency_and_the_goal_is_met(run, tmp_path):
+    out = tmp_path / "met"
+    report = compress(run, out, "speedup=1.6")
+    rows = {c["name"]: c for c in report["candidates"]}
+    assert report["met"], [(c["name"], c["why"]) for c in report["candidates"]]
+    chosen = rows[report["chosen"]]
+    assert chosen["name"].startswith("pruned-") and chosen["kept"] and chosen["speedup"] >= 1.6
+    # int8 files are slower here (the stub's cost): rejected as not faster, and so never tried on the pruned model.
+    assert "not faster" in rows["int8-minmax"]["why"] and not any("+int8" in n for n in rows)
+    # Bisection: every probed ratio below the chosen one misses the latency target, the chosen one meets it.
+    ratio = float(chosen["name"].removeprefix("pruned-"))
+    probes = report["pruning_probes"]
+    assert len(probes) >= 3 and any(p["ratio"] == ratio and p["meets"] for p in probes)
+    assert all(not p["meets"] for p in probes if p["ratio"] < ratio)
+    # The fine-tune learned from the unpruned model.
+    assert json.loads((out / f"pruned-{chosen['name'].removeprefix('pruned-')}" / "prune.json").read_text())[
+        "distilled"
+    ]
+    assert (out / "tradeoff.png").stat().st_size > 1000
+    page = (run / "report.html").read_text()
+    assert "Compression search" in page and 'data-file="tradeoff.png"' in page and "data:image/png;base64," in page
+
+
+@pytest.mark.slow  # fine-tunes a pruned model
+def test_the_chosen_artifact_predicts_what_its_row_says(run, tmp_path, capsys):
+    out = tmp_path / "same"
+    report = compress(run, out, "speedup=1.3")
+    chosen = next(c for c in report["candidates"] if c["name"] == report["chosen"])
+    for split, key in (("val", "val_accuracy"), ("test", "test_accuracy")):
+        assert cli(["eval", str(out / "model.onnx"), "--split", split, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(chosen[key], abs=1e-12)
+    assert (out / "model.onnx.eval-test.json").is_file()
+
+
+@pytest.mark.slow  # fine-tunes a pruned model
+def test_a_goal_out_of_reach_returns_the_best_found_and_says_why(run, tmp_path):
+    report = compress(run, tmp_path / "missed", "speedup=1000", max_drop=100.0)
+    assert not report["met"] and "goal speedup=1000 missed" in report["why"]
+    probes = report["pruning_probes"]
+    assert probes[0]["ratio"] == search.MAX_PRUNE and not probes[0]["meets"] and len(probes) == 1
+    assert report["chosen"] == f"pruned-{search.MAX_PRUNE:g}"  # the fastest within the (wide) accuracy budget
+
+
+def test_the_time_budget_stops_the_search_with_what_is_finished(run, tmp_path):
+    calls = []
+    report = compress(run, tmp_path / "budget", "speedup=1.6", budget=1e-6, timer=stub_timer(calls))
+    assert report["stopped"] == "time budget" and not report["met"] and calls == ["model-fp32.onnx"]
+    assert [c["name"] for c in report["candidates"]] == ["fp32"] and report["chosen"] == "fp32"
+    assert "stopped: time budget, 0 candidates tried" in report["why"]
+    # The best so far (here fp32) is still the result, with its row and the report.
+    assert (tmp_path / "budget" / "model.onnx").read_bytes() == (tmp_path / "budget" / "model-fp32.onnx").read_bytes()
+
+
+@pytest.mark.slow  # fine-tunes a pruned model
+def test_ctrl_c_keeps_every_finished_candidate(run, tmp_path):
+    def interrupting(a, b):
+        if "pruned" in Path(b).name and "probes" not in str(b):
+            raise KeyboardInterrupt
+        return stub_timer()(a, b)
+
+    report = compress(run, tmp_path / "ctrl-c", "speedup=1.6", timer=interrupting)
+    names = [c["name"] for c in report["candidates"]]
+    assert report["stopped"] == "interrupted" and names[:4] == [
+        "fp32",
+        "int8-minmax",
+        "int8-percentile",
+        "int8-dynamic",
+    ]
+    assert json.loads((tmp_path / "ctrl-c" / "compress.json").read_text())["stopped"] == "interrupted"
+
+
+@pytest.mark.slow  # fine-tunes a pruned model
+def test_a_fixed_ratio_skips_the_bisection(run, tmp_path):
+    report = compress(run, tmp_path / "fixed", "speedup=1.2", prune=0.5)
+    assert report["pruning_probes"] == [] and any(c["name"] == "pruned-0.5" for c in report["candidates"])
+    shutil.rmtree(tmp_path / "fixed")
