@@ -4,6 +4,11 @@
 quantizes every layer, as `--quantize-edges` does.)
 
     python benchmarks/compress.py RUN [--prune 0.5] [--finetune-epochs 1] [--batches 1,64] [--out DIR]
+    python benchmarks/compress.py RUN --goal speedup=1.8 --max-drop 1 --batch 64 [--batches 1,64] [--out DIR]
+
+With --goal it runs `tocha compress --goal` (the search) instead, then times the chosen artifact
+beside the fp32 ONNX again at every batch of --batches, each time in a fresh process, 3 times,
+and prints the medians and the spread of the speed-up, with the val/test accuracy of both.
 
 Builds the four ONNX artifacts with tocha's own pieces (export with parity check, ONNX Runtime
 static int8, torch-pruning + fine-tune through the training engine), then times them in the same
@@ -61,7 +66,14 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="time the artifacts already in --out instead of building them again"
     )
+    parser.add_argument("--goal", default=None, help="run the goal search instead, e.g. speedup=1.8")
+    parser.add_argument("--max-drop", type=float, default=1.0, help="with --goal: val accuracy points (default 1)")
+    parser.add_argument("--batch", type=int, default=64, help="with --goal: the batch the goal is judged at")
+    parser.add_argument("--time-budget", type=float, default=1800.0, help="with --goal: seconds (default 1800)")
     args = parser.parse_args()
+    if args.goal:
+        goal_benchmark(args)
+        return
 
     from tocha import runfolder as rf
     from tocha.deploy import measure
@@ -138,6 +150,47 @@ def main() -> None:
     )
     if args.json:
         Path(args.json).write_text(json.dumps({"run": str(run), "results": results}, indent=2))
+
+
+def goal_benchmark(args) -> None:
+    from tocha import runfolder as rf
+    from tocha.deploy import timing
+    from tocha.deploy.compress import compress_run
+
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run / "bench-goal"
+    t0 = time.perf_counter()
+    report = compress_run(
+        run,
+        out=out,
+        goal=args.goal,
+        max_accuracy_drop=args.max_drop,
+        batch=args.batch,
+        finetune_epochs=args.finetune_epochs,
+        time_budget_s=args.time_budget,
+        overwrite=True,
+    )
+    seconds = time.perf_counter() - t0
+    rows = {c["name"]: c for c in report["candidates"]}
+    chosen, fp32 = rows[report["chosen"]], rows["fp32"]
+    meta = rf.read_json(run / rf.META)
+    shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+    print(f"\n{report['why']} (search: {seconds:.0f} s)")
+    val_drop = (chosen["val_accuracy"] - fp32["val_accuracy"]) * 100
+    test_drop = (chosen["test_accuracy"] - fp32["test_accuracy"]) * 100
+    print(
+        f"chosen {chosen['name']}: val {chosen['val_accuracy']:.4f} ({val_drop:+.2f}), "
+        f"test {chosen['test_accuracy']:.4f} ({test_drop:+.2f}), "
+        f"{fp32['megabytes'] / chosen['megabytes']:.2f}x smaller ({chosen['megabytes']:.3f} MB), note: {chosen['note']}"
+    )
+    for b in [int(v) for v in args.batches.split(",")]:
+        pairs = [timing.fresh_pairing(Path(fp32["path"]), Path(chosen["path"]), b, shape) for _ in range(3)]
+        ratios = sorted(p.speedup for p in pairs)
+        print(
+            f"batch {b:>4}: fp32 {statistics.median(p.a_ms for p in pairs):.3f} ms, chosen "
+            f"{statistics.median(p.b_ms for p in pairs):.3f} ms, speed-up {ratios[1]:.2f}x "
+            f"(3 fresh-process timings: {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
 
 
 if __name__ == "__main__":

@@ -58,9 +58,23 @@ RUN_LAYOUT: dict = {
 }
 COMPRESS_LAYOUT: dict = {
     **dict.fromkeys(
-        ("compress.json", "model-*.onnx", "model-*.onnx.parity.json", "*.prep.onnx", ".model-*.tmp-*", _TMP), WHOLE
+        (
+            "compress.json",
+            "model.onnx",
+            "model-*.onnx",
+            "model*.onnx.parity.json",
+            "model*.onnx.eval-*.json",
+            "*.prep.onnx",
+            "tradeoff.png",
+            ".model-*.tmp-*",
+            ".tocha-int8-*",  # deploy/fallback and steps' scratch folders of a killed process
+            _TMP,
+        ),
+        WHOLE,
     ),
+    "probes": dict.fromkeys(("pruned-*.onnx",), WHOLE),  # the goal search's pruning probes
     "pruned": "run",
+    "pruned-*": "run",  # the goal search's fine-tuned candidates
 }
 
 

@@ -191,6 +191,16 @@ def read_history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def resume_command(run_dir: str | Path) -> str:
+    """The command that continues `run_dir`: `tocha distill --resume` for a distilled student (its teacher
+    and loss are part of the run), `tocha train --resume` for every other run."""
+    try:
+        distilled = "distilled_from" in json.loads((Path(run_dir) / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        distilled = False
+    return f"tocha {'distill' if distilled else 'train'} --resume {run_dir}"
+
+
 def check_run_dir(run_dir: str | Path) -> Path:
     path = Path(run_dir)
     if not path.is_dir():

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -155,3 +156,89 @@ def test_a_language_model_teacher_is_a_clear_error(tmp_path):
         [*TOCHA, "distill", "--teacher", str(run), "epochs=1"], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 2 and "not an image classifier" in proc.stderr and "Traceback" not in proc.stderr
+
+
+STUDENT = [
+    "model=cnn",
+    "model.width=4",
+    "epochs=6",
+    "batch_size=32",
+    "deterministic=true",
+    "checkpoint.every_steps=2",
+    *QUIET,
+]
+
+
+def _cli(args: list, cwd) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*TOCHA, *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _newest_checkpoint(run) -> str:
+    from tocha.engine import resume
+
+    found = resume.all_checkpoints(run / "checkpoints") if (run / "checkpoints").is_dir() else []
+    return found[0].name if found else ""
+
+
+def _wait_for_a_new_checkpoint(run, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    before, end = _newest_checkpoint(run), time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        if _newest_checkpoint(run) > before:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _last_weights(run) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "checkpoints" / "last.safetensors"))
+
+
+def _evals(run) -> list[dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in r.items() if "second" not in k and "wait" not in k} for r in records if r["kind"] == "eval"
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("augment", [[], ["data.augment=[flip]"]], ids=["cached", "augmented"])
+def test_a_distilled_student_resumes_bit_for_bit_after_kill_9(teacher_run, tmp_path, augment):
+    """SIGKILL three times; `tocha distill --resume` ends with the weights and evaluations of an unbroken run,
+    with the teacher's logits cached (no augmentation) and with the teacher run on each augmented batch."""
+    args = ["distill", "--teacher", teacher_run, *STUDENT, *augment]
+    ref = _cli([*args, "out=ref"], tmp_path)
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+    assert ("cached" in err) == (not augment), err
+    kills, proc = 0, _cli([*args, "out=kd"], tmp_path)
+    while kills < 3:
+        assert _wait_for_a_new_checkpoint(tmp_path / "kd", proc), "no new checkpoint before the run ended"
+        proc.kill()
+        proc.communicate()
+        kills += 1
+        if kills == 1:  # `tocha train --resume` would drop the teacher: refused, nothing changed
+            wrong = subprocess.run([*TOCHA, "train", "--resume", "kd"], cwd=tmp_path, capture_output=True, text=True)
+            assert wrong.returncode == 2 and "tocha distill --resume kd" in wrong.stderr, wrong.stderr
+            assert "Traceback" not in wrong.stderr
+        proc = _cli(["distill", "--resume", "kd"], tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "resume     from" in err
+    torch.testing.assert_close(_last_weights(tmp_path / "kd"), _last_weights(tmp_path / "ref"), rtol=0, atol=0)
+    assert _evals(tmp_path / "kd") == _evals(tmp_path / "ref")
+
+
+def test_distill_resume_refuses_other_arguments_and_plain_runs(teacher_run, tmp_path):
+    proc = subprocess.run(
+        [*TOCHA, "distill", "--resume", str(teacher_run), "--alpha", "0.5"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "--resume takes no other arguments, got --alpha" in proc.stderr, proc.stderr
+    proc = subprocess.run([*TOCHA, "distill", "--resume", str(teacher_run)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a distilled student" in proc.stderr, proc.stderr
+    assert f"tocha train --resume {teacher_run}" in proc.stderr
+    proc = subprocess.run([*TOCHA, "distill", "epochs=1"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--teacher RUN is required" in proc.stderr and "Traceback" not in proc.stderr

@@ -128,9 +128,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def _resume_config(run_dir: str, extra: list[str]):
-    from tocha import config
-    from tocha import runfolder as rf
-    from tocha.engine import resume
+    from tocha.harness.run import resume_config
 
     if extra:
         raise UserError(
@@ -138,13 +136,4 @@ def _resume_config(run_dir: str, extra: list[str]):
             where="tocha train --resume",
             fix="resume continues the run exactly as configured; start a new run to change settings",
         )
-    path = rf.check_run_dir(run_dir)
-    found = resume.latest_valid(path / "checkpoints")
-    if found is None or not found.state:
-        damaged = f" ({'; '.join(found.skipped)})" if found else ""
-        raise UserError(
-            f"'{run_dir}' has no valid checkpoint to resume from{damaged}",
-            where="tocha train --resume",
-            fix=f"start it again with: tocha train {path / rf.CONFIG} out={run_dir} overwrite=true",
-        )
-    return config.load(path / rf.CONFIG, [f"out={run_dir}", "resume=auto"])
+    return resume_config(run_dir, command="train")

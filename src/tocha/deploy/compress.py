@@ -73,6 +73,76 @@ def judge(before: Step, after: Step, max_accuracy_drop: float, decided: bool = T
     )
 
 
+def check_arguments(
+    *,
+    quantize: str,
+    calibration: str,
+    prune: float | None,
+    prune_method: str,
+    prune_target: str,
+    prune_scope: str,
+    finetune_epochs: int,
+    goal: str | None,
+):
+    """Every option of `tocha compress` checked before anything is read or written; the parsed goal or None.
+
+    `prune` None: no pruning step by step, a searched ratio with a goal."""
+    if quantize not in QUANTIZE:
+        raise UserError(
+            f"unknown quantization '{quantize}'", where="tocha compress --quantize", allowed=", ".join(QUANTIZE)
+        )
+    if calibration not in CALIBRATION:
+        raise UserError(
+            f"unknown calibration method '{calibration}'",
+            where="tocha compress --calibration",
+            allowed=", ".join(CALIBRATION),
+        )
+    if prune:
+        from tocha.deploy.prune import check_options
+
+        check_options(prune, prune_method, prune_target, prune_scope)
+    if (prune or prune is None) and finetune_epochs < 1:
+        raise UserError(
+            "--finetune-epochs must be at least 1 with --prune: a pruned model needs fine-tuning to "
+            "recover its accuracy",
+            where="tocha compress",
+        )
+    parsed_goal = None
+    if goal is not None:
+        from tocha.deploy.goals import parse_goal
+
+        parsed_goal = parse_goal(goal)
+    if not prune and quantize == "none" and parsed_goal is None:
+        raise UserError(
+            "nothing to do: no --prune and --quantize none",
+            where="tocha compress",
+            fix="pass --prune RATIO and/or --quantize int8",
+        )
+    return parsed_goal
+
+
+def output_folder(path: Path, out: str | Path | None, overwrite: bool) -> Path:
+    """OUT (default RUN/compressed), made or emptied of an earlier compress's files; refused if it is the run."""
+    from tocha import folders
+    from tocha.recipes.runs import load_run
+
+    load_run(path)  # an image classifier with a best checkpoint, before anything is written
+    folder = Path(out) if out else path / "compressed"
+    folders.check_out_vs_source(
+        folder, path, where="tocha compress --out", what="run being compressed", allowed_inside=("compressed",)
+    )
+    # --overwrite replaces what an earlier `tocha compress` wrote there, nothing else.
+    folders.prepare(
+        folder,
+        "compress",
+        overwrite=overwrite,
+        where="tocha compress --out",
+        label="output folder",
+        overwrite_flag="--overwrite",
+    )
+    return folder
+
+
 def compress_run(
     run_dir: str | Path,
     *,
@@ -101,58 +171,20 @@ def compress_run(
     from tocha.deploy.export import export_run
     from tocha.recipes.runs import load_split
 
-    if quantize not in QUANTIZE:
-        raise UserError(
-            f"unknown quantization '{quantize}'", where="tocha compress --quantize", allowed=", ".join(QUANTIZE)
-        )
-    if calibration not in CALIBRATION:
-        raise UserError(
-            f"unknown calibration method '{calibration}'",
-            where="tocha compress --calibration",
-            allowed=", ".join(CALIBRATION),
-        )
     if goal is None:
         prune = prune or 0.0  # step by step: no pruning unless asked; a goal search finds a ratio itself
-    if prune:
-        from tocha.deploy.prune import check_options
-
-        check_options(prune, prune_method, prune_target, prune_scope)
-    if (prune or prune is None) and finetune_epochs < 1:
-        raise UserError(
-            "--finetune-epochs must be at least 1 with --prune: a pruned model needs fine-tuning to "
-            "recover its accuracy",
-            where="tocha compress",
-        )
-    parsed_goal = None
-    if goal is not None:
-        from tocha.deploy.goals import parse_goal
-
-        parsed_goal = parse_goal(goal)
-    if not prune and quantize == "none" and parsed_goal is None:
-        raise UserError(
-            "nothing to do: no --prune and --quantize none",
-            where="tocha compress",
-            fix="pass --prune RATIO and/or --quantize int8",
-        )
+    parsed_goal = check_arguments(
+        quantize=quantize,
+        calibration=calibration,
+        prune=prune,
+        prune_method=prune_method,
+        prune_target=prune_target,
+        prune_scope=prune_scope,
+        finetune_epochs=finetune_epochs,
+        goal=goal,
+    )
     path = rf.check_run_dir(run_dir)
-    from tocha.recipes.runs import load_run
-
-    load_run(path)  # an image classifier with a best checkpoint, before anything is written
-    from tocha import folders
-
-    folder = Path(out) if out else path / "compressed"
-    folders.check_out_vs_source(
-        folder, path, where="tocha compress --out", what="run being compressed", allowed_inside=("compressed",)
-    )
-    # --overwrite replaces what an earlier `tocha compress` wrote there, nothing else.
-    folders.prepare(
-        folder,
-        "compress",
-        overwrite=overwrite,
-        where="tocha compress --out",
-        label="output folder",
-        overwrite_flag="--overwrite",
-    )
+    folder = output_folder(path, out, overwrite)
     if parsed_goal is not None:
         from tocha.deploy.search import goal_compress
 
@@ -302,9 +334,18 @@ def compress_run(
         "decisions": decisions,
         "decision": decisions[-1] if decisions else "nothing to compare",
     }
+    write_step_report(path, folder, report, steps)
+    return report
+
+
+def write_step_report(path: Path, folder: Path, report: dict, steps: list[Step]) -> None:
+    """OUT/compress.json and a dated table in the run's report.html."""
+    from tocha import runfolder as rf
+
     rf.write_json(folder / "compress.json", report)
     from tocha.reports.html import table_html, upsert_section
 
+    batch, decisions = report["batch"], report["decisions"]
     rows = [
         {
             "step": st.name,
@@ -325,7 +366,6 @@ def compress_run(
         "Compression (tocha compress)",
         table_html(rows) + "".join(f"<p>{escape(d)}</p>" for d in decisions),
     )
-    return report
 
 
 def table(report: dict) -> str:

@@ -154,7 +154,7 @@ def int8_with_fallback(
     x = np.ascontiguousarray(np.asarray(calibration, dtype=np.float32))
     ranked_x = x if rank_data is None else np.ascontiguousarray(np.asarray(rank_data, dtype=np.float32))
     ranked_x = ranked_x[:RANK_SAMPLES]
-    with tempfile.TemporaryDirectory(prefix="tocha-int8-", dir=Path(out).parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".tocha-int8-", dir=Path(out).parent) as tmp:
         work = Path(tmp)
         calibrated = Calibrated(fp32, x, method, work)
         reference = evaluate(calibrated.fp32)

@@ -45,7 +45,7 @@ def quantize_onnx(
 
     from tocha.deploy.fallback import Calibrated, copy_metadata, prepare
 
-    with tempfile.TemporaryDirectory(prefix="tocha-int8-", dir=int8.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".tocha-int8-", dir=int8.parent) as tmp:
         if dynamic:
             source = prepare(fp32, Path(tmp) / "prepared.onnx")
             exclude = edge_layers(source) if keep_edges else []

@@ -204,6 +204,8 @@ class TrainingRun:
         out = cfg.out or rf.default_run_name(*built.run_name)
         self.lock = rf.lock_run_dir(Path(out))  # a second writer is refused; the OS releases it if we die
         loaded = find_resume_point(Path(out)) if cfg.resume == "auto" else None
+        if loaded:
+            check_same_kind_of_run(Path(out), built.meta)
         if not loaded:  # resume=auto without a usable checkpoint starts over in the same folder
             rf.prepare_run_dir(out, overwrite=cfg.overwrite or cfg.resume == "auto")
         return out, loaded
@@ -576,6 +578,47 @@ def find_resume_point(run_dir: Path) -> resume.Loaded | None:
     return loaded if loaded.state else None
 
 
+def resume_config(run_dir: str, *, command: str) -> TrainConfig:
+    """The config that continues `run_dir` (its own config.yaml, resume=auto), after checking that it has a
+    valid checkpoint and that `command` ('train' or 'distill') is the one that continues it."""
+    from tocha import config
+
+    where = f"tocha {command} --resume"
+    path = rf.check_run_dir(run_dir)
+    if not rf.resume_command(run_dir).startswith(f"tocha {command} "):
+        raise UserError(
+            f"'{run_dir}' is {'a distilled student' if command == 'train' else 'not a distilled student'}",
+            where=where,
+            fix=f"continue it with: {rf.resume_command(run_dir)}",
+        )
+    found = resume.latest_valid(path / "checkpoints")
+    if found is None or not found.state:
+        damaged = f" ({'; '.join(found.skipped)})" if found else ""
+        again = f"tocha train {path / rf.CONFIG}" if command == "train" else "the same tocha distill command"
+        raise UserError(
+            f"'{run_dir}' has no valid checkpoint to resume from{damaged}",
+            where=where,
+            fix=f"start it again with: {again} out={run_dir} overwrite=true",
+        )
+    return config.load(path / rf.CONFIG, [f"out={run_dir}", "resume=auto"])
+
+
+def check_same_kind_of_run(run_dir: Path, meta: dict) -> None:
+    """A distilled student resumes only with its teacher, and a plain run never gains one."""
+    try:
+        before = rf.read_json(run_dir / rf.META)
+    except UserError:
+        return  # meta.json is written before the first checkpoint; damaged, the checkpoint alone decides
+    before = isinstance(before, dict) and "distilled_from" in before
+    if before != ("distilled_from" in meta):
+        was = "a student distilled from a teacher" if before else "trained without a teacher"
+        raise UserError(
+            f"'{run_dir}' was {was}; resuming it {'without' if before else 'with'} one would change its loss",
+            where="resume",
+            fix=f"continue it with: {rf.resume_command(run_dir)}",
+        )
+
+
 def restore(loaded: resume.Loaded, model: nn.Module, optimizer, scheduler, generators: dict) -> dict:
     """Put the checkpoint's weights, optimizer, schedule and RNGs back; returns the loop position."""
     own = model.state_dict()
@@ -615,7 +658,7 @@ def write_error(exc: BaseException, run_dir: Path, what: str) -> UserError:
     newest = resume.all_checkpoints(run_dir / "checkpoints")
     kept = f"the newest complete checkpoint is {newest[0]}" if newest else "no checkpoint was written yet"
     then = (
-        f"continue with: tocha train --resume {run_dir}"
+        f"continue with: {rf.resume_command(run_dir)}"
         if newest
         else "run the same command again with overwrite=true (or out=PATH on another disk)"
     )

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from tocha import runfolder as rf
 from tocha.engine import resume
 from tocha.engine.loop import NonFiniteLoss, StopRequested
 from tocha.errors import UserError
@@ -22,7 +23,7 @@ class Interrupted(Exception):
     def __init__(self, signum: int, step: int, run_dir: Path | None, world_size: int = 1) -> None:
         name = signal.Signals(signum).name
         more = f" --nproc {world_size} (or through torchrun as before)" if world_size > 1 else ""
-        where = f"; checkpoint written, continue with: tocha train --resume {run_dir}{more}" if run_dir else ""
+        where = f"; checkpoint written, continue with: {rf.resume_command(run_dir)}{more}" if run_dir else ""
         super().__init__(f"{name} at step {step}{where}")
         self.signum = signum
 

@@ -148,10 +148,38 @@ def check_compatible(teacher_meta: dict | None, data) -> None:
         )
 
 
+def resume_distill(student_run: str, *, argv: list[str]):
+    """`tocha distill --resume STUDENT`: its config.yaml, and the teacher, T, alpha and cache its meta.json names."""
+    from tocha import runfolder as rf
+    from tocha.harness.run import resume_config
+
+    cfg = resume_config(student_run, command="distill")
+    source = rf.read_meta(Path(student_run))["distilled_from"]
+    try:
+        teacher, temperature, alpha = str(source["run"]), float(source["temperature"]), float(source["alpha"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"meta.json of {student_run} does not say which teacher, temperature and alpha it was distilled with",
+            where="tocha distill --resume",
+            fix=f"start it again with tocha distill --teacher RUN ... out={student_run} overwrite=true",
+        ) from None
+    return distill_run(
+        teacher, [], temperature=temperature, alpha=alpha, cache=str(source.get("cache", "auto")), argv=argv, cfg=cfg
+    )
+
+
 def distill_run(
-    teacher_run: str, overrides: list[str], *, temperature: float, alpha: float, cache: str, argv: list[str]
+    teacher_run: str,
+    overrides: list[str],
+    *,
+    temperature: float,
+    alpha: float,
+    cache: str,
+    argv: list[str],
+    cfg=None,
 ):
-    """`tocha distill`: a student configured like `tocha train`, on the teacher's data unless told otherwise."""
+    """`tocha distill`: a student configured like `tocha train`, on the teacher's data unless told otherwise.
+    `cfg` (a resumed student's own config) replaces the config built from the teacher's and `overrides`."""
     from tocha import config
     from tocha import runfolder as rf
     from tocha.hardware import _device
@@ -183,7 +211,7 @@ def distill_run(
         "image_size": teacher_cfg["image_size"],
         "seed": teacher_cfg["seed"],
     }
-    cfg = config.load(None, overrides, values=inherited)
+    cfg = cfg or config.load(None, overrides, values=inherited)
     if cfg.out:
         from tocha.folders import check_out_vs_source
 
@@ -199,6 +227,12 @@ def distill_run(
     )
     teacher = Teacher(model, temperature, alpha, {"auto": "auto", "true": True, "false": False}[cache], meta)
     extra = {
-        "distilled_from": {"run": str(path), "model": meta["model"]["name"], "temperature": temperature, "alpha": alpha}
+        "distilled_from": {
+            "run": str(path.resolve()),  # absolute: `tocha distill --resume` finds it from anywhere
+            "model": meta["model"]["name"],
+            "temperature": temperature,
+            "alpha": alpha,
+            "cache": cache,
+        }
     }
     return train(cfg, task=create("classify", teacher=teacher, meta_extra=extra), argv=argv)
