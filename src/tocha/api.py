@@ -202,7 +202,10 @@ def evaluate(
         pin_memory=hw.pin_memory,
         seed=0,
     )
+    from tocha.engine.tta import with_tta
+
+    scored = with_tta(module.to(dev), (meta or {}).get("tta", "none"))  # as fit scored it (tta=flip: both views)
     loss, metrics = evaluate_classifier(
-        module.to(dev), batches, classes=splits.classes, device=dev, precision="fp32", top_k=top_k
+        scored, batches, classes=splits.classes, device=dev, precision="fp32", top_k=top_k
     )
     return EvalResult(split, loss, metrics, "given model", None)

@@ -102,6 +102,11 @@ class ModelConfig:
         max=1.0,
         min_open=True,
     )
+    whiten: bool = opt(
+        False,
+        "image models: set the first conv layer's filters to the whitening directions of the training "
+        "images' patches (eigenvectors of their covariance, both signs) and keep them fixed",
+    )
     dropout: float | str = opt(
         AUTO,
         "dropout before the classifier (auto: 0.25 for cnn, 0 for mlp)",

@@ -91,3 +91,75 @@ def test_a_run_with_ema_and_tta_trains_and_records_tta():
     )
     assert result.meta["tta"] == "flip"
     assert result.best is not None and 0.0 <= result.best["value"] <= 1.0
+
+
+def test_flip_tta_run_scores_the_same_in_eval_predict_and_its_export(tmp_path):
+    """A tta=flip run: `tocha eval`, tocha.evaluate, tocha.predict and the exported ONNX graph all score
+    what training scored (both views averaged), not the bare model."""
+    import json
+    import subprocess
+    import sys
+
+    import tocha
+    from tocha.recipes.runs import load_run
+
+    run = tmp_path / "run"
+    tocha.fit({"name": "cnn", "width": 8}, "digits", epochs=4, tta="flip", threads=1, out=str(run),
+              log={"tensorboard": False, "progress": False})  # fmt: skip
+    trained = json.loads((run / "summary.json").read_text())["test"]["test.accuracy"]
+    cli = [sys.executable, "-m", "tocha.cli"]
+    ev = subprocess.run([*cli, "eval", str(run), "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(ev.stdout)["accuracy"] == trained
+    loaded = load_run(run)
+    assert isinstance(loaded.inference_model, FlipTTA) and not isinstance(loaded.model, FlipTTA)
+    ex = subprocess.run([*cli, "export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+                        capture_output=True, text=True)  # fmt: skip
+    assert ex.returncode == 0, ex.stderr
+    onnx_eval = subprocess.run([*cli, "eval", str(tmp_path / "m.onnx"), "--json"], capture_output=True, text=True)
+    assert onnx_eval.returncode == 0, onnx_eval.stderr
+    assert abs(json.loads(onnx_eval.stdout)["accuracy"] - trained) <= 1 / 300  # ONNX Runtime's float sums: 1 image
+    from tocha.engine.batches import DeviceTransform
+
+    x = torch.randint(0, 256, (7, 1, 8, 8), dtype=torch.uint8)
+    got = tocha.predict(run, x)
+    prepared = DeviceTransform(loaded.meta["mean"], loaded.meta["std"], device=torch.device("cpu")).prepare(x)
+    with torch.no_grad():
+        want = torch.softmax(FlipTTA(loaded.model)(prepared), 1)
+    torch.testing.assert_close(torch.as_tensor(got.probabilities), want, atol=1e-5, rtol=1e-4)
+
+
+def test_whitened_first_conv_decorrelates_patches_and_stays_fixed():
+    from tocha.models.whiten import whiten_first_conv
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(400, 1, 10, 10, generator=g)
+    images = base + 0.8 * base.roll(1, dims=3)  # neighbouring pixels correlated, as in real images
+    conv = nn.Conv2d(1, 20, 3, padding=1, bias=False)
+    model = nn.Sequential(conv, nn.ReLU())
+    note = whiten_first_conv(model, images)
+    assert "18 fixed filters" in note and "2 more fixed" in note  # 9 directions x 2 signs, of 20
+    responses = nn.functional.conv2d(images, conv.weight[:9])  # the + filters, no padding: whole patches
+    flat = responses.transpose(0, 1).reshape(9, -1)
+    cov = torch.cov(flat)
+    torch.testing.assert_close(torch.diag(cov), torch.ones(9), atol=0.05, rtol=0)  # unit variance each
+    assert (cov - torch.diag(torch.diag(cov))).abs().max() < 0.02  # and decorrelated
+    torch.testing.assert_close(conv.weight[9:18], -conv.weight[:9])
+    assert not conv.weight.requires_grad
+
+
+def test_model_whiten_trains_and_refuses_feature_vectors(tmp_path, caplog):
+    import logging
+
+    import tocha
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (96, 1, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(96) % 3
+    with caplog.at_level(logging.INFO, logger="tocha"):
+        result = tocha.fit({"name": "cnn", "width": 4, "whiten": True}, (x, y), epochs=1, batch_size=32, threads=1,
+                           log={"progress": False})  # fmt: skip
+    first = next(m for m in result.model.modules() if isinstance(m, nn.Conv2d))
+    assert not first.weight.requires_grad and "first conv whitened" in caplog.text
+    with pytest.raises(UserError, match="model.whiten=true needs image data"):
+        tocha.fit({"name": "mlp", "whiten": True}, (torch.randn(64, 5), torch.arange(64) % 2), epochs=1,
+                  log={"progress": False})  # fmt: skip

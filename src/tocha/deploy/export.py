@@ -85,6 +85,7 @@ def metadata(meta: dict, run_dir: Path, macs: int | None = None, precision: str 
         "in_channels": meta["in_channels"],
         "image_size": meta["image_size"],
         "model": meta["model"],
+        "tta": meta.get("tta", "none"),  # in the graph; a safetensors file holds the bare model
         "run": str(run_dir),
         "input": "float32 [batch, C, H, W], scaled to [0, 1] then (x - mean) / std per channel",
     }
@@ -260,7 +261,9 @@ def export_run(
             fix="create it first or choose another --out",
         )
     loaded = load_run(path, "best", "cpu")
-    model, meta = loaded.model.eval(), loaded.meta
+    meta = loaded.meta
+    # A graph holds what training scored (tta=flip: both views averaged); a safetensors file only weights.
+    model = (loaded.model if fmt == "safetensors" else loaded.inference_model).eval()
     if not meta["image_size"]:
         raise UserError(
             "export supports image models only for now; this run was trained on feature vectors",

@@ -61,7 +61,7 @@ def open_artifact(spec: str, threads: int | None = None) -> Artifact:
         from tocha.recipes.runs import load_run
 
         loaded = load_run(path, "best", "cpu")
-        model = loaded.model.eval()
+        model = loaded.inference_model.eval()  # what its export holds (flip TTA included)
 
         def run_torch(x: torch.Tensor) -> np.ndarray:
             with torch.inference_mode():

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tocha.engine.tta import with_tta
 from tocha.errors import UserError
 
 PREDICT_BATCH = 256
@@ -52,9 +53,9 @@ def model_and_meta(source: Any, device: str, checkpoint: str) -> tuple[nn.Module
         from tocha.recipes.runs import load_run
 
         loaded = load_run(source, checkpoint, device)
-        return loaded.model, loaded.meta
+        return loaded.inference_model, loaded.meta
     if hasattr(source, "model") and isinstance(getattr(source, "meta", None), dict):  # FitResult, LoadedRun
-        return source.model, source.meta
+        return with_tta(source.model, source.meta.get("tta", "none")), source.meta
     if isinstance(source, nn.Module):
         meta = getattr(source, "tocha_meta", None)
         if meta is None:
@@ -63,7 +64,7 @@ def model_and_meta(source: Any, device: str, checkpoint: str) -> tuple[nn.Module
                 where="tocha.predict",
                 fix="pass the FitResult or run folder, or a module returned by tocha.fit",
             )
-        return source, meta
+        return with_tta(source, meta.get("tta", "none")), meta
     raise UserError(
         f"cannot predict with a {type(source).__name__}",
         where="tocha.predict",

@@ -22,6 +22,14 @@ class LoadedRun:
     meta: dict
     config_path: Path
 
+    @property
+    def inference_model(self) -> nn.Module:
+        """The model as training scored it: wrapped in flip test-time augmentation when the run used tta=flip
+        (eval, predict, bench-model and export use this one; pruning and distillation the bare model)."""
+        from tocha.engine.tta import with_tta
+
+        return with_tta(self.model, self.meta.get("tta", "none"))
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -121,7 +129,12 @@ def evaluate_run(
         seed=0,
     )
     loss, metrics = evaluate_classifier(
-        loaded.model, batches, classes=tuple(meta["classes"]), device=dev, precision=precision, top_k=top_k or cfg.top_k
+        loaded.inference_model,
+        batches,
+        classes=tuple(meta["classes"]),
+        device=dev,
+        precision=precision,
+        top_k=top_k or cfg.top_k,
     )
     name = f"eval-{split}.json" if checkpoint == "best" else f"eval-{split}-{checkpoint}.json"
     record = {"split": split, "checkpoint": checkpoint, "loss": loss, **metrics.to_dict()}
@@ -307,9 +320,11 @@ def predict_files(
         older_resize = "pil" if trained.data.name == "imagefolder" else "torch"
         amp_dtype = AMP_DTYPES[inference_precision(trained.precision, trained.device, hw.device)]
 
+        model = loaded.inference_model
+
         def logits_of(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                return loaded.model(x).float()
+                return model(x).float()
 
     if not meta["image_size"]:
         raise UserError("this run was trained on feature vectors, not images", fix="use the Python API to predict")

@@ -20,6 +20,7 @@ from tocha.errors import UserError
 from tocha.harness import scale
 from tocha.models import DEFAULT_DROPOUT, ModelSpec, build_model, check_input_size
 from tocha.models.transfer import Freezing, load_pretrained
+from tocha.models.whiten import PATCH_SAMPLES, first_conv, whiten_first_conv
 from tocha.tasks.base import Built, Finished, final_scores
 
 log = logging.getLogger("tocha")
@@ -101,6 +102,21 @@ class Task:
         }
         x = data.train.head(placement.batch_size_per_process)
         probe = transform.prepare(x.to(device)), data.train.labels[: len(x)].to(device)
+        init_notes = []
+        if cfg.model.whiten:  # from the un-augmented training images, as the model will see them
+            if not data.image_size or not isinstance(first_conv(model), nn.Conv2d):
+                raise UserError(
+                    f"model.whiten=true needs images and a model with a convolution; model={spec.name} has none"
+                    if data.image_size
+                    else "model.whiten=true needs image data; this data is feature vectors",
+                    where="config key model.whiten",
+                    fix="drop model.whiten, or use an image model such as model=cnn",
+                )
+            try:
+                images = transform.prepare(data.train.head(PATCH_SAMPLES).to(device))
+                init_notes.append(whiten_first_conv(model, images))
+            except ValueError as exc:
+                raise UserError(str(exc), where="config key model.whiten", fix="drop model.whiten") from None
         loss_fn, correct_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), top1_correct
         if self.teacher is not None:  # distillation: the targets carry the teacher's logits; the loop is the same
             self.teacher.check_compatible(data)
@@ -112,7 +128,9 @@ class Task:
         self.top_k, self.tta = cfg.top_k, cfg.tta
         lr_backbone = freezing.backbone_lr(cfg.lr, cfg.lr_backbone)  # the harness resolved cfg.lr
         data_name = cfg.data.name if registered else "in-memory data"  # tensors, a Dataset: not the default name
-        lines = self.describe(data_name, data, residency.reason, spec, model, sync_note, weight_notes, freezing)
+        lines = self.describe(
+            data_name, data, residency.reason, spec, model, sync_note, [*weight_notes, *init_notes], freezing
+        )
         meta = {
             "task": "classify",
             "model": spec.to_dict(),
@@ -123,7 +141,7 @@ class Task:
             "image_size": data.image_size,
             # predict resizes a file as training did: PIL for image folders, torch for tensor data
             "resize": "pil" if registered and cfg.data.name == "imagefolder" else "torch",
-            "tta": cfg.tta,  # what the val/test scores of training used (eval/predict/export do not apply it)
+            "tta": cfg.tta,  # what the val/test scores used; eval, predict, bench-model and exported graphs too
             **self.meta_extra,
         }
         resolved = {
