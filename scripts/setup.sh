@@ -2,6 +2,7 @@
 # Idempotent setup on a fresh Debian machine: Python venv in .venv, tocha with its dev extras
 # (torch/torchvision pinned by constraints.txt), and the Fashion-MNIST Debian package when we can
 # install it. Safe to run again: skips what is already done.
+# `setup.sh --tests` (what scripts/test.sh runs) also installs what only the tests need: Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,5 +47,15 @@ if [ ! -d /usr/share/games/fortunes ]; then
       || echo "setup: could not install fortunes; task=charlm will need data.path=FILE"
   else
     echo "setup: not root, cannot apt-get install fortunes; task=charlm will need data.path=FILE"
+  fi
+fi
+# The report tests render report.html in headless Chromium; the quick start does not need it.
+if [ "${1:-}" = --tests ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing the Debian package chromium (headless rendering of report.html in the tests)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
+      || echo "setup: could not install chromium; the report rendering tests will skip"
+  else
+    echo "setup: not root, cannot apt-get install chromium; the report rendering tests will skip"
   fi
 fi

@@ -103,3 +103,17 @@ def test_generation_is_reproducible_with_a_seed():
     streamed = []
     generate_text(model, vocab.chars, "the ", 20, seed=7, on_text=streamed.append)
     assert "".join(streamed) == a[:20]
+
+
+@pytest.mark.parametrize(("model_bpc", "said"), [(2.5, "20.6% fewer bits"), (4.0, "27.0% more bits")])
+def test_the_report_says_more_bits_when_the_model_loses_to_the_baseline(model_bpc, said):
+    from tocha.tasks.charlm import report_sections
+
+    summary = {
+        "val": {"val.bpc": model_bpc, "val.perplexity": 2**model_bpc},
+        "baseline_3gram": {"bpc": 3.15},
+        "bpc_reduction_vs_3gram": 1 - model_bpc / 3.15,
+        "sample": {"word_hit_rate": 0.5, "words": 10},
+    }
+    (_, table), *_ = report_sections(summary, [], "the text")
+    assert said in table and "-" not in table.split("<p>")[1]

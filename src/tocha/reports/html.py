@@ -37,9 +37,11 @@ th, td { border: 1px solid #ddd; padding: 0.25em 0.7em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f4f4f4; }
 tr.avg td { background: #fafafa; font-weight: 600; }
-pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+pre { background: #f6f6f6; padding: 1em; font-size: 0.85em;
+      white-space: pre-wrap; overflow-wrap: anywhere; }  /* generated text wraps, never scrolls sideways */
 img { max-width: 100%; }
 .na { color: #888; font-style: italic; }
+.wide { overflow-x: auto; }
 """
 
 
@@ -243,8 +245,14 @@ def table_html(rows: Sequence[Mapping[str, Any]]) -> str:
         return _NOT_AVAILABLE
     columns = list(rows[0])
     head = "".join(f"<th>{escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>\n" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
+
+    # A path may break after a slash (runs/cnn/export/model.onnx made a 10-column table wider than a
+    # 1024-pixel window); a table that is still too wide scrolls in its own box, never the page.
+    def cell(value: Any) -> str:
+        return f"<td>{_fmt(value).replace('/', '/<wbr>')}</td>"
+
+    body = "".join("<tr>" + "".join(cell(r.get(c)) for c in columns) + "</tr>\n" for r in rows)
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table></div>'
 
 
 def upsert_section(run_dir: Path, section_id: str, title: str, inner_html: str, *, dated: bool = True) -> bool:

@@ -255,8 +255,9 @@ def report_sections(summary: dict, samples: list[tuple[int, str]], final: str) -
     ]
     table = "<table><thead><tr><th>validation split</th><th>bits per char</th><th>perplexity</th></tr></thead><tbody>"
     table += "".join(f"<tr><td>{escape(n)}</td><td>{b:.4f}</td><td>{p:.3f}</td></tr>" for n, b, p in rows)
+    gain = summary["bpc_reduction_vs_3gram"]  # negative when the model is worse than the baseline
     table += (
-        f"</tbody></table><p>{summary['bpc_reduction_vs_3gram']:.1%} fewer bits per character than the "
+        f"</tbody></table><p>{abs(gain):.1%} {'fewer' if gain >= 0 else 'more'} bits per character than the "
         f"baseline; {summary['sample']['word_hit_rate']:.1%} of the {summary['sample']['words']} words of the "
         f"sample below occur in the training text.</p>"
     )
