@@ -161,6 +161,10 @@ def evaluate(
 
     Returns an :class:`tocha.recipes.runs.EvalResult` with the loss and the classification metrics.
     """
+    if isinstance(model, (str, Path)) and Path(model).suffix in (".onnx", ".pt2"):  # an exported file
+        from tocha.deploy.measure import evaluate_artifact
+
+        return evaluate_artifact(model, split=split, batch_size=batch_size, top_k=top_k)
     if isinstance(model, (str, Path)):
         from tocha.recipes.runs import evaluate_run
 

@@ -26,11 +26,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from pathlib import Path
+
     from tocha.recipes.runs import evaluate_run
 
-    result = evaluate_run(
-        args.run, split=args.split, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size
-    )
+    if Path(args.run).suffix in (".onnx", ".pt2"):  # a file from `tocha export` / `tocha compress`
+        from tocha.deploy.measure import evaluate_artifact
+
+        result = evaluate_artifact(args.run, split=args.split, batch_size=args.batch_size)
+    else:
+        result = evaluate_run(
+            args.run, split=args.split, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size
+        )
     if args.json:
         print(result.json_text, end="")  # exactly what RUN/eval-SPLIT.json holds
     else:

@@ -122,6 +122,58 @@ def run_macs(run_dir: Path) -> int:
     return count_macs(loaded.model, torch.zeros(shape))
 
 
+def evaluate_artifact(
+    file: str | Path, *, split: str = "test", batch_size: int = 512, write: bool = True, top_k: int | None = None
+):
+    """An exported or compressed model file (.onnx through ONNX Runtime, .pt2) on a split of the run it
+    came from (its metadata names the run); the metrics go to FILE.eval-SPLIT.json beside it."""
+    from tocha import runfolder as rf
+    from tocha.engine.batches import DeviceTransform, make_batches
+    from tocha.engine.evaluate import evaluate_classifier
+    from tocha.recipes.runs import eval_result, load_split
+
+    path = Path(file)
+    artifact = open_artifact(str(path))  # a clear error for a missing or foreign file
+    meta = artifact.meta
+    run = Path(meta.get("run", ""))
+    if not (run / rf.CONFIG).is_file():
+        raise UserError(
+            f"'{path}' came from run '{meta.get('run')}', which is no longer there: its data splits are unknown",
+            where="tocha eval",
+            fix="evaluate the run folder itself, or restore it where it was",
+        )
+    chosen = load_split(run, split)
+    cpu = torch.device("cpu")
+    batches = make_batches(
+        chosen,
+        batch_size,
+        device=cpu,
+        transform=DeviceTransform(meta["mean"], meta["std"], device=cpu),
+        train=False,
+        workers=0,
+        pin_memory=False,
+        seed=0,
+    )
+    model = _ArtifactModule(artifact.predict)
+    loss, metrics = evaluate_classifier(
+        model, batches, classes=tuple(meta["classes"]), device=cpu, precision="fp32", top_k=top_k or 5
+    )
+    record = {"split": split, "artifact": str(path), "run": str(run), "loss": loss, **metrics.to_dict()}
+    json_path = path.with_name(f"{path.name}.eval-{split}.json")
+    return eval_result(json_path, record, write, split=split, loss=loss, metrics=metrics, checkpoint=path.name)
+
+
+class _ArtifactModule(torch.nn.Module):
+    """A model file's predict function (numpy logits) as a module the evaluation loop can call."""
+
+    def __init__(self, predict) -> None:
+        super().__init__()
+        self.predict = predict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.predict(x.float().contiguous()))
+
+
 def test_data(meta: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The normalised test split of the run an artifact came from, when that run is still there."""
     return split_data(meta, "test")
