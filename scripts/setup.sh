@@ -29,33 +29,24 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# debian_package PACKAGE WHAT OTHERWISE: apt-get install PACKAGE (when root), else say what happens without it.
+debian_package() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing the Debian package $1 ($2)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1") >/dev/null \
+      || echo "setup: could not install $1; $3"
+  else
+    echo "setup: not root, cannot apt-get install $1; $3"
+  fi
+}
+
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (no download at run time).
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing the Debian package dataset-fashion-mnist"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
-      || echo "setup: could not install dataset-fashion-mnist; tocha will fall back to the digits dataset"
-  else
-    echo "setup: not root, cannot apt-get install dataset-fashion-mnist; tocha will fall back to the digits dataset"
-  fi
-fi
+[ -d /usr/share/datasets/fashion-mnist ] \
+  || debian_package dataset-fashion-mnist "the default dataset" "tocha will fall back to the digits dataset"
 # The default text corpus of `tocha train task=charlm`: the English files of Debian's fortunes package.
-if [ ! -d /usr/share/games/fortunes ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing the Debian package fortunes (default text for task=charlm)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes) >/dev/null \
-      || echo "setup: could not install fortunes; task=charlm will need data.path=FILE"
-  else
-    echo "setup: not root, cannot apt-get install fortunes; task=charlm will need data.path=FILE"
-  fi
-fi
+[ -d /usr/share/games/fortunes ] \
+  || debian_package fortunes "default text for task=charlm" "task=charlm will need data.path=FILE"
 # The report tests render report.html in headless Chromium; the quick start does not need it.
 if [ "${1:-}" = --tests ] && [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing the Debian package chromium (headless rendering of report.html in the tests)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
-      || echo "setup: could not install chromium; the report rendering tests will skip"
-  else
-    echo "setup: not root, cannot apt-get install chromium; the report rendering tests will skip"
-  fi
+  debian_package chromium "headless rendering of report.html in the tests" "the report rendering tests will skip"
 fi

@@ -76,7 +76,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from tocha.harness.signals import Interrupted
-    from tocha.recipes.distill import distill_run, resume_distill
+    from tocha.recipes.distill import ALPHA, TEMPERATURE, distill_run, resume_distill
 
     overrides = [*args.student, *args.args]
     if bad := [a for a in overrides if "=" not in a]:
@@ -107,8 +107,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             distill_run,
             args.teacher,
             overrides,
-            temperature=4.0 if args.temperature is None else args.temperature,
-            alpha=0.9 if args.alpha is None else args.alpha,
+            temperature=TEMPERATURE if args.temperature is None else args.temperature,
+            alpha=ALPHA if args.alpha is None else args.alpha,
             cache=args.cache or "auto",
             argv=["tocha", *argv],
         )

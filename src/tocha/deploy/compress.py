@@ -167,9 +167,6 @@ def compress_run(
     echo=print,
 ) -> dict:
     from tocha import runfolder as rf
-    from tocha.deploy import measure
-    from tocha.deploy.export import export_run
-    from tocha.recipes.runs import load_split
 
     if goal is None:
         prune = prune or 0.0  # step by step: no pruning unless asked; a goal search finds a ratio itself
@@ -185,18 +182,19 @@ def compress_run(
     )
     path = rf.check_run_dir(run_dir)
     folder = output_folder(path, out, overwrite)
+    # prune_and_finetune's keyword arguments, for one fixed ratio or for each ratio the search tries
+    options = {
+        "method": prune_method,
+        "target": prune_target,
+        "scope": prune_scope,
+        "rounds": prune_steps,
+        "epochs": finetune_epochs,
+        "lr": finetune_lr,
+        "round_to": prune_round_to,
+    }
     if parsed_goal is not None:
         from tocha.deploy.search import goal_compress
 
-        options = {
-            "method": prune_method,
-            "target": prune_target,
-            "scope": prune_scope,
-            "rounds": prune_steps,
-            "epochs": finetune_epochs,
-            "lr": finetune_lr,
-            "round_to": prune_round_to,
-        }
         return goal_compress(
             path,
             folder,
@@ -209,108 +207,11 @@ def compress_run(
             calibration_batches=calibration_batches,
             echo=echo,
         )
-    meta = rf.read_meta(path)
-    x_bench = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"])
-    data, artifacts = None, {}
-
-    def measured(name: str, file: Path, macs: int | None) -> Step:
-        """Accuracy, size and counts of one file; its latency is timed beside the best so far in `consider`."""
-        nonlocal data
-        artifact = artifacts[str(file)] = measure.open_artifact(str(file))
-        data = data or {split: measure.split_data(artifact.meta, split) for split in ("val", "test")}
-        return Step(
-            name,
-            str(file),
-            measure.accuracy(artifact, data["val"]),
-            float("nan"),
-            artifact.bytes / 2**20,
-            artifact.params,
-            macs,
-            measure.accuracy(artifact, data["test"]),
-        )
-
-    fp32 = export_run(path, "onnx", out=folder / "model-fp32.onnx")
-    echo(
-        f"fp32 ONNX: {fp32.path} (parity: max abs diff {fp32.parity.max_abs_diff:.1e}, "
-        f"top-1 {fp32.parity.top1_agreement:.2%})"
-    )
-    steps = [measured("fp32", fp32.path, measure.run_macs(path))]
-    best, decisions = steps[0], []
-
-    def consider(step: Step, final: Path | None = None) -> bool:
-        """Judge `step`; a file judged under a temporary name gets `final` (or its .rejected name) after."""
-        nonlocal best
-        # One timing, side by side (alternating rounds), gives both the verdict and the numbers in the table.
-        pairing = measure.paired(artifacts[best.path].predict, artifacts[step.path].predict, x_bench)
-        if steps[0] is best and steps[0].p50_ms != steps[0].p50_ms:  # the reference's first timing: its row
-            steps[0] = best = dataclasses.replace(best, p50_ms=pairing.a_ms, vs=step.name, vs_p50_ms=pairing.b_ms)
-        step = dataclasses.replace(
-            step, p50_ms=pairing.b_ms, p90_ms=pairing.b_p90_ms, vs=best.name, vs_p50_ms=pairing.a_ms
-        )
-        keep, reason = judge(
-            dataclasses.replace(best, p50_ms=pairing.a_ms), step, max_accuracy_drop, decided=pairing.decided
-        )
-        echo(reason)
-        decisions.append(reason)
-        named = final or Path(step.path)
-        if not keep or final is not None:
-            target = named if keep else named.with_name(named.stem + ".rejected.onnx")
-            Path(step.path).rename(target)
-            artifacts[str(target)] = artifacts.pop(step.path)
-            step = dataclasses.replace(step, path=str(target))
-        steps.append(step)
-        best = step if keep else best
-        return keep
-
+    run = StepByStep(path, folder, batch=batch, max_drop=max_accuracy_drop, echo=echo)
     if prune:
-        pruned_run = folder / "pruned"
-        info = prune_and_finetune(
-            path,
-            pruned_run,
-            ratio=prune,
-            method=prune_method,
-            target=prune_target,
-            scope=prune_scope,
-            rounds=prune_steps,
-            epochs=finetune_epochs,
-            lr=finetune_lr,
-            echo=echo,
-            round_to=prune_round_to,
-        )
-        exported = export_run(pruned_run, "onnx", out=folder / "model-pruned.onnx")
-        consider(measured("pruned", exported.path, info["macs_after"]))
-
+        run.prune(prune, options)
     if quantize != "none":
-        calib = None
-        if quantize == "int8":
-            from tocha.engine.batches import DeviceTransform
-
-            calib = DeviceTransform(meta["mean"], meta["std"], device=torch.device("cpu")).prepare(
-                load_split(path, "train").head(calibration_batches * 64)
-            )
-        name = f"{best.name}+{quantize}" if best.name != "fp32" else quantize
-        final = folder / f"model-{name.replace('+', '-')}.onnx"
-        # Quantized and judged under a temporary name: a killed compress leaves no unjudged model-*.onnx.
-        int8_path = folder / f".{final.stem}.tmp-{os.getpid()}.onnx"
-        try:
-            quantize_onnx(
-                Path(best.path),
-                int8_path,
-                dynamic=quantize == "int8-dynamic",
-                calibration=calib,
-                method=calibration,
-                keep_edges=not quantize_edges,
-            )
-        except Exception as exc:  # an operator the quantizer does not support, ...
-            int8_path.unlink(missing_ok=True)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise UserError(
-                f"int8 quantization of {best.path} failed: {type(exc).__name__}: {first}",
-                where="tocha compress --quantize",
-                fix="keep the fp32 export, or try --quantize int8-dynamic / --calibration entropy",
-            ) from None
-        consider(measured(name, int8_path, best.macs), final)
-
+        run.quantize(quantize, method=calibration, calibration_batches=calibration_batches, edges=quantize_edges)
     report = {
         "batch": batch,
         "max_accuracy_drop_points": max_accuracy_drop,
@@ -320,22 +221,124 @@ def compress_run(
         "calibration_samples": calibration_batches * 64 if quantize == "int8" else 0,
         "prune": {
             "ratio": prune,
-            "method": prune_method,
-            "target": prune_target,
-            "scope": prune_scope,
-            "rounds": prune_steps,
-            "round_to": prune_round_to,
+            **{k: options[k] for k in ("method", "target", "scope", "rounds", "round_to")},
             "finetune_epochs": finetune_epochs,
         }
         if prune
         else None,
-        "steps": [asdict(s) for s in steps],
-        "kept": best.path,
-        "decisions": decisions,
-        "decision": decisions[-1] if decisions else "nothing to compare",
+        "steps": [asdict(s) for s in run.steps],
+        "kept": run.best.path,
+        "decisions": run.decisions,
+        "decision": run.decisions[-1] if run.decisions else "nothing to compare",
     }
-    write_step_report(path, folder, report, steps)
+    write_step_report(path, folder, report, run.steps)
     return report
+
+
+class StepByStep:
+    """`tocha compress` without a goal: the fp32 export, then each step asked for, judged against the
+    best file so far by one side-by-side timing (alternating rounds) that gives the verdict and its row."""
+
+    def __init__(self, path: Path, folder: Path, *, batch: int, max_drop: float, echo) -> None:
+        from tocha import runfolder as rf
+        from tocha.deploy import measure
+        from tocha.deploy.export import export_run
+
+        self.path, self.folder, self.max_drop, self.echo = path, folder, max_drop, echo
+        self.meta = rf.read_meta(path)
+        self.x_bench = torch.randn(batch, self.meta["in_channels"], self.meta["image_size"], self.meta["image_size"])
+        self.data: dict | None = None
+        self.artifacts: dict = {}
+        self.decisions: list[str] = []
+        fp32 = export_run(path, "onnx", out=folder / "model-fp32.onnx")
+        echo(
+            f"fp32 ONNX: {fp32.path} (parity: max abs diff {fp32.parity.max_abs_diff:.1e}, "
+            f"top-1 {fp32.parity.top1_agreement:.2%})"
+        )
+        self.steps = [self.measured("fp32", fp32.path, measure.run_macs(path))]
+        self.best = self.steps[0]
+
+    def measured(self, name: str, file: Path, macs: int | None) -> Step:
+        """Accuracy, size and counts of one file; its latency is timed beside the best so far in `consider`."""
+        from tocha.deploy import measure
+
+        artifact = self.artifacts[str(file)] = measure.open_artifact(str(file))
+        self.data = self.data or {split: measure.split_data(artifact.meta, split) for split in ("val", "test")}
+        return Step(
+            name,
+            str(file),
+            measure.accuracy(artifact, self.data["val"]),
+            float("nan"),
+            artifact.bytes / 2**20,
+            artifact.params,
+            macs,
+            measure.accuracy(artifact, self.data["test"]),
+        )
+
+    def consider(self, step: Step, final: Path | None = None) -> bool:
+        """Judge `step`; a file judged under a temporary name gets `final` (or its .rejected name) after."""
+        from tocha.deploy import measure
+
+        best = self.best
+        pairing = measure.paired(self.artifacts[best.path].predict, self.artifacts[step.path].predict, self.x_bench)
+        if self.steps[0] is best and best.p50_ms != best.p50_ms:  # the reference's first timing: its row
+            self.steps[0] = best = dataclasses.replace(best, p50_ms=pairing.a_ms, vs=step.name, vs_p50_ms=pairing.b_ms)
+        step = dataclasses.replace(
+            step, p50_ms=pairing.b_ms, p90_ms=pairing.b_p90_ms, vs=best.name, vs_p50_ms=pairing.a_ms
+        )
+        keep, reason = judge(dataclasses.replace(best, p50_ms=pairing.a_ms), step, self.max_drop, pairing.decided)
+        self.echo(reason)
+        self.decisions.append(reason)
+        named = final or Path(step.path)
+        if not keep or final is not None:
+            target = named if keep else named.with_name(named.stem + ".rejected.onnx")
+            Path(step.path).rename(target)
+            self.artifacts[str(target)] = self.artifacts.pop(step.path)
+            step = dataclasses.replace(step, path=str(target))
+        self.steps.append(step)
+        self.best = step if keep else best
+        return keep
+
+    def prune(self, ratio: float, options: dict) -> bool:
+        from tocha.deploy.export import export_run
+
+        pruned_run = self.folder / "pruned"
+        info = prune_and_finetune(self.path, pruned_run, ratio=ratio, echo=self.echo, **options)
+        exported = export_run(pruned_run, "onnx", out=self.folder / "model-pruned.onnx")
+        return self.consider(self.measured("pruned", exported.path, info["macs_after"]))
+
+    def quantize(self, quantize: str, *, method: str, calibration_batches: int, edges: bool) -> bool:
+        calib = None
+        if quantize == "int8":
+            from tocha.engine.batches import DeviceTransform
+            from tocha.recipes.runs import load_split
+
+            calib = DeviceTransform(self.meta["mean"], self.meta["std"], device=torch.device("cpu")).prepare(
+                load_split(self.path, "train").head(calibration_batches * 64)
+            )
+        best = self.best
+        name = f"{best.name}+{quantize}" if best.name != "fp32" else quantize
+        final = self.folder / f"model-{name.replace('+', '-')}.onnx"
+        # Quantized and judged under a temporary name: a killed compress leaves no unjudged model-*.onnx.
+        int8_path = self.folder / f".{final.stem}.tmp-{os.getpid()}.onnx"
+        try:
+            quantize_onnx(
+                Path(best.path),
+                int8_path,
+                dynamic=quantize == "int8-dynamic",
+                calibration=calib,
+                method=method,
+                keep_edges=not edges,
+            )
+        except Exception as exc:  # an operator the quantizer does not support, ...
+            int8_path.unlink(missing_ok=True)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise UserError(
+                f"int8 quantization of {best.path} failed: {type(exc).__name__}: {first}",
+                where="tocha compress --quantize",
+                fix="keep the fp32 export, or try --quantize int8-dynamic / --calibration entropy",
+            ) from None
+        return self.consider(self.measured(name, int8_path, best.macs), final)
 
 
 def write_step_report(path: Path, folder: Path, report: dict, steps: list[Step]) -> None:

@@ -186,20 +186,8 @@ class _CastInput(nn.Module):
         return self.model(x.to(self.dtype)).float()
 
 
-def export_run(
-    run_dir: str | Path,
-    fmt: str = "onnx",
-    *,
-    out: str | Path | None = None,
-    opset: int = 18,
-    dynamic_batch: bool = True,
-    overwrite: bool = False,
-    samples: int = 512,
-    precision: str = "fp32",
-) -> ExportResult:
-    from tocha import runfolder as rf
-    from tocha.recipes.runs import load_run
-
+def check_options(fmt: str, precision: str) -> None:
+    """The format and precision, and the combinations that cannot work."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'", where="tocha export --format", allowed=", ".join(FORMATS))
     if precision not in PRECISIONS:
@@ -218,10 +206,12 @@ def export_run(
             where="tocha export --precision",
             fix="drop --precision, or use --format onnx/pt2/torchscript",
         )
-    path = rf.check_run_dir(run_dir)
+
+
+def check_target(target: Path, path: Path, fmt: str, *, given: bool, overwrite: bool) -> Path:
+    """Refuse an output that would replace a run file or a file tocha did not write; returns the parity sidecar."""
     from tocha import folders
 
-    target = Path(out) if out else path / "export" / f"model{FORMATS[fmt]}"
     # Inside the run only its own export/ and compressed/ folders: anywhere else an export could replace run files.
     folders.check_out_vs_source(
         target, path, where="tocha export --out", what="run being exported", allowed_inside=("export", "compressed")
@@ -254,12 +244,35 @@ def export_run(
             where="tocha export --out",
             fix="choose another --out",
         )
-    if not target.parent.is_dir() and out:
+    if not target.parent.is_dir() and given:
         raise UserError(
             f"folder '{target.parent}' does not exist",
             where="tocha export --out",
             fix="create it first or choose another --out",
         )
+    return sidecar
+
+
+def export_run(
+    run_dir: str | Path,
+    fmt: str = "onnx",
+    *,
+    out: str | Path | None = None,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    overwrite: bool = False,
+    samples: int = 512,
+    precision: str = "fp32",
+) -> ExportResult:
+    from tocha import runfolder as rf
+    from tocha.recipes.runs import load_run
+
+    check_options(fmt, precision)
+    path = rf.check_run_dir(run_dir)
+    from tocha import folders
+
+    target = Path(out) if out else path / "export" / f"model{FORMATS[fmt]}"
+    sidecar = check_target(target, path, fmt, given=bool(out), overwrite=overwrite)
     loaded = load_run(path, "best", "cpu")
     meta = loaded.meta
     # A graph holds what training scored (tta=flip: both views averaged); a safetensors file only weights.

@@ -606,14 +606,14 @@ def resume_config(run_dir: str, *, command: str) -> TrainConfig:
 def check_same_kind_of_run(run_dir: Path, meta: dict) -> None:
     """A distilled student resumes only with its teacher, and a plain run never gains one."""
     try:
-        before = rf.read_json(run_dir / rf.META)
+        written = rf.read_json(run_dir / rf.META)
     except UserError:
         return  # meta.json is written before the first checkpoint; damaged, the checkpoint alone decides
-    before = isinstance(before, dict) and "distilled_from" in before
-    if before != ("distilled_from" in meta):
-        was = "a student distilled from a teacher" if before else "trained without a teacher"
+    was_student = isinstance(written, dict) and "distilled_from" in written
+    if was_student != ("distilled_from" in meta):
+        was = "a student distilled from a teacher" if was_student else "trained without a teacher"
         raise UserError(
-            f"'{run_dir}' was {was}; resuming it {'without' if before else 'with'} one would change its loss",
+            f"'{run_dir}' was {was}; resuming it {'without' if was_student else 'with'} one would change its loss",
             where="resume",
             fix=f"continue it with: {rf.resume_command(run_dir)}",
         )

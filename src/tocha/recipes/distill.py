@@ -26,13 +26,14 @@ from torch import nn
 from tocha.errors import UserError
 
 log = logging.getLogger("tocha")
+TEMPERATURE, ALPHA = 4.0, 0.9  # the defaults (alpha on the soft loss), as the published recipes use them
 
 
 @dataclass
 class Teacher:
     model: nn.Module
-    temperature: float = 4.0
-    alpha: float = 0.9  # on the soft loss, as the published recipes use it (Hinton et al.; T=4)
+    temperature: float = TEMPERATURE
+    alpha: float = ALPHA
     cache: bool | str = "auto"  # precompute logits when the training batches allow it
     meta: dict | None = None  # the teacher run's meta.json: checked against the student's data
 
