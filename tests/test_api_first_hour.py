@@ -158,11 +158,61 @@ def test_a_dataloader_is_accepted_and_tensor_data_is_not_called_fashion_mnist(ca
     with caplog.at_level(logging.INFO, logger="tocha"):
         result = tocha.fit(_module(), loader, epochs=1, verbose=False, **QUIET)
     text = "\n".join(caplog.messages)
-    assert "train_data is a DataLoader: tocha uses its dataset (batch_size 40)" in text
+    assert "train_data is a DataLoader (batch_size 40)" in text
+    assert "batches    resident tensors" in text  # items that repeat and fit: held in memory
     assert "fashion-mnist" not in text and "data       in-memory data: 320 train" in text
     assert result.summary["batch_size_global"] == 40
     hardware = [line for line in text.splitlines() if line.startswith(("hardware", "device", "precision"))]
     assert len(hardware) == 1 and hardware[0].startswith("hardware   cpu, fp32, 1 thread(s)")
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Items that differ between reads (a random transform inside), counted per read."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.reads = x, y, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.x[i] + 0.01 * torch.randn(self.x.shape[1]), int(self.y[i])
+
+
+def test_a_dataloader_that_cannot_be_resident_makes_the_batches_itself(caplog):
+    x, y = _data()
+    seen = []
+
+    def collate(items):  # the user's own collate_fn: it must be the one that makes every batch
+        seen.append(len(items))
+        return torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
+
+    train = torch.utils.data.DataLoader(_Noisy(x[:320], y[:320]), batch_size=32, shuffle=True, collate_fn=collate)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[320:], y[320:]), batch_size=40)
+    with caplog.at_level(logging.INFO, logger="tocha"):
+        result = tocha.fit(_module(), train, val, epochs=2, lr=0.05, verbose=False, **QUIET)
+    text = "\n".join(caplog.messages)
+    assert "batches    the DataLoader as given, not held in memory: its collate_fn (collate) makes the batches" in text
+    assert seen.count(32) >= 2 * 10  # every training batch of both epochs went through it
+    assert "data.workers (now 0)" in text or "input bound" not in text  # the loader's own workers
+    assert result.summary["batch_size_global"] == 32 and result.val.accuracy > 0.8
+
+
+def test_a_dataloader_with_its_own_sampler_keeps_it_and_needs_a_validation_split():
+    x, y = _data()
+    weights = torch.where(y[:320] == 1, 3.0, 1.0)
+    sampler = torch.utils.data.WeightedRandomSampler(
+        weights, num_samples=160, generator=torch.Generator().manual_seed(0)
+    )
+    train = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x[:320], y[:320]), batch_size=16, sampler=sampler
+    )
+    with pytest.raises(tocha.UserError, match="its own sampler .WeightedRandomSampler.*validation") as info:
+        tocha.fit(_module(), train, epochs=1, verbose=False, **QUIET)
+    assert "val_data=" in info.value.fix
+    result = tocha.fit(_module(), train, (x[320:], y[320:]), epochs=1, verbose=False, **QUIET)
+    assert result.summary["steps"] == 160 // 16  # the sampler's 160 draws, not the dataset's 320
 
 
 def test_bf16_on_a_cpu_without_bf16_instructions_is_named():

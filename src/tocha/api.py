@@ -20,25 +20,34 @@ def _ensure_console_logging() -> None:
             logger.setLevel(logging.INFO)
 
 
-def _unloaded(data: Any, role: str, options: dict) -> Any:
-    """A DataLoader's dataset: tocha batches it itself, so that it can be held in memory, resumed exactly."""
+def _unloaded(data: Any, role: str, options: dict, loaders: dict) -> Any:
+    """A DataLoader's dataset, the loader kept in `loaders[role]` for the batches that cannot be resident."""
     import torch
 
     if not isinstance(data, torch.utils.data.DataLoader):
         return data
+    if isinstance(data.dataset, torch.utils.data.IterableDataset):
+        raise UserError(
+            f"{role}_data is a DataLoader over an IterableDataset, which has no length or indices",
+            where=f"tocha.fit {role}_data",
+            fix="pass a map-style Dataset (with __len__ and __getitem__), or its items as (x, y) tensors",
+        )
     if role == "train" and "batch_size" not in options and data.batch_size:
         options["batch_size"] = data.batch_size
+    loaders[role] = data
     logging.getLogger("tocha").info(
-        "data       %s_data is a DataLoader: tocha uses its dataset (batch_size %s) and batches it itself, "
-        "held in memory when it fits, so that the order is seeded and a resume continues exactly; the "
-        "loader's sampler, collate_fn and workers are not used",
+        "data       %s_data is a DataLoader (batch_size %s): held in memory when its dataset fits and its items "
+        "are the same on every read, with tocha's seeded order; otherwise its own collate_fn, workers and "
+        "sampler make the batches (the batches line says which)",
         role,
         data.batch_size,
     )
     return data.dataset
 
 
-def _as_splits(train_data: Any, val_data: Any, test_data: Any, *, val_fraction: float, seed: int, classes):
+def _as_splits(
+    train_data: Any, val_data: Any, test_data: Any, *, val_fraction: float, seed: int, classes, loaders: dict
+):
     """A DataSplits from (x, y) tensors or Datasets; None when `train_data` is a registered name."""
     from tocha.data.tensors import splits_from_dataset, splits_from_tensors
 
@@ -57,8 +66,14 @@ def _as_splits(train_data: Any, val_data: Any, test_data: Any, *, val_fraction: 
     import torch
 
     if isinstance(train_data, torch.utils.data.Dataset):
+
+        def as_dataset(part):  # (x, y) tensors beside a Dataset
+            pair = isinstance(part, (tuple, list)) and len(part) == 2
+            return torch.utils.data.TensorDataset(torch.as_tensor(part[0]), torch.as_tensor(part[1])) if pair else part
+
+        val_data, test_data = as_dataset(val_data), as_dataset(test_data)
         return splits_from_dataset(
-            train_data, val_data, test_data, val_fraction=val_fraction, seed=seed, classes=classes
+            train_data, val_data, test_data, val_fraction=val_fraction, seed=seed, classes=classes, loaders=loaders
         )
     raise UserError(
         f"train_data of type {type(train_data).__name__} is not supported",
@@ -91,8 +106,9 @@ def fit(
     character language model of ``data={"path": ...}``, regress: ``(x, y)`` float tensors or
     ``data={"name": "csv", ...}``). Returns a :class:`tocha.harness.run.FitResult`; its ``val`` and
     ``test`` hold the task's metrics, and task-specific values (a baseline, a sample) are attributes.
-    A ``torch.utils.data.DataLoader`` is accepted for any split: its
-    dataset is used (see the log line for why).
+    A ``torch.utils.data.DataLoader`` is accepted for any split: its dataset is held in memory
+    when it fits and its items repeat; otherwise the loader's own collate_fn, workers and sampler
+    make the batches (the log's batches line says which, and why).
 
     ``loss``: a callable ``loss(output, y) -> mean loss`` replacing the task's training loss
     (classify: logits [B, K] and labels [B]; regress: predictions [B] and the standardised target
@@ -119,8 +135,9 @@ def fit(
         from tocha.engine.progress import in_notebook
 
         verbose = not in_notebook()
-    train_data = _unloaded(train_data, "train", values)
-    val_data, test_data = _unloaded(val_data, "val", values), _unloaded(test_data, "test", values)
+    loaders: dict = {}  # role -> the DataLoader given for it
+    train_data = _unloaded(train_data, "train", values, loaders)
+    val_data, test_data = _unloaded(val_data, "val", values, loaders), _unloaded(test_data, "test", values, loaders)
     if isinstance(model, dict):  # model options, e.g. {"name": "cnn", "width": 8}
         values["model"] = {**values.get("model", {}), **model} if isinstance(values.get("model"), dict) else model
         model = None
@@ -135,9 +152,22 @@ def fit(
     cfg = config_module.load(config, values=values)
     if cfg.task == "classify":
         data = _as_splits(
-            train_data, val_data, test_data, val_fraction=cfg.data.val_fraction, seed=cfg.seed, classes=classes
+            train_data,
+            val_data,
+            test_data,
+            val_fraction=cfg.data.val_fraction,
+            seed=cfg.seed,
+            classes=classes,
+            loaders=loaders,
         )
     else:  # the task reads its own data (data.path) or takes the tensors as they are
+        if loaders:
+            raise UserError(
+                f"a DataLoader is accepted as data for task=classify; task={cfg.task} takes "
+                + ("(x, y) tensors or data.path" if cfg.task == "regress" else "a text file as data.path"),
+                where="tocha.fit train_data",
+                fix="pass the loader's tensors, or use task=classify",
+            )
         data = None if isinstance(train_data, str) else (train_data, val_data, test_data)
     from tocha.harness import train
 

@@ -72,8 +72,35 @@ def _repeatable(dataset) -> bool:
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
 
 
+def loader_as_given(split: Split) -> str | None:
+    """Why a split's own DataLoader must make its batches (a collate_fn or sampler of its own), or None."""
+    loader = split.loader
+    if loader is None:
+        return None
+    from tocha.data.types import default_sampling
+
+    if loader.collate_fn is not torch.utils.data.default_collate:
+        name = getattr(loader.collate_fn, "__name__", type(loader.collate_fn).__name__)
+        return f"its collate_fn ({name}) makes the batches"
+    if not default_sampling(loader):
+        name = type(loader.batch_sampler if loader.batch_size is None else loader.sampler).__name__
+        return f"its sampler ({name}) chooses the order"
+    return None
+
+
 def decide(data: DataSplits, requested: bool | str, device: torch.device) -> Residency:
     splits = [s for s in (data.train, data.val, data.test) if s is not None]
+    as_given = [why for why in map(loader_as_given, splits) if why]
+    if as_given:
+        if requested is True:
+            raise UserError(
+                f"data.resident=true but the DataLoader given as data cannot be held in memory: {as_given[0]}",
+                where="config key data.resident",
+                fix="use data.resident=auto, or pass the loader's dataset instead of the loader",
+            )
+        return Residency(
+            False, False, f"the DataLoader as given, not held in memory: {as_given[0]}; its workers are used"
+        )
     stored = sum(_item_bytes(s)[0] * len(s) for s in splits)
     as_float = sum(_item_bytes(s)[1] * len(s) for s in splits)
     budget, how = memory_budget(device)

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tocha.data.splits import channel_stats, split_off
-from tocha.data.types import DataSplits, Split
+from tocha.data.types import DataSplits, Split, default_sampling
 from tocha.errors import UserError
 
 _WHERE = "splits_from_tensors"
@@ -181,19 +181,24 @@ def splits_from_dataset(
     val_fraction: float = 0.2,
     seed: int = 0,
     classes: Sequence[str] | None = None,
+    loaders: dict | None = None,
 ) -> DataSplits:
     """DataSplits from torch Datasets whose items are (tensor, int): uint8 [C,H,W], float [C,H,W] or [D].
 
     Labels come from `.targets` when present (else one pass over the items), class names from
-    `classes`, else the train dataset's `.classes`, else "0".."K-1".
+    `classes`, else the train dataset's `.classes`, else "0".."K-1". `loaders` maps a role to the
+    user's DataLoader over that dataset: its collate_fn turns items into tensors (so they may be
+    anything it takes), and it makes the batches when the split is not held in memory.
     """
+    loaders = loaders or {}
     parts: dict[str, Split] = {}
     for role, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds)):
         if ds is not None:
-            parts[role] = Split(labels=_dataset_labels(ds, f"splits_from_dataset {role}"), dataset=ds)
+            labels = _dataset_labels(ds, f"splits_from_dataset {role}")
+            parts[role] = Split(labels=labels, dataset=ds, loader=loaders.get(role))
     if len(train_ds) == 0:
         raise UserError("the training dataset is empty", where="splits_from_dataset train")
-    first = train_ds[0][0]
+    first = parts["train"].head(1)[0] if parts["train"].loader is not None else train_ds[0][0]
     if not isinstance(first, torch.Tensor) or first.ndim not in (1, 3):
         got = tuple(first.shape) if isinstance(first, torch.Tensor) else type(first).__name__
         raise UserError(
@@ -210,6 +215,13 @@ def splits_from_dataset(
     names = classes if classes is not None else getattr(train_ds, "classes", None)
     names = _classes(names, [p.labels for p in parts.values()], "splits_from_dataset")
     train, notes, held = parts["train"], (), None
+    if "val" not in parts and train.loader is not None and not default_sampling(train.loader):
+        raise UserError(
+            f"train_data is a DataLoader with its own sampler ({type(train.loader.sampler).__name__}), "
+            "so tocha cannot hold out a validation split from it",
+            where="tocha.fit val_data",
+            fix="pass val_data= (a Dataset, a DataLoader or (x, y) tensors)",
+        )
     if "val" not in parts:
         train, held, notes = split_off(train, val_fraction, seed, where="splits_from_dataset val_fraction")
     mean, std = channel_stats(train)

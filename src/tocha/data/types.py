@@ -25,10 +25,15 @@ class Split:
     labels: torch.Tensor
     inputs: torch.Tensor | None = None
     dataset: torch.utils.data.Dataset | None = None
+    # A user's DataLoader over `dataset`: when the split is not held in memory, its batches are made
+    # with the loader's own collate_fn, workers and (a custom) sampler; see tocha.api and engine.batches.
+    loader: torch.utils.data.DataLoader | None = None
 
     def __post_init__(self) -> None:
         if (self.inputs is None) == (self.dataset is None):
             raise ValueError("a Split holds exactly one of inputs or dataset")
+        if self.loader is not None and self.dataset is None:
+            raise ValueError("a Split with a loader holds a dataset")
         if self.inputs is not None and len(self.inputs) != len(self.labels):
             raise ValueError(f"Split has {len(self.inputs)} inputs but {len(self.labels)} labels")
 
@@ -42,6 +47,8 @@ class Split:
         n = len(self) if n is None else min(n, len(self))
         if self.inputs is not None:
             return self.inputs[:n]
+        if self.loader is not None:  # its collate_fn makes tensors of whatever the items are
+            return self.loader.collate_fn([self.dataset[i] for i in range(n)])[0]
         return torch.stack([torch.as_tensor(self.dataset[i][0]) for i in range(n)])
 
     def subset(self, indices: torch.Tensor) -> Split:
@@ -50,7 +57,10 @@ class Split:
             return Split(labels=self.labels[indices], inputs=self.inputs[indices])
         from torch.utils.data import Subset
 
-        return Split(labels=self.labels[indices], dataset=Subset(self.dataset, indices.tolist()))
+        if self.loader is not None and not default_sampling(self.loader):
+            raise ValueError("a split batched by its own sampler cannot be subset")
+        subset = Subset(self.dataset, indices.tolist())
+        return Split(labels=self.labels[indices], dataset=subset, loader=self.loader)
 
 
 @dataclass(frozen=True)
@@ -71,3 +81,13 @@ class DataSplits:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def default_sampling(loader) -> bool:
+    """True when `loader` draws its order with PyTorch's plain sequential or random sampler."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    return type(loader.sampler) in (RandomSampler, SequentialSampler) and type(loader.batch_sampler) in (
+        BatchSampler,
+        type(None),
+    )

@@ -193,6 +193,9 @@ class _EpochSampler(torch.utils.data.Sampler):
 class LoaderBatches:
     """File-backed data through a DataLoader: decode/resize in workers, pinned async copies on CUDA.
 
+    `like` is a user's DataLoader over `dataset`: its collate_fn, workers and worker_init_fn are
+    kept. Its order is tocha's seeded one when it used PyTorch's plain sampler (so a resume continues
+    exactly and processes shard alike), and its own sampler or batch_sampler otherwise.
     `wait_seconds` is the time the last epoch spent blocked on the loader: the input bottleneck.
     """
 
@@ -209,20 +212,43 @@ class LoaderBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        like: torch.utils.data.DataLoader | None = None,
     ) -> None:
+        from tocha.data.types import default_sampling
+
         self.sampler = _EpochSampler(len(dataset), seed, shuffle=train, rank=rank, world_size=world_size)
+        self.own_order = like is not None and not default_sampling(like)  # the user's sampler decides
+        if self.own_order and world_size > 1:
+            from tocha.errors import UserError
+
+            raise UserError(
+                f"a DataLoader with its own sampler ({type(like.sampler).__name__}) cannot be sharded "
+                f"over {world_size} processes",
+                where="the DataLoader given as data",
+                fix="pass a DataLoader with the default sampler (tocha shards it), or run one process",
+            )
+        options = {}
+        if like is not None:
+            workers = like.num_workers
+            options = {"collate_fn": like.collate_fn, "worker_init_fn": like.worker_init_fn, "timeout": like.timeout}
+        if self.own_order and like.batch_size is None:  # a batch_sampler makes the batches
+            options["batch_sampler"] = like.batch_sampler
+        elif self.own_order:
+            options.update(batch_size=like.batch_size, sampler=like.sampler, drop_last=like.drop_last)
+        else:
+            options.update(
+                batch_size=batch_size, sampler=self.sampler, drop_last=drops_last(len(self.sampler), batch_size, train)
+            )
         self.loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=self.sampler,
             num_workers=workers,
             pin_memory=pin_memory,
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
-            drop_last=drops_last(len(self.sampler), batch_size, train),
             # Its own generator: worker seeds are drawn from it, not from the global RNG that dropout uses,
             # so both data paths leave the model's random numbers alone.
             generator=torch.Generator().manual_seed(seed),
+            **options,
         )
         self.device, self.transform, self.train = device, transform, train
         self.non_blocking = pin_memory
@@ -232,6 +258,8 @@ class LoaderBatches:
     def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
         self.sampler.epoch = epoch
         self.first_batch = first_batch
+        if self.own_order and hasattr(self.loader.sampler, "set_epoch"):  # e.g. a DistributedSampler
+            self.loader.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         """Batches in a whole epoch."""
@@ -242,9 +270,12 @@ class LoaderBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.wait_seconds = 0.0
-        self.sampler.skip, self.first_batch = self.first_batch * self.batch_size, 0
+        skip_batches = self.first_batch if self.own_order else 0  # its own order: resume skips whole batches
+        if not self.own_order:
+            self.sampler.skip = self.first_batch * self.batch_size
+        self.first_batch = 0
         try:
-            batches = iter(self.loader)
+            batches = itertools.islice(iter(self.loader), skip_batches, None)
             while True:
                 t = time.perf_counter()
                 try:
@@ -291,6 +322,7 @@ def make_batches(
             prepare_once=prepare_once,
         )
     dataset = split.dataset if split.inputs is None else TensorItems(split.inputs, split.labels)
+    like = split.loader if split.inputs is None else None
     return LoaderBatches(
         dataset,
         batch_size,
@@ -302,6 +334,7 @@ def make_batches(
         seed=seed,
         rank=rank,
         world_size=world_size,
+        like=like,
     )
 
 

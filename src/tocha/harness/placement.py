@@ -39,6 +39,11 @@ class Placement:
             return self
         return dataclasses.replace(self, hw=dataclasses.replace(self.hw, workers=0, pin_memory=False, reasons=reasons))
 
+    def loader_workers(self, workers: int, reason: str) -> Placement:
+        """The user's own DataLoader makes the batches, with its `workers`."""
+        reasons = {**self.hw.reasons, "workers": reason}
+        return dataclasses.replace(self, hw=dataclasses.replace(self.hw, workers=workers, reasons=reasons))
+
     def with_threads(self, threads: int, why: str) -> Placement:
         torch.set_num_threads(threads)
         hw = dataclasses.replace(self.hw, threads=threads, reasons={**self.hw.reasons, "threads": why})

@@ -62,6 +62,9 @@ class Task:
             if data.train.inputs is None:
                 data = materialise(data, workers=placement.hw.workers)
             placement = placement.in_memory("data is held in memory: batches are tensor slices, no loader processes")
+        elif data.train.loader is not None:
+            n = data.train.loader.num_workers
+            placement = placement.loader_workers(n, f"the DataLoader given as train_data has num_workers={n}")
         self.data = data
         model, spec, weight_notes = self.model(cfg, data, model)
         # channels_last suits the convolution kernels (oneDNN on CPU: 1.7x for the default CNN here; cuDNN on GPU).
