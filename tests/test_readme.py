@@ -18,7 +18,7 @@ def command_blocks() -> list[tuple[int, list[str]]]:
     blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
     out = []
     for i, (lang, body) in enumerate(blocks):
-        if lang in ("python", "bash"):
+        if lang:  # python, bash (SLURM), text (a diagram): not shell commands
             continue
         lines = [line.split("  #")[0].strip() for line in body.splitlines()]
         commands = [line for line in lines if line.startswith(("tocha ", "cat ", "python -c"))]
