@@ -36,9 +36,7 @@ def _unloaded(data: Any, role: str, options: dict, loaders: dict) -> Any:
         options["batch_size"] = data.batch_size
     loaders[role] = data
     logging.getLogger("tocha").info(
-        "data       %s_data is a DataLoader (batch_size %s): held in memory when its dataset fits and its items "
-        "are the same on every read, with tocha's seeded order; otherwise its own collate_fn, workers and "
-        "sampler make the batches (the batches line says which)",
+        "data       %s_data is a DataLoader (batch_size %s): the batches line says how it is used",
         role,
         data.batch_size,
     )
