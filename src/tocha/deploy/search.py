@@ -14,7 +14,8 @@ still leaves the best of what is finished:
    best int8 speed-up, when int8 pays, since pruned+int8 is tried too);
 3. that ratio fine-tuned with distillation from the unpruned model (soft targets plus labels,
    the classify task's teacher), and its int8; when the fine-tune costs more than the budget and
-   time is left, a milder ratio is fine-tuned too.
+   time is left, a milder ratio is fine-tuned too, and when it is within the budget but misses
+   the goal, the next stronger ratio the probes found.
 
 `goals.search` judges each candidate as it comes; this file makes the artifacts and writes OUT/
 (compress.json, the chosen model.onnx, a latency-vs-accuracy plot with the Pareto front, and a
@@ -290,8 +291,23 @@ class GoalSearch:
                     ),
                 )
             drop = (reference.val_accuracy - pruned.val_accuracy) * 100 if pruned.val_accuracy is not None else 0.0
-            if drop <= self.max_drop or attempt == 1:
+            if attempt == 1:
                 return
+            if drop <= self.max_drop:
+                # Within the budget: done if this attempt met the goal. Otherwise (its probe was timed
+                # faster than the finished model is, or int8 added less than on the fp32 model) the next
+                # stronger architecture the probes found is worth the time that is left.
+                this = [c for c in tried if c.name in (pruned.name, f"{pruned.name}+int8")]
+                met = any(c.kept and self.goal.met(c.speedup, c.p50_ms, c.megabytes) for c in this)
+                stronger = [p for p in self.probes if (p.macs or 0) < (pruned.macs or 0)]
+                if met or self.prune is not None or not stronger:
+                    return
+                ratio = max(stronger, key=lambda p: p.macs).ratio
+                self.echo(
+                    f"  {pruned.name} is within the budget ({drop:.2f} val points) but misses the goal: "
+                    f"trying prune {ratio:g}"
+                )
+                continue
             # It cost too much accuracy: the next milder architecture the probes found (or half the ratio).
             milder = [p for p in self.probes if p.macs > (pruned.macs or 0)]
             if milder:
