@@ -126,6 +126,7 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.timeout(1500)  # the first block runs 22 commands (about 5 minutes here), over the suite's 600 s
 @pytest.mark.parametrize("block", runnable_blocks())
 def test_readme_block_runs(block: int, tmp_path: Path):
     commands = dict(command_blocks())[block]
