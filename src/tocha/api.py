@@ -161,10 +161,9 @@ def fit(
     else:  # the task reads its own data (data.path) or takes the tensors as they are
         if loaders:
             raise UserError(
-                f"a DataLoader is accepted as data for task=classify; task={cfg.task} takes "
-                + ("(x, y) tensors or data.path" if cfg.task == "regress" else "a text file as data.path"),
+                f"a DataLoader is accepted as data for task=classify, not for task={cfg.task}",
                 where="tocha.fit train_data",
-                fix="pass the loader's tensors, or use task=classify",
+                fix=f"give task={cfg.task} its data as `tocha train --help` describes it, or use task=classify",
             )
         data = None if isinstance(train_data, str) else (train_data, val_data, test_data)
     from tocha.harness import train
