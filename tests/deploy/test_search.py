@@ -142,9 +142,10 @@ def test_a_fixed_ratio_skips_the_bisection(run, tmp_path):
 
 
 @pytest.mark.slow  # fine-tunes two pruned models
-def test_a_pruned_model_within_budget_that_misses_the_goal_tries_the_next_stronger_probe(run, tmp_path):
+def test_a_pruned_model_within_budget_that_misses_the_goal_tries_a_stronger_ratio_aimed_at_the_shortfall(run, tmp_path):
     """A finished model can time slower than its probe did (noise, or int8 adding less): the search
-    then fine-tunes the next stronger architecture the probes found, instead of stopping short."""
+    then fine-tunes a stronger ratio, bisected for the speed the finished model fell short by,
+    instead of stopping short or jumping to the strongest pruning."""
 
     def cost(file: Path) -> float:  # finished models 1.5x slower than their probes
         return cost_ms(file) * (1.0 if Path(file).parent.name == "probes" or file.name == "model-fp32.onnx" else 1.5)
@@ -157,5 +158,5 @@ def test_a_pruned_model_within_budget_that_misses_the_goal_tries_the_next_strong
     pruned = [c for c in report["candidates"] if c["name"].startswith("pruned-") and "+int8" not in c["name"]]
     assert len(pruned) == 2, [(c["name"], c["why"]) for c in report["candidates"]]
     first, second = (float(c["name"].removeprefix("pruned-")) for c in pruned)
-    assert second > first  # stronger
+    assert first < second < search.MAX_PRUNE  # stronger, but not the strongest there is
     assert pruned[0]["speedup"] < 1.6 and "within" in pruned[0]["why"]

@@ -15,7 +15,8 @@ still leaves the best of what is finished:
 3. that ratio fine-tuned with distillation from the unpruned model (soft targets plus labels,
    the classify task's teacher), and its int8; when the fine-tune costs more than the budget and
    time is left, a milder ratio is fine-tuned too, and when it is within the budget but misses
-   the goal, the next stronger ratio the probes found.
+   the goal, a stronger ratio, found by a second bisection aimed at the shortfall the finished
+   model showed.
 
 `goals.search` judges each candidate as it comes; this file makes the artifacts and writes OUT/
 (compress.json, the chosen model.onnx, a latency-vs-accuracy plot with the Pareto front, and a
@@ -37,6 +38,7 @@ from tocha.deploy.timing import Pairing
 Timer = Callable[[Path, Path], Pairing]  # (reference file, candidate file) -> one side-by-side timing
 MAX_PRUNE = 0.85  # the most MACs a bisection asks to remove
 BISECTION_STEPS = 5
+STRONGER_STEPS = 3  # the second bisection, between a finished ratio that fell short and MAX_PRUNE
 
 
 @dataclasses.dataclass
@@ -49,6 +51,7 @@ class Probe:
     p50_ms: float
     megabytes: float
     meets: bool
+    decided: bool = True  # False: the timing rounds disagreed too much to trust the speed-up
 
 
 class GoalSearch:
@@ -208,7 +211,8 @@ class GoalSearch:
             pairing = self.timer(self.fp32, file)
             ms, speedup = pairing.b_ms, pairing.speedup
             meets = pairing.decided and speedup >= reference_ms / self.target_ms(reference_ms)
-        probe = Probe(ratio, pruned.macs_after, speedup, ms, megabytes, meets)
+        decided = self.goal.key == "size_mb" or pairing.decided
+        probe = Probe(ratio, pruned.macs_after, speedup, ms, megabytes, meets, decided)
         self.probes.append(probe)
         self.echo(
             f"  probe prune {ratio:.3f}: MACs {pruned.macs_after:,}, {speedup:.2f}x, {megabytes:.3f} MB"
@@ -236,6 +240,47 @@ class GoalSearch:
         for _ in range(BISECTION_STEPS):
             mid = round((lo + hi) / 2, 3)
             if self.probe(mid, reference_ms).meets:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def probe_at(self, ratio: float, reference_ms: float) -> Probe:
+        """The probe of `ratio`, measured once."""
+        done = [p for p in self.probes if abs(p.ratio - ratio) < 5e-4]
+        return done[-1] if done else self.probe(ratio, reference_ms)
+
+    def stronger_ratio(self, ratio: float, finished: list[goals.Candidate], reference: goals.Candidate) -> float | None:
+        """After a fine-tuned `ratio` fell short of the goal: the least stronger ratio whose probe is
+        faster (or smaller) than `ratio`'s probe by the factor the finished model fell short by.
+
+        The first bisection aimed at the probes' own speed; a finished model can time slower than
+        its probe (or int8 add less than it did on fp32), so the shortfall measured on the finished
+        candidates corrects the target, plus 5% so that the next one does not land just short again.
+        Jumping to the next probe the first bisection happened to try (often the strongest) would
+        cost far more accuracy than needed. None when no stronger ratio is left to try."""
+        if not finished or ratio >= MAX_PRUNE - 5e-4:
+            return None
+        base = self.probe_at(ratio, reference.p50_ms)
+        if self.goal.key == "size_mb":
+            shortfall = min(c.megabytes for c in finished) / self.goal.value * 1.05
+
+            def enough(p: Probe) -> bool:
+                return p.megabytes <= base.megabytes / shortfall
+
+        else:
+            goal_speedup = self.goal.value if self.goal.key == "speedup" else reference.p50_ms / self.goal.value
+            shortfall = goal_speedup / max(c.speedup for c in finished) * 1.05
+
+            def enough(p: Probe) -> bool:
+                return p.decided and p.speedup >= base.speedup * shortfall
+
+        if not enough(self.probe_at(MAX_PRUNE, reference.p50_ms)):
+            return MAX_PRUNE
+        lo, hi = ratio, MAX_PRUNE
+        for _ in range(STRONGER_STEPS):
+            mid = round((lo + hi) / 2, 3)
+            if enough(self.probe_at(mid, reference.p50_ms)):
                 hi = mid
             else:
                 lo = mid
@@ -299,14 +344,16 @@ class GoalSearch:
                 # stronger architecture the probes found is worth the time that is left.
                 this = [c for c in tried if c.name in (pruned.name, f"{pruned.name}+int8")]
                 met = any(c.kept and self.goal.met(c.speedup, c.p50_ms, c.megabytes) for c in this)
-                stronger = [p for p in self.probes if (p.macs or 0) < (pruned.macs or 0)]
-                if met or self.prune is not None or not stronger:
+                if met or self.prune is not None:
                     return
-                ratio = max(stronger, key=lambda p: p.macs).ratio
+                stronger = self.stronger_ratio(ratio, [c for c in this if c.kept], reference)
+                if stronger is None:
+                    return
                 self.echo(
                     f"  {pruned.name} is within the budget ({drop:.2f} val points) but misses the goal: "
-                    f"trying prune {ratio:g}"
+                    f"trying prune {stronger:g}"
                 )
+                ratio = stronger
                 continue
             # It cost too much accuracy: the next milder architecture the probes found (or half the ratio).
             milder = [p for p in self.probes if p.macs > (pruned.macs or 0)]
