@@ -163,3 +163,14 @@ def test_model_whiten_trains_and_refuses_feature_vectors(tmp_path, caplog):
     with pytest.raises(UserError, match="model.whiten=true needs image data"):
         tocha.fit({"name": "mlp", "whiten": True}, (torch.randn(64, 5), torch.arange(64) % 2), epochs=1,
                   log={"progress": False})  # fmt: skip
+
+
+def test_a_preset_that_whitens_names_itself_when_the_model_cannot_be_whitened(tmp_path, capsys):
+    from tocha.cli import main as cli
+
+    out = tmp_path / "run"
+    assert cli(["train", "preset=best", "model=mlp", "data=digits", "max_steps=2", f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "model.whiten=true needs images and a model with a convolution" in err
+    assert "preset=best sets it" in err and "Traceback" not in err
+    assert not out.exists()

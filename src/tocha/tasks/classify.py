@@ -113,7 +113,12 @@ class Task:
                     if data.image_size
                     else "model.whiten=true needs image data; this data is feature vectors",
                     where="config key model.whiten",
-                    fix="pass model.whiten=false (preset=fast sets it), or use an image model such as model=cnn",
+                    fix=(
+                        f"pass model.whiten=false (preset={cfg.preset} sets it)"
+                        if cfg.preset != "none"
+                        else "pass model.whiten=false"
+                    )
+                    + ", or use an image model such as model=cnn",
                 )
             try:
                 images = transform.prepare(data.train.head(PATCH_SAMPLES).to(device))
