@@ -340,8 +340,8 @@ class GoalSearch:
                 return
             if drop <= self.max_drop:
                 # Within the budget: done if this attempt met the goal. Otherwise (its probe was timed
-                # faster than the finished model is, or int8 added less than on the fp32 model) the next
-                # stronger architecture the probes found is worth the time that is left.
+                # faster than the finished model is, or int8 added less than on the fp32 model) a stronger
+                # ratio aimed at the shortfall is worth the time that is left.
                 this = [c for c in tried if c.name in (pruned.name, f"{pruned.name}+int8")]
                 met = any(c.kept and self.goal.met(c.speedup, c.p50_ms, c.megabytes) for c in this)
                 if met or self.prune is not None:

@@ -8,7 +8,7 @@ import logging
 import torch
 from torch import nn
 
-from tocha.config import AUTO
+from tocha.config import AUTO, PRESETS
 from tocha.data import DEFAULT_AUGMENT, load_data
 from tocha.data.resident import decide, materialise
 from tocha.data.types import DataSplits
@@ -115,7 +115,7 @@ class Task:
                     where="config key model.whiten",
                     fix=(
                         f"pass model.whiten=false (preset={cfg.preset} sets it)"
-                        if cfg.preset != "none"
+                        if PRESETS.get(cfg.preset, {}).get("model.whiten")
                         else "pass model.whiten=false"
                     )
                     + ", or use an image model such as model=cnn",
