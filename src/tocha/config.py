@@ -96,8 +96,9 @@ class ModelConfig:
     width: int = opt(16, "cnn channels of the first conv layer (then 2x, 2x)", min=1)
     bn_momentum: float = opt(
         0.1,
-        "cnn BatchNorm momentum: the weight of each batch in the running statistics used at evaluation "
-        "(PyTorch's default 0.1; larger follows the last weights faster in a short run)",
+        "BatchNorm momentum of cnn and torchvision models: the weight of each batch in the running "
+        "statistics used at evaluation (PyTorch's default 0.1, also for models such as MobileNetV3 that "
+        "set 0.01 for long ImageNet runs; larger follows the last weights faster in a short run)",
         min=0.0,
         max=1.0,
         min_open=True,

@@ -60,6 +60,18 @@ def test_bn_momentum_reaches_every_batchnorm():
     )
 
 
+def test_bn_momentum_replaces_the_momentum_a_torchvision_model_sets():
+    """MobileNetV3 sets 0.01 (for ImageNet-length runs); at that momentum one epoch of Fashion-MNIST
+    evaluated at chance. tocha's model.bn_momentum (default 0.1) reaches every BatchNorm of it."""
+    import torchvision
+
+    stock = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10)
+    assert {m.momentum for m in stock.modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}
+    for momentum in (0.1, 0.3):
+        model = build_model(ModelSpec("mobilenet_v3_small", 1, 10, 32, bn_momentum=momentum))
+        assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {momentum}
+
+
 def test_presets_are_defaults_overridable_key_by_key():
     best = config.load(overrides=["preset=best"])
     preset = config.PRESETS["best"]

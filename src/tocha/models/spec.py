@@ -17,7 +17,7 @@ class ModelSpec:
     hidden: tuple[int, ...] = (32,)
     width: int = 16
     dropout: float = 0.25
-    bn_momentum: float = 0.1  # cnn BatchNorm running-statistics momentum (older runs: PyTorch's default)
+    bn_momentum: float = 0.1  # BatchNorm running-statistics momentum of built models (older runs: 0.1)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

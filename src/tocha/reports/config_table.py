@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 # model keys each model family reads; other models' keys are left out
+_IMAGE_KEYS = {"dropout", "bn_momentum", "whiten"}
 MODEL_KEYS = {
-    "cnn": {"width", "dropout"},
+    "cnn": {"width"} | _IMAGE_KEYS,
     "mlp": {"hidden", "dropout"},
-    "resnet18": {"dropout"},
-    "mobilenet_v3_small": {"dropout"},
-    "vgg11_bn": {"dropout"},
+    "resnet18": _IMAGE_KEYS,
+    "mobilenet_v3_small": _IMAGE_KEYS,
+    "vgg11_bn": _IMAGE_KEYS,
     "lstm": {"hidden", "layers", "dropout", "tie_weights"},
     "gru": {"hidden", "layers", "dropout", "tie_weights"},
 }
