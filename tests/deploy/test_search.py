@@ -42,7 +42,7 @@ def stub_timer(calls: list | None = None):
     return timer
 
 
-def compress(run, out: Path, goal: str, *, max_drop=10.0, budget=600.0, timer=None, prune=None, epochs=4):
+def compress(run, out: Path, goal: str, *, max_drop=10.0, budget=600.0, timer=None, prune=None, epochs=4, echo=None):
     from tocha import folders
 
     folders.prepare(out, "compress", overwrite=False, where="test", label="out", overwrite_flag="--overwrite")
@@ -57,7 +57,7 @@ def compress(run, out: Path, goal: str, *, max_drop=10.0, budget=600.0, timer=No
         prune=prune,
         prune_options=options,
         calibration_batches=2,
-        echo=lambda *_: None,
+        echo=echo or (lambda *_: None),
         timer=timer or stub_timer(),
     )
 
@@ -154,9 +154,17 @@ def test_a_pruned_model_within_budget_that_misses_the_goal_tries_a_stronger_rati
         ms_a, ms_b = cost(a), cost(b)
         return Pairing(ms_a, ms_b, ms_b, (ms_a / ms_b,) * 8, True, 1, ms_a)
 
-    report = compress(run, tmp_path / "stronger", "speedup=1.6", timer=timer)
+    lines: list[str] = []
+    report = compress(run, tmp_path / "stronger", "speedup=1.6", timer=timer, echo=lambda *a: lines.append(" ".join(a)))
     pruned = [c for c in report["candidates"] if c["name"].startswith("pruned-") and "+int8" not in c["name"]]
     assert len(pruned) == 2, [(c["name"], c["why"]) for c in report["candidates"]]
     first, second = (float(c["name"].removeprefix("pruned-")) for c in pruned)
     assert first < second < search.MAX_PRUNE  # stronger, but not the strongest there is
+    # Each probe line carries the verdict of the bisection that asked for it: after the shortfall
+    # line, the aim is the shortfall's speed, never the first bisection's pruning target.
+    start = next(i for i, line in enumerate(lines) if f"prune {first:g} fell short by" in line)
+    second_probes = [line for line in lines[start:] if "probe prune" in line]
+    assert second_probes and all(("reaches" in line) != ("short of" in line) for line in second_probes), lines
+    assert not any("pruning target" in line for line in second_probes)
+    assert any(f"probe prune {second:.3f}" in line and "reaches" in line for line in second_probes)
     assert pruned[0]["speedup"] < 1.6 and "within" in pruned[0]["why"]

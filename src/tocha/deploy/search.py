@@ -214,10 +214,18 @@ class GoalSearch:
         decided = self.goal.key == "size_mb" or pairing.decided
         probe = Probe(ratio, pruned.macs_after, speedup, ms, megabytes, meets, decided)
         self.probes.append(probe)
+        return probe
+
+    def tell(self, probe: Probe, verdict: str) -> None:
+        """One log line per probe, with the verdict of the bisection that asked for it."""
         self.echo(
-            f"  probe prune {ratio:.3f}: MACs {pruned.macs_after:,}, {speedup:.2f}x, {megabytes:.3f} MB"
-            f" ({'meets' if meets else 'misses'} the pruning target)"
+            f"  probe prune {probe.ratio:.3f}: MACs {probe.macs:,}, {probe.speedup:.2f}x, {probe.megabytes:.3f} MB"
+            f" ({verdict})"
         )
+
+    def first_probe(self, ratio: float, reference_ms: float) -> Probe:
+        probe = self.probe(ratio, reference_ms)
+        self.tell(probe, f"{'meets' if probe.meets else 'misses'} the pruning target")
         return probe
 
     def _unpruned(self):
@@ -232,21 +240,21 @@ class GoalSearch:
     def bisect(self, reference_ms: float) -> float:
         """The least pruning ratio whose measured speed (or size) meets the target; the most tried if none does."""
         self.folder.joinpath("probes").mkdir(exist_ok=True)
-        top = self.probe(MAX_PRUNE, reference_ms)
+        top = self.first_probe(MAX_PRUNE, reference_ms)
         if not top.meets:
             self.echo(f"  pruning {MAX_PRUNE:.0%} of the MACs does not reach the target: fine-tuning that")
             return MAX_PRUNE
         lo, hi = 0.0, MAX_PRUNE
         for _ in range(BISECTION_STEPS):
             mid = round((lo + hi) / 2, 3)
-            if self.probe(mid, reference_ms).meets:
+            if self.first_probe(mid, reference_ms).meets:
                 hi = mid
             else:
                 lo = mid
         return hi
 
     def probe_at(self, ratio: float, reference_ms: float) -> Probe:
-        """The probe of `ratio`, measured once."""
+        """The probe of `ratio`, measured once (a repeat is not logged again)."""
         done = [p for p in self.probes if abs(p.ratio - ratio) < 5e-4]
         return done[-1] if done else self.probe(ratio, reference_ms)
 
@@ -265,22 +273,34 @@ class GoalSearch:
         if self.goal.key == "size_mb":
             shortfall = min(c.megabytes for c in finished) / self.goal.value * 1.05
 
+            aim = f"{base.megabytes / shortfall:.3f} MB"
+
             def enough(p: Probe) -> bool:
                 return p.megabytes <= base.megabytes / shortfall
 
         else:
             goal_speedup = self.goal.value if self.goal.key == "speedup" else reference.p50_ms / self.goal.value
             shortfall = goal_speedup / max(c.speedup for c in finished) * 1.05
+            aim = f"{base.speedup * shortfall:.2f}x"
 
             def enough(p: Probe) -> bool:
                 return p.decided and p.speedup >= base.speedup * shortfall
 
-        if not enough(self.probe_at(MAX_PRUNE, reference.p50_ms)):
+        self.echo(f"  prune {ratio:g} fell short by {shortfall:.2f}x: looking for a ratio whose probe reaches {aim}")
+
+        def judged(at: float) -> bool:
+            measured = len(self.probes)
+            probe = self.probe_at(at, reference.p50_ms)
+            verdict = f"{'reaches' if enough(probe) else 'short of'} {aim}"
+            self.tell(probe, verdict if len(self.probes) > measured else verdict + ", probed before")
+            return enough(probe)
+
+        if not judged(MAX_PRUNE):
             return MAX_PRUNE
         lo, hi = ratio, MAX_PRUNE
         for _ in range(STRONGER_STEPS):
             mid = round((lo + hi) / 2, 3)
-            if enough(self.probe_at(mid, reference.p50_ms)):
+            if judged(mid):
                 hi = mid
             else:
                 lo = mid
@@ -361,7 +381,9 @@ class GoalSearch:
                 ratio = min(milder, key=lambda p: p.macs).ratio
             else:
                 ratio = round(ratio / 2, 3)
-                if self.probe(ratio, reference.p50_ms).macs <= (pruned.macs or 0):  # channel rounding: the same net
+                milder_probe = self.probe(ratio, reference.p50_ms)
+                self.tell(milder_probe, "half the ratio that cost too much")
+                if milder_probe.macs <= (pruned.macs or 0):  # channel rounding: the same net
                     self.echo(f"  {pruned.name} costs {drop:.2f} val points; no milder pruning differs from it")
                     return
             self.echo(f"  {pruned.name} costs {drop:.2f} val points: trying prune {ratio:g}")
