@@ -106,6 +106,27 @@ def test_a_goal_out_of_reach_returns_the_best_found_and_says_why(run, tmp_path):
     assert report["chosen"] == f"pruned-{search.MAX_PRUNE:g}"  # the fastest within the (wide) accuracy budget
 
 
+@pytest.mark.slow  # fine-tunes a pruned model
+def test_a_milder_ratio_that_times_slower_than_fp32_is_not_fine_tuned(run, tmp_path):
+    """Fewer MACs can run slower (on an AVX-512 CPU a channel count of 24 does): after the strongest
+    pruning costs too much, a milder probe that cannot beat fp32 is not worth a fine-tune."""
+
+    def timer(a: Path, b: Path) -> Pairing:
+        ms_a, ms_b = cost_ms(a), cost_ms(b) * (100.0 if "0.425" in Path(b).name else 1.0)
+        return Pairing(ms_a, ms_b, ms_b, (ms_a / ms_b,) * 8, True, 1, ms_a)
+
+    lines: list[str] = []
+    report = compress(
+        run, tmp_path / "slower", "speedup=1000", max_drop=0.01, timer=timer, echo=lambda *a: lines.append(" ".join(a))
+    )
+    rows = {c["name"]: c for c in report["candidates"]}
+    strongest = rows[f"pruned-{search.MAX_PRUNE:g}"]
+    assert "val accuracy points" in strongest["why"], strongest  # the premise: it cost too much
+    assert [n for n in rows if n.startswith("pruned-")] == [f"pruned-{search.MAX_PRUNE:g}"]
+    assert any("milder prune 0.425 timed" in line and "not fine-tuned" in line for line in lines), lines
+    assert [p["ratio"] for p in report["pruning_probes"]] == [search.MAX_PRUNE, 0.425]
+
+
 def test_the_time_budget_stops_the_search_with_what_is_finished(run, tmp_path):
     calls = []
     report = compress(run, tmp_path / "budget", "speedup=1.6", budget=1e-6, timer=stub_timer(calls))

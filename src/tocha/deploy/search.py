@@ -378,14 +378,22 @@ class GoalSearch:
             # It cost too much accuracy: the next milder architecture the probes found (or half the ratio).
             milder = [p for p in self.probes if p.macs > (pruned.macs or 0)]
             if milder:
-                ratio = min(milder, key=lambda p: p.macs).ratio
+                milder_probe = min(milder, key=lambda p: p.macs)
             else:
-                ratio = round(ratio / 2, 3)
-                milder_probe = self.probe(ratio, reference.p50_ms)
+                milder_probe = self.probe(round(ratio / 2, 3), reference.p50_ms)
                 self.tell(milder_probe, "half the ratio that cost too much")
                 if milder_probe.macs <= (pruned.macs or 0):  # channel rounding: the same net
                     self.echo(f"  {pruned.name} costs {drop:.2f} val points; no milder pruning differs from it")
                     return
+            if self.goal.key != "size_mb" and milder_probe.decided and milder_probe.speedup * self.int8_speedup <= 1.0:
+                # Fewer MACs is not always faster (channel counts that do not fill the CPU's vectors):
+                # a fine-tune that cannot beat fp32 even with int8 would only spend the budget.
+                self.echo(
+                    f"  {pruned.name} costs {drop:.2f} val points; the milder prune {milder_probe.ratio:g} timed "
+                    f"{milder_probe.speedup:.2f}x (not faster than fp32), so it is not fine-tuned"
+                )
+                return
+            ratio = milder_probe.ratio
             self.echo(f"  {pruned.name} costs {drop:.2f} val points: trying prune {ratio:g}")
 
     def run(self) -> dict:
