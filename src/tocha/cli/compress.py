@@ -92,8 +92,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--prune-round-to",
         type=positive_int,
         default=8,
-        help="keep channel counts multiples of this (default 8: CPU kernels work in blocks of 8 "
-        "channels; odd counts can make a pruned model slower); 1 = exact",
+        help="keep channel counts multiples of this (default 8: AVX2 kernels work in blocks of 8 "
+        "channels; odd counts can make a pruned model slower; on an AVX-512 CPU 16 timed faster, "
+        "see BENCHMARKS.md); 1 = exact",
     )
     p.add_argument(
         "--finetune-epochs", type=non_negative_int, default=2, help="fine-tuning epochs after pruning (default 2)"
