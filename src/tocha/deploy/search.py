@@ -223,7 +223,8 @@ class GoalSearch:
             f" ({verdict})"
         )
 
-    def first_probe(self, ratio: float, reference_ms: float) -> Probe:
+    def bisection_probe(self, ratio: float, reference_ms: float) -> Probe:
+        """A probe of the first bisection, logged against its pruning target."""
         probe = self.probe(ratio, reference_ms)
         self.tell(probe, f"{'meets' if probe.meets else 'misses'} the pruning target")
         return probe
@@ -240,14 +241,14 @@ class GoalSearch:
     def bisect(self, reference_ms: float) -> float:
         """The least pruning ratio whose measured speed (or size) meets the target; the most tried if none does."""
         self.folder.joinpath("probes").mkdir(exist_ok=True)
-        top = self.first_probe(MAX_PRUNE, reference_ms)
+        top = self.bisection_probe(MAX_PRUNE, reference_ms)
         if not top.meets:
             self.echo(f"  pruning {MAX_PRUNE:.0%} of the MACs does not reach the target: fine-tuning that")
             return MAX_PRUNE
         lo, hi = 0.0, MAX_PRUNE
         for _ in range(BISECTION_STEPS):
             mid = round((lo + hi) / 2, 3)
-            if self.first_probe(mid, reference_ms).meets:
+            if self.bisection_probe(mid, reference_ms).meets:
                 hi = mid
             else:
                 lo = mid
