@@ -105,26 +105,7 @@ class Task:
         }
         x = data.train.head(placement.batch_size_per_process)
         probe = transform.prepare(x.to(device)), data.train.labels[: len(x)].to(device)
-        init_notes = []
-        if cfg.model.whiten:  # from the un-augmented training images, as the model will see them
-            if not data.image_size or not isinstance(first_conv(model), nn.Conv2d):
-                raise UserError(
-                    f"model.whiten=true needs images and a model with a convolution; model={spec.name} has none"
-                    if data.image_size
-                    else "model.whiten=true needs image data; this data is feature vectors",
-                    where="config key model.whiten",
-                    fix=(
-                        f"pass model.whiten=false (preset={cfg.preset} sets it)"
-                        if PRESETS.get(cfg.preset, {}).get("model.whiten")
-                        else "pass model.whiten=false"
-                    )
-                    + ", or use an image model such as model=cnn",
-                )
-            try:
-                images = transform.prepare(data.train.head(PATCH_SAMPLES).to(device))
-                init_notes.append(whiten_first_conv(model, images))
-            except ValueError as exc:
-                raise UserError(str(exc), where="config key model.whiten", fix="drop model.whiten") from None
+        init_notes = [_whiten(cfg, model, spec, data, transform, device)] if cfg.model.whiten else []
         loss_fn, correct_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), top1_correct
         if self.teacher is not None:  # distillation: the targets carry the teacher's logits; the loop is the same
             self.teacher.check_compatible(data)
@@ -261,3 +242,25 @@ class Task:
             )
         done.headline.append(f"{summary['train_samples_per_second']:,.0f} samples/s")
         return done
+
+
+def _whiten(cfg, model: nn.Module, spec: ModelSpec, data: DataSplits, transform, device) -> str:
+    """model.whiten: the first conv set from the un-augmented training images, as the model will see them."""
+    if not data.image_size or not isinstance(first_conv(model), nn.Conv2d):
+        raise UserError(
+            f"model.whiten=true needs images and a model with a convolution; model={spec.name} has none"
+            if data.image_size
+            else "model.whiten=true needs image data; this data is feature vectors",
+            where="config key model.whiten",
+            fix=(
+                f"pass model.whiten=false (preset={cfg.preset} sets it)"
+                if PRESETS.get(cfg.preset, {}).get("model.whiten")
+                else "pass model.whiten=false"
+            )
+            + ", or use an image model such as model=cnn",
+        )
+    try:
+        images = transform.prepare(data.train.head(PATCH_SAMPLES).to(device))
+        return whiten_first_conv(model, images)
+    except ValueError as exc:
+        raise UserError(str(exc), where="config key model.whiten", fix="drop model.whiten") from None
