@@ -13,10 +13,12 @@ still leaves the best of what is finished:
    (seconds each); the least ratio that meets the goal is kept (aiming at the goal divided by the
    best int8 speed-up, when int8 pays, since pruned+int8 is tried too);
 3. that ratio fine-tuned with distillation from the unpruned model (soft targets plus labels,
-   the classify task's teacher), and its int8; when the fine-tune costs more than the budget and
-   time is left, a milder ratio is fine-tuned too, and when it is within the budget but misses
-   the goal, a stronger ratio, found by a second bisection aimed at the shortfall the finished
-   model showed.
+   the classify task's teacher), and its int8. Then, up to MAX_ATTEMPTS fine-tunes and while the
+   time left allows (`next_plan`): a model fast enough whose fine-tune cost too much accuracy is
+   fine-tuned again for twice the epochs (while that recovers the points still missing); one too
+   slow and too costly gives way to the milder ratio where the measured drops put the budget; one
+   within the budget but short of the goal to a stronger ratio, found by a second bisection aimed
+   at the shortfall the finished model showed.
 
 `goals.search` judges each candidate as it comes; this file makes the artifacts and writes OUT/
 (compress.json, the chosen model.onnx, a latency-vs-accuracy plot with the Pareto front, and a
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from html import escape
 from pathlib import Path
@@ -39,6 +42,8 @@ Timer = Callable[[Path, Path], Pairing]  # (reference file, candidate file) -> o
 MAX_PRUNE = 0.85  # the most MACs a bisection asks to remove
 BISECTION_STEPS = 5
 STRONGER_STEPS = 3  # the second bisection, between a finished ratio that fell short and MAX_PRUNE
+MAX_ATTEMPTS = 4  # pruned fine-tunes in one search (the time budget usually stops it first)
+MAX_EPOCH_FACTOR = 4  # a longer fine-tune doubles the epochs, up to this many times --finetune-epochs
 
 
 @dataclasses.dataclass
@@ -52,6 +57,19 @@ class Probe:
     megabytes: float
     meets: bool
     decided: bool = True  # False: the timing rounds disagreed too much to trust the speed-up
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One fine-tuned pruning ratio, as the plan reads it."""
+
+    ratio: float
+    epochs: int
+    macs: int
+    drop: float  # val points lost against fp32: the least of those that reached the goal's speed, else of all
+    fast: bool  # it or its int8 reached the goal's speed (or size), whatever the accuracy
+    met: bool  # ... and one that did was kept, within the accuracy budget
+    kept: list[goals.Candidate]
 
 
 class GoalSearch:
@@ -82,6 +100,8 @@ class GoalSearch:
         self.probes: list[Probe] = []
         self.int8_speedup = 1.0  # the best kept static int8 candidate's, once known
         self.int8_shrink = 1.0  # and its size ratio
+        self.epoch_seconds: list[float] = []  # seconds per fine-tune epoch, one per pruned candidate
+        self.started = time.monotonic()
 
     # ----------------------------------------------------------------------------- measuring
 
@@ -307,19 +327,24 @@ class GoalSearch:
                 lo = mid
         return hi
 
-    def pruned(self, ratio: float) -> tuple[goals.Candidate, Path]:
+    def pruned_name(self, ratio: float, epochs: int) -> str:
+        tag = f"{ratio:.3f}".rstrip("0").rstrip(".")
+        return f"pruned-{tag}" if epochs == self.prune_options["epochs"] else f"pruned-{tag}-{epochs}ep"
+
+    def pruned(self, ratio: float, epochs: int) -> tuple[goals.Candidate, Path]:
         from tocha.deploy.export import export_run
         from tocha.deploy.steps import prune_and_finetune
 
-        tag = f"{ratio:.3f}".rstrip("0").rstrip(".")
-        run = self.folder / f"pruned-{tag}"
-        info = prune_and_finetune(
-            self.path, run, ratio=ratio, echo=self.echo, distill=True, **{**self.prune_options, "method": "channels"}
-        )
-        file = export_run(run, "onnx", out=self.folder / f"model-pruned-{tag}.onnx").path
-        epochs = self.prune_options["epochs"]
+        name = self.pruned_name(ratio, epochs)
+        run = self.folder / name
+        started = time.monotonic()
+        options = {**self.prune_options, "method": "channels", "epochs": epochs}
+        info = prune_and_finetune(self.path, run, ratio=ratio, echo=self.echo, distill=True, **options)
+        if epochs:
+            self.epoch_seconds.append((time.monotonic() - started) / epochs)
+        file = export_run(run, "onnx", out=self.folder / f"model-{name}.onnx").path
         note = f"prune {ratio:g} of the {self.prune_options['target']}, {epochs} fine-tune epochs distilled from fp32"
-        return self.measured(f"pruned-{tag}", file, info["macs_after"], note=note), file
+        return self.measured(name, file, info["macs_after"], note=note), file
 
     # ----------------------------------------------------------------------------- the plan
 
@@ -335,15 +360,20 @@ class GoalSearch:
         if best_int8 is not None:
             self.int8_speedup = max(1.0, best_int8.speedup)
             self.int8_shrink = reference.megabytes / best_int8.megabytes
-        ratio = self.prune if self.prune is not None else self.bisect(reference.p50_ms)
-        for attempt in range(2):
+        plan: tuple[float, int] | None = (
+            self.prune if self.prune is not None else self.bisect(reference.p50_ms),
+            self.prune_options["epochs"],
+        )
+        attempts: list[Attempt] = []
+        while plan is not None and len(attempts) < MAX_ATTEMPTS:
+            ratio, epochs = plan
             made: dict = {}
 
-            def build_pruned(ratio=ratio, made=made):
-                made["candidate"], made["file"] = self.pruned(ratio)
+            def build_pruned(ratio=ratio, epochs=epochs, made=made):
+                made["candidate"], made["file"] = self.pruned(ratio, epochs)
                 return made["candidate"]
 
-            yield f"pruned-{ratio:g}", build_pruned
+            yield self.pruned_name(ratio, epochs), build_pruned
             if "file" not in made:
                 return
             pruned = made["candidate"]
@@ -356,48 +386,140 @@ class GoalSearch:
                         name, made["file"], made["candidate"].macs, method
                     ),
                 )
-            drop = (reference.val_accuracy - pruned.val_accuracy) * 100 if pruned.val_accuracy is not None else 0.0
-            if attempt == 1:
-                return
-            if drop <= self.max_drop:
-                # Within the budget: done if this attempt met the goal. Otherwise (its probe was timed
-                # faster than the finished model is, or int8 added less than on the fp32 model) a stronger
-                # ratio aimed at the shortfall is worth the time that is left.
-                this = [c for c in tried if c.name in (pruned.name, f"{pruned.name}+int8")]
-                met = any(c.kept and self.goal.met(c.speedup, c.p50_ms, c.megabytes) for c in this)
-                if met or self.prune is not None:
-                    return
-                stronger = self.stronger_ratio(ratio, [c for c in this if c.kept], reference)
-                if stronger is None:
-                    return
+            this = [c for c in tried if c.name in (pruned.name, f"{pruned.name}+int8") and c.path]
+            attempts.append(self.attempt(ratio, epochs, pruned.macs or 0, this, reference))
+            plan = self.next_plan(attempts, reference)
+        if plan is not None:
+            self.echo(f"  {MAX_ATTEMPTS} pruned fine-tunes tried: stopping")
+
+    def attempt(
+        self, ratio: float, epochs: int, macs: int, this: list[goals.Candidate], reference: goals.Candidate
+    ) -> Attempt:
+        """A finished ratio as the plan reads it: `this` holds its candidates (pruned, and +int8)."""
+
+        def drop(c: goals.Candidate) -> float:
+            return (reference.val_accuracy - c.val_accuracy) * 100 if c.val_accuracy is not None else 0.0
+
+        fast = [
+            c for c in this if not c.why.startswith("too noisy") and self.goal.met(c.speedup, c.p50_ms, c.megabytes)
+        ]
+        return Attempt(
+            ratio,
+            epochs,
+            macs,
+            min(map(drop, fast or this), default=0.0),
+            fast=bool(fast),
+            met=any(c.kept for c in fast),
+            kept=[c for c in this if c.kept],
+        )
+
+    def next_plan(self, attempts: list[Attempt], reference: goals.Candidate) -> tuple[float, int] | None:
+        """What to fine-tune after `attempts` (ratio, epochs), or None to stop.
+
+        Met: stop. Within the accuracy budget but short of the goal: a stronger ratio aimed at the
+        shortfall (never as strong as one that already cost too much). It cost too much: when it was
+        fast enough, the same ratio fine-tuned twice as long (while the last doubling recovered at
+        least the points still missing); otherwise the milder ratio that the drops measured so far
+        put at the budget, if it still times faster than fp32. Each plan must fit the time left."""
+        last = attempts[-1]
+        if last.met:
+            return None
+        name = self.pruned_name(last.ratio, last.epochs)
+        if last.fast:  # fast enough, but that cost too much accuracy
+            longer = self.longer(attempts)
+            if longer is not None:
                 self.echo(
-                    f"  {pruned.name} is within the budget ({drop:.2f} val points) but misses the goal: "
-                    f"trying prune {stronger:g}"
+                    f"  {name} is fast enough but costs {last.drop:.2f} val points: "
+                    f"fine-tuning it for {longer} epochs instead of {last.epochs}"
                 )
-                ratio = stronger
-                continue
-            # It cost too much accuracy: the next milder architecture the probes found (or half the ratio).
-            milder = [p for p in self.probes if p.macs > (pruned.macs or 0)]
-            if milder:
-                milder_probe = min(milder, key=lambda p: p.macs)
-            else:
-                milder_probe = self.probe(round(ratio / 2, 3), reference.p50_ms)
-                self.tell(milder_probe, "half the ratio that cost too much")
-                if milder_probe.macs <= (pruned.macs or 0):  # channel rounding: the same net
-                    self.echo(f"  {pruned.name} costs {drop:.2f} val points; no milder pruning differs from it")
-                    return
-            if self.goal.key != "size_mb" and milder_probe.decided and milder_probe.speedup * self.int8_speedup <= 1.0:
-                # Fewer MACs is not always faster (channel counts that do not fill the CPU's vectors):
-                # a fine-tune that cannot beat fp32 even with int8 would only spend the budget.
+                return self.affordable(last.ratio, longer)
+        elif last.drop <= self.max_drop:
+            if self.prune is not None:
+                return None
+            stronger = self.stronger_ratio(last.ratio, last.kept, reference)
+            if stronger is None:
+                return None
+            over = [a.ratio for a in attempts if a.drop > self.max_drop and a.ratio > last.ratio]
+            if over and stronger >= min(over) - 5e-4:
+                stronger = round((last.ratio + min(over)) / 2, 3)
+                self.echo(f"  prune {min(over):g} already cost too much: halfway instead, prune {stronger:g}")
+            self.echo(
+                f"  {name} is within the budget ({last.drop:.2f} val points) but misses the goal: "
+                f"trying prune {stronger:g}"
+            )
+            return self.affordable(stronger, last.epochs)
+        milder = self.milder(attempts, reference)
+        if milder is None:
+            return None
+        self.echo(f"  {name} costs {last.drop:.2f} val points: trying prune {milder:g}")
+        return self.affordable(milder, last.epochs)
+
+    def longer(self, attempts: list[Attempt]) -> int | None:
+        """Twice the last fine-tune's epochs, or None: beyond MAX_EPOCH_FACTOR x --finetune-epochs, or
+        when the last doubling of this ratio recovered fewer points than are still missing (returns
+        diminish, so the next doubling would not close the gap)."""
+        last = attempts[-1]
+        longer = max(1, 2 * last.epochs)
+        if longer > MAX_EPOCH_FACTOR * max(1, self.prune_options["epochs"]):
+            return None
+        shorter = [a for a in attempts[:-1] if abs(a.ratio - last.ratio) < 5e-4 and a.epochs < last.epochs]
+        if shorter:
+            recovered, missing = shorter[-1].drop - last.drop, last.drop - self.max_drop
+            if recovered < missing:
                 self.echo(
-                    f"  {pruned.name} costs {drop:.2f} val points; the milder prune {milder_probe.ratio:g} timed "
-                    f"{milder_probe.speedup:.2f}x (not faster than fp32), so it is not fine-tuned"
+                    f"  {last.epochs} epochs recovered {recovered:.2f} val points over {shorter[-1].epochs}; "
+                    f"{missing:.2f} are still missing: not fine-tuning longer"
                 )
-                return
-            ratio = milder_probe.ratio
-            self.echo(f"  {pruned.name} costs {drop:.2f} val points: trying prune {ratio:g}")
+                return None
+        return longer
+
+    def milder(self, attempts: list[Attempt], reference: goals.Candidate) -> float | None:
+        """The ratio where the line between the strongest attempt within the budget (or no pruning,
+        which costs nothing) and the last one reaches `max_drop`. Pruning costs more accuracy the more
+        it removes, faster than in proportion, so the line's ratio tends to land within the budget.
+        None when that net is one already tried, or when it cannot beat fp32 even with int8."""
+        last = attempts[-1]
+        within = [a for a in attempts if a.drop <= self.max_drop and a.ratio < last.ratio]
+        lo = max(within, key=lambda a: a.ratio, default=None)
+        lo_ratio, lo_drop = (lo.ratio, lo.drop) if lo else (0.0, 0.0)
+        ratio = round(lo_ratio + (last.ratio - lo_ratio) * (self.max_drop - lo_drop) / (last.drop - lo_drop), 3)
+        name = self.pruned_name(last.ratio, last.epochs)
+        if ratio <= lo_ratio:
+            self.echo(f"  {name} costs {last.drop:.2f} val points; no milder ratio is left between")
+            return None
+        probe = self.probe_at(ratio, reference.p50_ms)
+        self.tell(probe, f"where the drops so far put the budget ({self.max_drop:g} val points)")
+        if any(a.macs == probe.macs for a in attempts):  # channel rounding: the same net
+            self.echo(f"  {name} costs {last.drop:.2f} val points; no milder pruning differs from it")
+            return None
+        if self.goal.key != "size_mb" and probe.decided and probe.speedup * self.int8_speedup <= 1.0:
+            # Fewer MACs is not always faster (channel counts that do not fill the CPU's vectors):
+            # a fine-tune that cannot beat fp32 even with int8 would only spend the budget.
+            self.echo(
+                f"  {name} costs {last.drop:.2f} val points; the milder prune {ratio:g} timed "
+                f"{probe.speedup:.2f}x (not faster than fp32), so it is not fine-tuned"
+            )
+            return None
+        return ratio
+
+    def affordable(self, ratio: float, epochs: int) -> tuple[float, int] | None:
+        """(ratio, epochs), or None when a fine-tune that long would not fit in the time left (going by
+        the slowest epoch so far; an estimate, so that a search does not overrun its budget by a whole
+        fine-tune)."""
+        if not self.epoch_seconds or epochs == 0:
+            return ratio, epochs
+        need = max(self.epoch_seconds) * epochs
+        left = self.time_budget_s - (time.monotonic() - self.started)
+        if need > left:
+            self.echo(
+                f"  prune {ratio:g} for {epochs} epochs would take about {need:.0f} s; {max(left, 0):.0f} s of the "
+                "budget is left: stopping"
+            )
+            return None
+        return ratio, epochs
 
     def run(self) -> dict:
+        self.started = time.monotonic()
         reference = self.start()
         tried: list[goals.Candidate] = []
         with _Progress(self.echo) as progress:
