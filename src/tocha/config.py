@@ -57,8 +57,9 @@ class DataConfig:
         AUTO,
         "training augmentation, batched on the device; auto = the dataset's "
         "usual choice for conv nets (fashion-mnist: flip; imagefolder: crop,flip), "
-        "none for digits and for mlp",
-        choices=("crop", "flip"),
+        "none for digits and for mlp; erase = random erasing (per image, with p 0.5 a box of 2-33% of "
+        "the area set to the mean)",
+        choices=("crop", "flip", "erase"),
         auto=True,
     )
     crop_padding: int = opt(2, "pixels of zero padding for the random crop", min=0)

@@ -127,3 +127,37 @@ def test_an_epoch_can_start_at_any_batch_for_a_resume(path):
         assert len(got) == len(expected) - first
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, expected[first:]))
         assert len(list(batches)) == len(expected)  # the next epoch starts from its beginning again
+
+
+def test_random_erasing_sets_one_box_per_image_to_the_mean_with_the_published_odds():
+    from tocha.engine import batches
+
+    x = torch.randn(4000, 3, 28, 28).abs() + 1.0  # never 0 before erasing
+    out = DeviceTransform(None, None, augment=("erase",), device=CPU, seed=3).augment(x.clone())
+    erased = out == 0
+    assert torch.equal(out[~erased], x[~erased])  # nothing else changes
+    assert torch.equal(erased[:, :1].expand_as(erased), erased)  # the same box on every channel
+    hit = erased[:, 0].flatten(1).any(1)
+    assert abs(hit.float().mean().item() - batches.ERASE_P) < 0.03
+    for img in erased[hit, 0][:200]:  # each erased region is one filled rectangle
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert rows[-1] - rows[0] + 1 == h and cols[-1] - cols[0] + 1 == w and img.sum() == h * w
+        assert 1 <= h * w <= 0.33 * 28 * 28 * 1.15  # the area range, up to rounding of the sides
+    shares = erased[hit, 0].flatten(1).float().mean(1)
+    assert shares.min() < 0.05 and shares.max() > 0.25  # boxes of many sizes, not one
+    # Each image draws its own box, and the same seed draws the same boxes.
+    assert len({tuple(e.nonzero()[0].tolist()) for e in erased[hit, 0][:50]}) > 40
+    again = DeviceTransform(None, None, augment=("erase",), device=CPU, seed=3).augment(x.clone())
+    assert torch.equal(again, out)
+
+
+def test_erase_is_a_data_augment_choice_and_trains(tmp_path):
+    from tocha.cli import main as cli
+
+    out = tmp_path / "run"
+    args = ["train", "data=digits", "model=cnn", "epochs=1", "data.augment=erase", f"out={out}", "log.progress=false"]
+    assert cli(args) == 0
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["augment"] == ["erase"]

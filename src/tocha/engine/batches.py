@@ -18,7 +18,7 @@ from tocha.engine.distributed import shard
 
 
 class DeviceTransform:
-    """uint8 -> float in [0, 1], per-channel normalisation, then (training only) random flips/crops.
+    """uint8 -> float in [0, 1], per-channel normalisation, then (training only) random flips/crops/erasing.
 
     `prepare` is the deterministic part (it can run once over a whole resident dataset), `augment`
     the random part (every training batch).
@@ -62,6 +62,8 @@ class DeviceTransform:
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         if "crop" in self.augments:
             x = self._random_crop(x)
+        if "erase" in self.augments:
+            x = self._random_erase(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,6 +76,32 @@ class DeviceTransform:
         cols = (torch.arange(w, device=x.device).view(1, w) + shifts[1].view(n, 1)).view(n, 1, 1, w)
         padded = padded.gather(2, rows.expand(n, x.shape[1], h, w + 2 * p))
         return padded.gather(3, cols.expand(n, x.shape[1], h, w))
+
+    def _random_erase(self, x: torch.Tensor) -> torch.Tensor:
+        """Random erasing (Zhong et al., 2017), a box per image: with probability ERASE_P, a box of
+        ERASE_SCALE of the image's area and an aspect ratio in ERASE_RATIO (log-uniform) is set to 0,
+        the mean after normalising. torchvision's RandomErasing has these defaults but draws one box per
+        call, so a batch would share it; here every image draws its own, in one batched mask."""
+        n, _, h, w = x.shape
+        u = torch.rand(5, n, device=x.device, generator=self.generator)
+        area = h * w * (ERASE_SCALE[0] + (ERASE_SCALE[1] - ERASE_SCALE[0]) * u[0])
+        log_lo, log_hi = math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
+        bh = torch.sqrt(area * aspect).round().clamp(1, h)
+        bw = torch.sqrt(area / aspect).round().clamp(1, w)
+        top = (u[2] * (h - bh + 1)).floor()
+        left = (u[3] * (w - bw + 1)).floor()
+        rows = torch.arange(h, device=x.device).view(1, h)
+        cols = torch.arange(w, device=x.device).view(1, w)
+        in_rows = (rows >= top.view(n, 1)) & (rows < (top + bh).view(n, 1))
+        in_cols = (cols >= left.view(n, 1)) & (cols < (left + bw).view(n, 1))
+        box = in_rows.view(n, 1, h, 1) & in_cols.view(n, 1, 1, w) & (u[4] < ERASE_P).view(n, 1, 1, 1)
+        return x.masked_fill(box, 0.0)
+
+
+ERASE_P = 0.5
+ERASE_SCALE = (0.02, 0.33)  # share of the image's area
+ERASE_RATIO = (0.3, 3.3)  # box height / width
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
