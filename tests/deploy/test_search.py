@@ -271,6 +271,11 @@ def test_a_stronger_ratio_stops_short_of_one_that_already_cost_too_much(run, tmp
     plan = s.next_plan([attempt(0.6, 2, 3.0), attempt(0.28, 2, 0.5, kept=[short])], ref)
     assert plan == (0.44, 2), lines
     assert any("prune 0.6 already cost too much: halfway instead, prune 0.44" in line for line in lines), lines
+    # When the bracket has closed (that ratio prunes to a net already fine-tuned), the search stops.
+    same = s.probe_at(0.44, ref.p50_ms).macs
+    lines.clear()
+    assert s.next_plan([attempt(0.6, 2, 3.0), attempt(0.28, 2, 0.5, macs=same, kept=[short])], ref) is None
+    assert any("prune 0.44 prunes to the net of pruned-0.28: stopping" in line for line in lines), lines
 
 
 def test_a_fine_tune_that_would_not_fit_in_the_time_left_is_not_started(run, tmp_path):

@@ -42,7 +42,7 @@ Timer = Callable[[Path, Path], Pairing]  # (reference file, candidate file) -> o
 MAX_PRUNE = 0.85  # the most MACs a bisection asks to remove
 BISECTION_STEPS = 5
 STRONGER_STEPS = 3  # the second bisection, between a finished ratio that fell short and MAX_PRUNE
-MAX_ATTEMPTS = 4  # pruned fine-tunes in one search (the time budget usually stops it first)
+MAX_ATTEMPTS = 8  # pruned fine-tunes in one search (the time budget usually stops it first)
 MAX_EPOCH_FACTOR = 4  # a longer fine-tune doubles the epochs, up to this many times --finetune-epochs
 
 
@@ -443,6 +443,13 @@ class GoalSearch:
             if over and stronger >= min(over) - 5e-4:
                 stronger = round((last.ratio + min(over)) / 2, 3)
                 self.echo(f"  prune {min(over):g} already cost too much: halfway instead, prune {stronger:g}")
+            macs = self.probe_at(stronger, reference.p50_ms).macs
+            same = next((a for a in attempts if a.epochs == last.epochs and a.macs == macs), None)
+            if same is not None:  # channel rounding: the bracket has closed
+                self.echo(
+                    f"  prune {stronger:g} prunes to the net of {self.pruned_name(same.ratio, same.epochs)}: stopping"
+                )
+                return None
             self.echo(
                 f"  {name} is within the budget ({last.drop:.2f} val points) but misses the goal: "
                 f"trying prune {stronger:g}"
