@@ -8,6 +8,7 @@ signals) -> best weights -> task.finish -> summary.json, report.html.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import logging
@@ -37,12 +38,13 @@ from tocha.harness import callbacks as callbacks_module
 from tocha.harness import placement as placing
 from tocha.harness import scale
 from tocha.harness.signals import Interrupted, StopSignals, training_guard
-from tocha.harness.tune import compile_model, peak_memory_mb, pick_threads
+from tocha.harness.tune import compile_model, peak_memory_mb, pick_threads, seconds_per_step
 from tocha.metrics.names import default_mode
 from tocha.tasks.base import Built
 
 log = logging.getLogger("tocha")
 DATA_WAIT_WARN = 0.25  # share of an epoch spent waiting for the DataLoader that earns a warning
+BUDGET_MARGIN = 1.03  # time_budget_s: epochs are planned at 3% over the timed step (later steps vary)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class TrainingRun:
         self.slow_input_warned = False
         self.lock: rf.RunLock | None = None
         self.schedule_notes: tuple[str, ...] = ()
+        self.budget: dict | None = None  # time_budget_s: what was planned (summary.json "time_budget")
 
     # ------------------------------------------------------------------ setup
     def run(self, model: nn.Module | None, data) -> FitResult:
@@ -143,6 +146,12 @@ class TrainingRun:
 
     def train(self, model: nn.Module | None, data) -> FitResult:
         cfg, dist = self.cfg, self.dist
+        if cfg.time_budget_s and dist.world_size > 1:
+            raise UserError(
+                f"time_budget_s plans the epochs of one process; this run has {dist.world_size}",
+                where="config key time_budget_s",
+                fix="set epochs (and time_budget_s=0) for a run of several processes",
+            )
         placing.seed_everything(cfg.seed, cfg.deterministic)
         placement = placing.resolve(
             device=cfg.device,
@@ -171,12 +180,82 @@ class TrainingRun:
         out, loaded = scale.from_rank0(dist, lambda: self.open_run_folder(built)) if self.writes_run else (None, None)
         self.run_dir = Path(out) if out is not None and dist.is_main else None
         built.placement, step_model, speed_notes = self.tune(built)
+        if cfg.time_budget_s:
+            self.plan_epochs(built, steps_per_epoch, loaded)
         resolved = self.resolved_config(built, out)
         if dist.is_main:
             self.log_start(built, resolved, speed_notes, loaded)
         if self.run_dir is not None:
             self.write_run_start(resolved, built)
         return self.fit(built, step_model, resolved, loaded, steps_per_epoch)
+
+    def plan_epochs(self, built: Built, steps_per_epoch: int, loaded) -> None:
+        """time_budget_s: as many of `epochs` as fit, from 20 steps of a copy of the model timed here.
+
+        The run's model, optimizer and random numbers are untouched (the copy has its own optimizer;
+        the RNGs are put back), so a budgeted run trains exactly as `epochs=N time_budget_s=0` would.
+        A resumed run keeps the epochs it planned (its config.yaml), whatever this machine does now."""
+        cfg = self.cfg
+        if loaded:
+            from tocha import config
+
+            planned = config.load(self.run_dir / rf.CONFIG).epochs
+            self.budget = {"seconds": cfg.time_budget_s, "epochs": planned, "max_epochs": cfg.epochs, "resumed": True}
+            self.cfg = dataclasses.replace(cfg, epochs=planned)
+            return
+        twin = copy.deepcopy(built.model)
+        stepper = Stepper(
+            twin,
+            self.make_optimizer(twin, built),
+            None,
+            device=built.placement.device,
+            loss_fn=built.loss_fn,
+            correct_fn=built.correct_fn,
+            precision=built.placement.precision,
+            grad_clip=cfg.grad_clip,
+        )
+        rng = resume.rng_state(built.generators)
+        try:
+            step_s = seconds_per_step(stepper, built.batches["train"], cfg.grad_accum_steps)
+        finally:
+            resume.restore_rng(rng, built.generators)
+        epoch_s = step_s * steps_per_epoch
+        fits = math.floor(cfg.time_budget_s / (epoch_s * BUDGET_MARGIN))
+        epochs = max(1, min(cfg.epochs, fits))
+        self.budget = {
+            "seconds": cfg.time_budget_s,
+            "epoch_seconds_estimate": round(epoch_s, 6),
+            "epochs": epochs,
+            "max_epochs": cfg.epochs,
+        }
+        if fits < 1:
+            note = f"one epoch takes ~{epoch_s:.1f} s here, more than the budget: 1 epoch"
+        elif fits < cfg.epochs:
+            note = f"an epoch takes ~{epoch_s:.1f} s here: {epochs} of epochs={cfg.epochs} fit"
+        else:
+            note = f"an epoch takes ~{epoch_s:.1f} s here: all {cfg.epochs} epochs fit"
+        self.cfg = dataclasses.replace(cfg, epochs=epochs)
+        self.schedule_notes = [f"time_budget_s={cfg.time_budget_s:g}: {note}, the schedule sized to them"]
+        self.schedule_notes += check_schedule(
+            cfg.scheduler,
+            self.total_steps(steps_per_epoch),
+            round(cfg.warmup_epochs * steps_per_epoch),
+            steps_per_epoch=steps_per_epoch,
+            step_epochs=cfg.step_epochs,
+        )
+
+    def make_optimizer(self, model: nn.Module, built: Built) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return build_optimizer(
+            model,
+            cfg.optimizer,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+            fused=built.placement.device.type == "cuda" or None,
+            lr_of=built.lr_of,
+        )
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """The optimizer steps that will run: max_steps cuts the run (and sizes the schedule) short."""
@@ -236,6 +315,7 @@ class TrainingRun:
         mode = default_mode(cfg.monitor.partition(".")[2]) if cfg.mode == AUTO else cfg.mode
         resolved = dataclasses.replace(
             cfg,
+            time_budget_s=0.0,  # spent: cfg.epochs are the planned ones, so the file reruns the same run
             device=hw.device,
             precision=hw.precision,
             threads=hw.threads,
@@ -324,16 +404,7 @@ class TrainingRun:
     ) -> FitResult:
         cfg, placement, run_dir = self.cfg, built.placement, self.run_dir
         device = placement.device
-        optimizer = build_optimizer(
-            built.model,
-            cfg.optimizer,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-            fused=device.type == "cuda" or None,
-            lr_of=built.lr_of,
-        )
+        optimizer = self.make_optimizer(built.model, built)
         scheduler = build_scheduler(
             optimizer,
             cfg.scheduler,
@@ -487,6 +558,8 @@ class TrainingRun:
             "device": placement.hw.device,
             "precision": placement.precision,
         }
+        if self.budget:
+            summary["time_budget"] = self.budget
         if result.stopped_early:
             summary["early_stop"] = result.stopped_early
             log.info("early stop %s", result.stopped_early)

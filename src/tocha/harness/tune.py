@@ -1,12 +1,17 @@
-"""Choices measured on the built model: the CPU thread count, and torch.compile with a trial step."""
+"""Choices measured on the built model: the CPU thread count, torch.compile with a trial step, and
+the epochs that fit a time budget."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from torch import nn
 
 from tocha.engine.threads import choose_threads, training_step
 from tocha.hardware import usable_cpus
+
+CALIBRATION_STEPS, CALIBRATION_WARMUP = 20, 3  # timed optimizer steps, after untimed ones (kernel set-up)
 
 
 def pick_threads(model: nn.Module, probe, loss_fn, *, deterministic: bool) -> tuple[int, str]:
@@ -46,3 +51,29 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def seconds_per_step(stepper, batches, accum: int) -> float:
+    """Mean seconds of one optimizer step of `stepper` over the first real batches of epoch 0,
+    after CALIBRATION_WARMUP untimed steps (fewer when the epoch is that short). The caller gives a
+    stepper of a copy of the model and restores the RNGs: this draws batches like epoch 0 does."""
+    from tocha.engine.loop import groups
+    from tocha.engine.state import LoopState
+
+    state = LoopState()
+    device = next((p.device for p in stepper.model.parameters()), torch.device("cpu"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    n_steps = -(-len(batches) // accum)
+    warmup = min(CALIBRATION_WARMUP, n_steps - 1)
+    batches.set_epoch(0)
+    start, timed = None, 0
+    for i, (_, group) in enumerate(groups(batches, 0, accum)):
+        if i == warmup:
+            sync()
+            start = time.perf_counter()
+        if i >= warmup + CALIBRATION_STEPS:
+            break
+        stepper.step(group, state)
+        timed += i >= warmup
+    sync()
+    return (time.perf_counter() - start) / max(timed, 1)
