@@ -57,6 +57,7 @@ def run_one(overrides: list[str], seed: int) -> dict:
         "train_seconds": summary["train_seconds"],
         "epochs": int(re.search(r"^epochs: (\d+)", config, re.M).group(1)),
         "parameters": int(found.group(1).replace(",", "")) if found else 0,
+        "time_budget": summary.get("time_budget"),  # what time_budget_s planned (None without one)
     }
 
 
@@ -93,8 +94,14 @@ def main() -> None:
             row = run_one([*overrides, *args.extra], seed)
             row["load_1min"] = round(os.getloadavg()[0], 2)
             runs[name].append(row)
+            plan = row["time_budget"]
+            planned = (
+                f", {row['epochs']} epochs planned at ~{plan['epoch_seconds_estimate']:.2f} s each"
+                if plan and "epoch_seconds_estimate" in plan
+                else f", {row['epochs']} epochs"
+            )
             print(
-                f"  {name} seed={seed}: test {row['test_accuracy']:.4f}, {row['train_seconds']:.1f} s "
+                f"  {name} seed={seed}: test {row['test_accuracy']:.4f}, {row['train_seconds']:.1f} s{planned} "
                 f"(load {row['load_1min']})",
                 flush=True,
             )
