@@ -199,7 +199,7 @@ class TrainConfig:
     time_budget_s: float = opt(
         0.0,
         "seconds of training (summary.json's train_seconds: the steps, not validation) the run "
-        "should fit in: before training, tocha times 20 steps of a copy of the model here and "
+        "should fit in: before training, tocha times 40 steps of a copy of the model here and "
         "runs as many of `epochs` as fit, the schedule sized to them (0 = off: all epochs)",
         min=0.0,
     )

@@ -48,7 +48,7 @@ class _Batches:
 
 
 def test_seconds_per_step_times_the_steps_after_the_warmup():
-    x, y = _data(64 * 60)
+    x, y = _data(64 * 2 * (3 + CALIBRATION_STEPS + 5))
     batches = _Batches(x, y, 64)
     model = _module()
     steps = []
@@ -146,8 +146,6 @@ def test_a_resumed_budgeted_run_keeps_the_epochs_it_planned(tmp_path):
     x, y = _data()
     out = str(tmp_path / "run")
     first = tocha.fit(_module(), (x, y), epochs=50, time_budget_s=1e-6, batch_size=32, out=out, **QUIET)
-    again = tocha.fit(
-        _module(), (x, y), epochs=50, time_budget_s=1e-6, batch_size=32, out=out, resume="auto", **QUIET
-    )
+    again = tocha.fit(_module(), (x, y), epochs=50, time_budget_s=1e-6, batch_size=32, out=out, resume="auto", **QUIET)
     assert again.summary["time_budget"] == {"seconds": 1e-6, "epochs": 1, "max_epochs": 50, "resumed": True}
     assert again.summary["steps"] == first.summary["steps"]  # nothing more was trained

@@ -44,7 +44,7 @@ from tocha.tasks.base import Built
 
 log = logging.getLogger("tocha")
 DATA_WAIT_WARN = 0.25  # share of an epoch spent waiting for the DataLoader that earns a warning
-BUDGET_MARGIN = 1.08  # time_budget_s: an epoch took 3.7-10.6% (mean 6.5%) longer than 20 early steps said (BENCHMARKS.md)
+BUDGET_MARGIN = 1.08  # time_budget_s: epochs ran up to 10.6% longer than their early steps said (BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ class TrainingRun:
         return self.fit(built, step_model, resolved, loaded, steps_per_epoch)
 
     def plan_epochs(self, built: Built, steps_per_epoch: int, loaded) -> None:
-        """time_budget_s: as many of `epochs` as fit, from 20 steps of a copy of the model timed here.
+        """time_budget_s: as many of `epochs` as fit, from 40 steps of a copy of the model timed here.
 
         The run's model, optimizer and random numbers are untouched (the copy has its own optimizer;
         the RNGs are put back), so a budgeted run trains exactly as `epochs=N time_budget_s=0` would.

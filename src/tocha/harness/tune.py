@@ -3,6 +3,7 @@ the epochs that fit a time budget."""
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from tocha.engine.threads import choose_threads, training_step
 from tocha.hardware import usable_cpus
 
-CALIBRATION_STEPS, CALIBRATION_WARMUP = 20, 3  # timed optimizer steps, after untimed ones (kernel set-up)
+CALIBRATION_STEPS, CALIBRATION_WARMUP = 40, 3  # timed optimizer steps, after untimed ones (kernel set-up)
 
 
 def pick_threads(model: nn.Module, probe, loss_fn, *, deterministic: bool) -> tuple[int, str]:
@@ -54,9 +55,11 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 def seconds_per_step(stepper, batches, accum: int) -> float:
-    """Mean seconds of one optimizer step of `stepper` over the first real batches of epoch 0,
-    after CALIBRATION_WARMUP untimed steps (fewer when the epoch is that short). The caller gives a
-    stepper of a copy of the model and restores the RNGs: this draws batches like epoch 0 does."""
+    """Median seconds of one optimizer step of `stepper`, drawing its batch included, over the first
+    real batches of epoch 0 after CALIBRATION_WARMUP untimed steps (fewer when the epoch is that
+    short). The median: a few steps slowed by something else on the machine do not move it. The
+    caller gives a stepper of a copy of the model and restores the RNGs: this draws batches like
+    epoch 0 does."""
     from tocha.engine.loop import groups
     from tocha.engine.state import LoopState
 
@@ -66,14 +69,15 @@ def seconds_per_step(stepper, batches, accum: int) -> float:
     n_steps = -(-len(batches) // accum)
     warmup = min(CALIBRATION_WARMUP, n_steps - 1)
     batches.set_epoch(0)
-    start, timed = None, 0
+    seconds: list[float] = []
+    clock = time.perf_counter()
     for i, (_, group) in enumerate(groups(batches, 0, accum)):
-        if i == warmup:
-            sync()
-            start = time.perf_counter()
         if i >= warmup + CALIBRATION_STEPS:
             break
         stepper.step(group, state)
-        timed += i >= warmup
-    sync()
-    return (time.perf_counter() - start) / max(timed, 1)
+        sync()
+        now = time.perf_counter()
+        if i >= warmup:
+            seconds.append(now - clock)
+        clock = now
+    return statistics.median(seconds)
