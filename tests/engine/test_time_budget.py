@@ -15,7 +15,7 @@ import tocha
 from tocha import config
 from tocha.engine.step import Stepper
 from tocha.errors import UserError
-from tocha.harness.run import BUDGET_MARGIN
+from tocha.harness.run import BUDGET_MARGIN, REPLAN_MARGIN
 from tocha.harness.tune import CALIBRATION_STEPS, seconds_per_step
 
 QUIET = {"threads": 1, "log": {"tensorboard": False, "progress": False}}
@@ -135,9 +135,12 @@ def test_tocha_train_plans_its_epochs_in_the_log(tmp_path):
     assert "time_budget_s=0.5: an epoch takes ~" in log
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     plan = summary["time_budget"]
-    fits = math.floor(0.5 / (plan["epoch_seconds_estimate"] * BUDGET_MARGIN))
+    before = math.floor(0.5 / (plan["epoch_seconds_estimate"] * BUDGET_MARGIN))
+    assert abs(plan.get("planned_before_training", plan["epochs"]) - before) <= 1  # summary.json rounds
+    first = plan["first_epoch_seconds"]
+    after = 1 + math.floor((0.5 - first) / (first * REPLAN_MARGIN))  # the first epoch as it ran
     assert summary["epochs"] == plan["epochs"] < 1000
-    assert abs(plan["epochs"] - fits) <= 1  # the estimate in summary.json is rounded
+    assert abs(plan["epochs"] - after) <= 1
 
 
 def test_a_resumed_budgeted_run_keeps_the_epochs_it_planned(tmp_path):
@@ -149,3 +152,76 @@ def test_a_resumed_budgeted_run_keeps_the_epochs_it_planned(tmp_path):
     again = tocha.fit(_module(), (x, y), epochs=50, time_budget_s=1e-6, batch_size=32, out=out, resume="auto", **QUIET)
     assert again.summary["time_budget"] == {"seconds": 1e-6, "epochs": 1, "max_epochs": 50, "resumed": True}
     assert again.summary["steps"] == first.summary["steps"]  # nothing more was trained
+
+
+def _optimistic_timer(monkeypatch):
+    """The steps timed before training say an epoch costs almost nothing: the first plan is every
+    epoch allowed, and only the first epoch as it ran can correct it."""
+    import tocha.harness.run as run
+
+    monkeypatch.setattr(run, "seconds_per_step", lambda *a, **k: 1e-9)
+
+
+def test_the_first_epoch_as_it_ran_replans_the_epochs_and_resizes_the_schedule(tmp_path, monkeypatch):
+    _optimistic_timer(monkeypatch)
+    x, y = _data(4000)
+    out = tmp_path / "run"
+    result = tocha.fit(_module(), (x, y), epochs=500, time_budget_s=1.0, batch_size=32, out=str(out), **QUIET)
+    plan = result.summary["time_budget"]
+    assert plan["planned_before_training"] == 500 and 1 <= plan["epochs"] < 500
+    first = plan["first_epoch_seconds"]
+    assert plan["epochs"] == max(1, 1 + math.floor((1.0 - first) / (first * REPLAN_MARGIN)))
+    assert result.summary["epochs"] == plan["epochs"] == config.load(out / "config.yaml").epochs
+    lrs = [r["lr"] for r in result.history if r["kind"] == "train" and "lr" in r]
+    if lrs:  # one-cycle re-sized to the new length: it ends near zero, not part-way up
+        assert lrs[-1] < max(lrs) / 10
+
+
+def test_the_resized_schedule_is_the_one_a_run_of_that_length_has(tmp_path):
+    """After `done` steps, the fast-forwarded schedule gives the learning rate a schedule built for
+    the new length from the start gives at that step."""
+    from tocha.engine.optim import build_scheduler
+
+    def lr_after(total: int, done: int, fast_forward: bool) -> float:
+        model = _module()
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+        sched = build_scheduler(opt, "onecycle", total_steps=400, steps_per_epoch=40)
+        for _ in range(done):
+            opt.step()
+            sched.step()
+        if fast_forward:  # what TrainingRun.make_scheduler does after a replan
+            sched = build_scheduler(opt, "onecycle", total_steps=total, steps_per_epoch=40)
+            sched.last_epoch = done - 1
+            sched.step()
+        else:
+            fresh = torch.optim.AdamW(_module().parameters(), lr=0.01)
+            sched = build_scheduler(fresh, "onecycle", total_steps=total, steps_per_epoch=40)
+            for _ in range(done):
+                fresh.step()
+                sched.step()
+            opt = fresh
+        return opt.param_groups[0]["lr"]
+
+    for total in (120, 200, 800):
+        assert lr_after(total, 40, True) == pytest.approx(lr_after(total, 40, False), rel=1e-9)
+
+
+def test_a_replanned_run_stopped_and_resumed_keeps_the_new_plan(tmp_path, monkeypatch):
+    _optimistic_timer(monkeypatch)
+    x, y = _data(4000)
+    out = str(tmp_path / "run")
+
+    class StopAtEpoch2:
+        def on_eval_end(self, record, improved):
+            if record.get("epoch", 0) >= 2:
+                raise tocha.StopTraining("enough")
+
+    first = tocha.fit(
+        _module(), (x, y), epochs=500, time_budget_s=5.0, batch_size=32, out=out, callbacks=[StopAtEpoch2()], **QUIET
+    )
+    planned = first.summary["time_budget"]["epochs"]
+    if planned <= 2:
+        pytest.skip(f"this machine fits only {planned} epochs of the test run in 5 s")
+    again = tocha.fit(_module(), (x, y), epochs=500, time_budget_s=5.0, batch_size=32, out=out, resume="auto", **QUIET)
+    assert again.summary["time_budget"]["resumed"] and again.summary["epochs"] == planned
+    assert len([r for r in again.history if r["kind"] == "eval"]) == planned

@@ -117,8 +117,12 @@ class Driver:
         dist: DistInfo = DistInfo(),
         stop_signal: Callable[[], int | None] | None = None,
         max_steps: int = 0,
+        replan: Callable[[float], int | None] | None = None,
     ) -> None:
         self.stepper, self.train, self.state, self.epochs, self.device = stepper, train, state, epochs, device
+        # time_budget_s: called with the first epoch's train seconds before that epoch is evaluated and
+        # checkpointed; returns the run's new epoch count (the caller re-sizes the schedule) or None.
+        self.replan = replan
         self.accum, self.evaluate, self.cadence, self.selection = grad_accum_steps, evaluate, cadence, selection
         self.hooks, self.progress, self.dist, self.stop_signal = hooks, progress, dist, stop_signal
         self.last_finite = state.step
@@ -234,14 +238,15 @@ class Driver:
         wall_start = time.perf_counter()
         self.stepper.model.train()
         stopped_early = None
-        for epoch in range(s.epoch, self.epochs):
+        epoch, first = s.epoch, s.batch
+        while epoch < self.epochs:  # self.epochs can change after the first epoch (replan)
             if self.max_steps and s.step >= self.max_steps:  # a resumed run that had reached its cap
                 break
-            first = s.batch if epoch == s.epoch else 0
             s.epoch, s.batch = epoch, first
             stopped_early = self.run_epoch(epoch, first)
             if stopped_early:
                 break
+            epoch, first = epoch + 1, 0
         if self.progress:
             self.progress.close()
         return LoopResult(
@@ -341,6 +346,12 @@ class Driver:
             torch.cuda.synchronize(self.device)  # the clock must not stop before the queued work has run
         epoch_seconds = time.perf_counter() - clock - eval_seconds
         s.train_seconds = seconds_at_start + epoch_seconds
+        if self.replan is not None and epoch == 0:
+            epochs = self.replan(s.train_seconds)
+            if epochs is not None:
+                self.epochs = s.planned_epochs = epochs
+                if self.progress:
+                    self.progress.epochs = epochs
         wait = getattr(self.train, "wait_seconds", 0.0)
         record = self.run_eval(
             epoch + 1,

@@ -167,7 +167,8 @@ def build_scheduler(
             log.info(note)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=[g["lr"] for g in optimizer.param_groups],
+            # An optimizer that already had a one-cycle schedule (re-sized by time_budget_s) keeps its peak.
+            max_lr=[g.get("max_lr", g["lr"]) for g in optimizer.param_groups],
             total_steps=total,
             pct_start=pct_start,
             cycle_momentum=has_momentum,

@@ -25,6 +25,7 @@ class LoopState:
     stale_evals: int = 0  # evaluations since the monitored metric last improved by min_delta
     skipped_steps: int = 0  # micro-batches skipped for a non-finite loss
     scaler: dict | None = None  # the fp16 GradScaler's state
+    planned_epochs: int = 0  # time_budget_s: the epochs the schedule is sized to (0: no budget, the config's)
     # Running sums since the last evaluation, summed over ranks when written.
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from tocha.tasks.base import Built
 
 log = logging.getLogger("tocha")
 DATA_WAIT_WARN = 0.25  # share of an epoch spent waiting for the DataLoader that earns a warning
+REPLAN_MARGIN = 1.03  # time_budget_s, after the first epoch: later epochs of preset=best ran up to 3% longer
 BUDGET_MARGIN = 1.08  # time_budget_s: epochs ran up to 10.6% longer than their early steps said (BENCHMARKS.md)
 
 
@@ -194,12 +196,13 @@ class TrainingRun:
 
         The run's model, optimizer and random numbers are untouched (the copy has its own optimizer;
         the RNGs are put back), so a budgeted run trains exactly as `epochs=N time_budget_s=0` would.
-        A resumed run keeps the epochs it planned (its config.yaml), whatever this machine does now."""
+        After the first epoch, `replan` corrects the plan from that epoch as it ran. A resumed run
+        keeps the epochs it planned (the checkpoint, else config.yaml), whatever this machine does now."""
         cfg = self.cfg
         if loaded:
             from tocha import config
 
-            planned = config.load(self.run_dir / rf.CONFIG).epochs
+            planned = loaded.state["position"].get("planned_epochs") or config.load(self.run_dir / rf.CONFIG).epochs
             self.budget = {"seconds": cfg.time_budget_s, "epochs": planned, "max_epochs": cfg.epochs, "resumed": True}
             self.cfg = dataclasses.replace(cfg, epochs=planned)
             return
@@ -243,6 +246,61 @@ class TrainingRun:
             steps_per_epoch=steps_per_epoch,
             step_epochs=cfg.step_epochs,
         )
+
+    def replan(self, first_seconds: float) -> int | None:
+        """time_budget_s, after the first epoch: the epochs that fit, from that epoch as it ran (on
+        a shared machine the steps timed before training were off by up to a third). The schedule is
+        re-sized from the step reached, so the learning rate goes on from where it is; config.yaml
+        is rewritten with the new epochs. None: the plan stands."""
+        cfg, budget = self.cfg, self.budget
+        fits = 1 + math.floor((budget["seconds"] - first_seconds) / (first_seconds * REPLAN_MARGIN))
+        epochs = max(1, min(budget["max_epochs"], fits))
+        budget["first_epoch_seconds"] = round(first_seconds, 3)
+        if epochs == cfg.epochs:
+            return None
+        try:
+            check_schedule(
+                cfg.scheduler,
+                min(epochs * self.steps_per_epoch, cfg.max_steps or epochs * self.steps_per_epoch),
+                round(cfg.warmup_epochs * self.steps_per_epoch),
+                steps_per_epoch=self.steps_per_epoch,
+                step_epochs=cfg.step_epochs,
+            )
+        except UserError:  # e.g. a warm-up longer than the shorter run: keep the first plan
+            return None
+        log.info(
+            "schedule   time_budget_s=%g: the first epoch took %.1f s: %d epochs instead of %d, the schedule re-sized",
+            budget["seconds"],
+            first_seconds,
+            epochs,
+            cfg.epochs,
+        )
+        budget.update(epochs=epochs, planned_before_training=cfg.epochs)
+        self.cfg = dataclasses.replace(cfg, epochs=epochs)
+        self.scheduler = self.stepper.scheduler = self.make_scheduler(self.optimizer, done=self.driver.state.step)
+        self.resolved = resolved = dataclasses.replace(self.resolved, epochs=epochs)
+        if self.run_dir is not None:
+            self.write(lambda: write_text_atomic(self.run_dir / rf.CONFIG, dump_yaml(resolved)), rf.CONFIG)
+        return epochs
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, done: int = 0):
+        """The run's schedule over total_steps; `done` > 0: as it stands after that many steps."""
+        cfg = self.cfg
+        scheduler = build_scheduler(
+            optimizer,
+            cfg.scheduler,
+            total_steps=self.total_steps(self.steps_per_epoch),
+            steps_per_epoch=self.steps_per_epoch,
+            warmup_steps=round(cfg.warmup_epochs * self.steps_per_epoch),
+            step_epochs=cfg.step_epochs,
+            step_gamma=cfg.step_gamma,
+        )
+        if scheduler is not None and done:
+            with warnings.catch_warnings():  # "step() before optimizer.step()": this is a fast-forward
+                warnings.simplefilter("ignore", UserWarning)
+                scheduler.last_epoch = done - 1
+                scheduler.step()
+        return scheduler
 
     def make_optimizer(self, model: nn.Module, built: Built) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -405,22 +463,15 @@ class TrainingRun:
         cfg, placement, run_dir = self.cfg, built.placement, self.run_dir
         device = placement.device
         optimizer = self.make_optimizer(built.model, built)
-        scheduler = build_scheduler(
-            optimizer,
-            cfg.scheduler,
-            total_steps=self.total_steps(steps_per_epoch),
-            steps_per_epoch=steps_per_epoch,
-            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-            step_epochs=cfg.step_epochs,
-            step_gamma=cfg.step_gamma,
-        )
+        self.steps_per_epoch, self.resolved = steps_per_epoch, resolved
+        scheduler = self.make_scheduler(optimizer)
         if run_dir is not None:
             self.metrics_log = rf.MetricsLog(run_dir, csv_enabled=cfg.log.csv, tensorboard=resolved.log.tensorboard)
         # EMA (issue 17): the average is what evaluation scores and what the best checkpoint holds.
         # On resume it starts again from the restored weights (the average is not in the checkpoint).
         self.ema = WeightEMA(built.model, cfg.ema, cfg.ema_start) if cfg.ema is not None else None
         self.scored = dataclasses.replace(built, model=self.ema.module) if self.ema else built
-        state = LoopState()
+        state = LoopState(planned_epochs=cfg.epochs if self.budget else 0)  # the epochs its schedule is for
         if loaded:
             state = LoopState.from_position(restore(loaded, built.model, optimizer, scheduler, built.generators))
             if self.ema is not None:
@@ -440,7 +491,7 @@ class TrainingRun:
             skip_nonfinite=cfg.on_nonfinite == "skip",
             ema=self.ema,
         )
-        self.optimizer, self.scheduler, self.built = optimizer, scheduler, built
+        self.optimizer, self.scheduler, self.built, self.stepper = optimizer, scheduler, built, stepper
         signals = StopSignals(announce=self.dist.is_main) if self.writes_run else None
         try:
             driver = Driver(
@@ -462,10 +513,12 @@ class TrainingRun:
                 ),
                 dist=self.dist,
                 stop_signal=signals.pending if signals else None,
+                replan=self.replan if self.budget and not loaded else None,
             )
+            self.driver = driver
             with training_guard(run_dir, cfg.lr, signals, self.dist.world_size):
                 result = driver.run()
-            fitted = self.finish(built, resolved, result)
+            fitted = self.finish(built, self.resolved, result)  # replan may change its epochs
             if signals and signals.pending() is not None:  # a signal after the loop: the run is complete
                 raise Interrupted(signals.pending(), result.steps, run_dir, self.dist.world_size)
             return fitted
