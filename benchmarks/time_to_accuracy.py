@@ -95,11 +95,11 @@ def main() -> None:
             row["load_1min"] = round(os.getloadavg()[0], 2)
             runs[name].append(row)
             plan = row["time_budget"]
-            planned = (
-                f", {row['epochs']} epochs planned at ~{plan['epoch_seconds_estimate']:.2f} s each"
-                if plan and "epoch_seconds_estimate" in plan
-                else f", {row['epochs']} epochs"
-            )
+            planned = f", {row['epochs']} epochs"
+            if plan and "epoch_seconds_estimate" in plan:
+                planned += f" (time_budget_s: {plan.get('planned_before_training', plan['epochs'])} planned at "
+                first = plan.get("first_epoch_seconds", float("nan"))
+                planned += f"~{plan['epoch_seconds_estimate']:.2f} s each, the first took {first:.2f} s)"
             print(
                 f"  {name} seed={seed}: test {row['test_accuracy']:.4f}, {row['train_seconds']:.1f} s{planned} "
                 f"(load {row['load_1min']})",

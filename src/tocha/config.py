@@ -199,8 +199,8 @@ class TrainConfig:
     time_budget_s: float = opt(
         0.0,
         "seconds of training (summary.json's train_seconds: the steps, not validation) the run "
-        "should fit in: before training, tocha times 40 steps of a copy of the model here and "
-        "runs as many of `epochs` as fit, the schedule sized to them (0 = off: all epochs)",
+        "should fit in: tocha runs as many of `epochs` as fit here, planned from 40 steps of a copy "
+        "of the model and again after the first epoch, the schedule sized to them (0 = off: all epochs)",
         min=0.0,
     )
     max_steps: int = opt(

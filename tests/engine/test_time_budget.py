@@ -137,10 +137,18 @@ def test_tocha_train_plans_its_epochs_in_the_log(tmp_path):
     plan = summary["time_budget"]
     before = math.floor(0.5 / (plan["epoch_seconds_estimate"] * BUDGET_MARGIN))
     assert abs(plan.get("planned_before_training", plan["epochs"]) - before) <= 1  # summary.json rounds
-    first = plan["first_epoch_seconds"]
-    after = 1 + math.floor((0.5 - first) / (first * REPLAN_MARGIN))  # the first epoch as it ran
     assert summary["epochs"] == plan["epochs"] < 1000
-    assert abs(plan["epochs"] - after) <= 1
+    _check_replans(plan, budget=0.5, max_epochs=1000)
+
+
+def _check_replans(plan: dict, *, budget: float, max_epochs: int) -> None:
+    """Each re-plan is the arithmetic its docstring gives, and the last one is what ran."""
+    for r in plan.get("replans", []):
+        mean = r["train_seconds"] / r["after_epoch"]
+        fits = r["after_epoch"] + math.floor(max(0.0, budget - r["train_seconds"]) / (mean * REPLAN_MARGIN))
+        assert abs(r["epochs"] - max(r["after_epoch"], min(max_epochs, fits))) <= 1  # summary.json rounds
+    if plan.get("replans"):
+        assert plan["epochs"] == plan["replans"][-1]["epochs"]
 
 
 def test_a_resumed_budgeted_run_keeps_the_epochs_it_planned(tmp_path):
@@ -169,8 +177,8 @@ def test_the_first_epoch_as_it_ran_replans_the_epochs_and_resizes_the_schedule(t
     result = tocha.fit(_module(), (x, y), epochs=500, time_budget_s=1.0, batch_size=32, out=str(out), **QUIET)
     plan = result.summary["time_budget"]
     assert plan["planned_before_training"] == 500 and 1 <= plan["epochs"] < 500
-    first = plan["first_epoch_seconds"]
-    assert plan["epochs"] == max(1, 1 + math.floor((1.0 - first) / (first * REPLAN_MARGIN)))
+    assert plan["replans"][0]["after_epoch"] == 1  # the first epoch showed the 500 would overrun
+    _check_replans(plan, budget=1.0, max_epochs=500)
     assert result.summary["epochs"] == plan["epochs"] == config.load(out / "config.yaml").epochs
     lrs = [r["lr"] for r in result.history if r["kind"] == "train" and "lr" in r]
     if lrs:  # one-cycle re-sized to the new length: it ends near zero, not part-way up

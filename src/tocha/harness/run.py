@@ -45,7 +45,7 @@ from tocha.tasks.base import Built
 
 log = logging.getLogger("tocha")
 DATA_WAIT_WARN = 0.25  # share of an epoch spent waiting for the DataLoader that earns a warning
-REPLAN_MARGIN = 1.03  # time_budget_s, after the first epoch: later epochs of preset=best ran up to 3% longer
+REPLAN_MARGIN = 1.03  # time_budget_s, after each epoch: another epoch is added only with 3% to spare
 BUDGET_MARGIN = 1.08  # time_budget_s: epochs ran up to 10.6% longer than their early steps said (BENCHMARKS.md)
 
 
@@ -196,7 +196,7 @@ class TrainingRun:
 
         The run's model, optimizer and random numbers are untouched (the copy has its own optimizer;
         the RNGs are put back), so a budgeted run trains exactly as `epochs=N time_budget_s=0` would.
-        After the first epoch, `replan` corrects the plan from that epoch as it ran. A resumed run
+        After each epoch, `replan` corrects the plan from the epochs as they ran. A resumed run
         keeps the epochs it planned (the checkpoint, else config.yaml), whatever this machine does now."""
         cfg = self.cfg
         if loaded:
@@ -247,16 +247,21 @@ class TrainingRun:
             step_epochs=cfg.step_epochs,
         )
 
-    def replan(self, first_seconds: float) -> int | None:
-        """time_budget_s, after the first epoch: the epochs that fit, from that epoch as it ran (on
-        a shared machine the steps timed before training were off by up to a third). The schedule is
-        re-sized from the step reached, so the learning rate goes on from where it is; config.yaml
-        is rewritten with the new epochs. None: the plan stands."""
+    def replan(self, seconds: float, done: int) -> int | None:
+        """time_budget_s, after each epoch: the epochs that fit, from the mean epoch so far as it ran
+        (on this project's shared 2-core machines the steps timed before training were off by up to
+        a third, and epochs drifted by 15% within a run). Fewer epochs when the plan would overrun
+        the budget, more when one more fits with REPLAN_MARGIN to spare; the schedule is re-sized
+        from the step reached, so the learning rate goes on from where it is, and config.yaml is
+        rewritten with the new epochs. None: the plan stands."""
         cfg, budget = self.cfg, self.budget
-        fits = 1 + math.floor((budget["seconds"] - first_seconds) / (first_seconds * REPLAN_MARGIN))
-        epochs = max(1, min(budget["max_epochs"], fits))
-        budget["first_epoch_seconds"] = round(first_seconds, 3)
-        if epochs == cfg.epochs:
+        mean = seconds / done
+        if done == 1:
+            budget["first_epoch_seconds"] = round(seconds, 3)
+        fits = done + math.floor(max(0.0, budget["seconds"] - seconds) / (mean * REPLAN_MARGIN))
+        overrun = seconds + (cfg.epochs - done) * mean > budget["seconds"]
+        epochs = max(done, min(budget["max_epochs"], fits))
+        if epochs == cfg.epochs or (epochs < cfg.epochs and not overrun):
             return None
         try:
             check_schedule(
@@ -266,16 +271,21 @@ class TrainingRun:
                 steps_per_epoch=self.steps_per_epoch,
                 step_epochs=cfg.step_epochs,
             )
-        except UserError:  # e.g. a warm-up longer than the shorter run: keep the first plan
+        except UserError:  # e.g. a warm-up longer than the shorter run: keep the plan
             return None
         log.info(
-            "schedule   time_budget_s=%g: the first epoch took %.1f s: %d epochs instead of %d, the schedule re-sized",
+            "schedule   time_budget_s=%g: %d epoch(s) took %.1f s: %d epochs instead of %d, the schedule re-sized",
             budget["seconds"],
-            first_seconds,
+            done,
+            seconds,
             epochs,
             cfg.epochs,
         )
-        budget.update(epochs=epochs, planned_before_training=cfg.epochs)
+        budget.setdefault("planned_before_training", cfg.epochs)
+        budget["epochs"] = epochs
+        budget.setdefault("replans", []).append(
+            {"after_epoch": done, "train_seconds": round(seconds, 6), "epochs": epochs}
+        )
         self.cfg = dataclasses.replace(cfg, epochs=epochs)
         self.scheduler = self.stepper.scheduler = self.make_scheduler(self.optimizer, done=self.driver.state.step)
         self.resolved = resolved = dataclasses.replace(self.resolved, epochs=epochs)
