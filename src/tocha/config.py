@@ -200,7 +200,7 @@ class TrainConfig:
         0.0,
         "seconds of training (summary.json's train_seconds: the steps, not validation) the run "
         "should fit in: tocha runs as many of `epochs` as fit here, planned from 40 steps of a copy "
-        "of the model and again after the first epoch, the schedule sized to them (0 = off: all epochs)",
+        "of the model and again after every epoch, the schedule sized to them (0 = off: all epochs)",
         min=0.0,
     )
     max_steps: int = opt(

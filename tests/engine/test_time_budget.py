@@ -15,7 +15,7 @@ import tocha
 from tocha import config
 from tocha.engine.step import Stepper
 from tocha.errors import UserError
-from tocha.harness.run import BUDGET_MARGIN, REPLAN_MARGIN
+from tocha.harness.run import BUDGET_MARGIN, REPLAN_MARGIN, replanned_epochs
 from tocha.harness.tune import CALIBRATION_STEPS, seconds_per_step
 
 QUIET = {"threads": 1, "log": {"tensorboard": False, "progress": False}}
@@ -47,11 +47,10 @@ class _Batches:
             yield self.x[i : i + self.size], self.y[i : i + self.size]
 
 
-def test_seconds_per_step_times_the_steps_after_the_warmup():
-    x, y = _data(64 * 2 * (3 + CALIBRATION_STEPS + 5))
-    batches = _Batches(x, y, 64)
+def _counting_stepper() -> tuple[Stepper, list[int]]:
+    """A real stepper whose steps are counted (the micro-batches of each)."""
     model = _module()
-    steps = []
+    steps: list[int] = []
     stepper = Stepper(
         model,
         torch.optim.SGD(model.parameters(), lr=0.1),
@@ -61,6 +60,13 @@ def test_seconds_per_step_times_the_steps_after_the_warmup():
     )
     step = stepper.step
     stepper.step = lambda group, state: steps.append(len(group)) or step(group, state)
+    return stepper, steps
+
+
+def test_seconds_per_step_times_the_steps_after_the_warmup():
+    x, y = _data(64 * 2 * (3 + CALIBRATION_STEPS + 5))
+    batches = _Batches(x, y, 64)
+    stepper, steps = _counting_stepper()
     seconds = seconds_per_step(stepper, batches, accum=2)
     assert seconds > 0
     assert len(steps) == 3 + CALIBRATION_STEPS and set(steps) == {2}  # warm-up + timed, 2 micro-batches each
@@ -69,17 +75,7 @@ def test_seconds_per_step_times_the_steps_after_the_warmup():
 
 def test_an_epoch_shorter_than_the_calibration_is_timed_whole():
     x, y = _data(64 * 2)
-    model = _module()
-    steps = []
-    stepper = Stepper(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        None,
-        device=torch.device("cpu"),
-        loss_fn=nn.functional.cross_entropy,
-    )
-    step = stepper.step
-    stepper.step = lambda group, state: steps.append(len(group)) or step(group, state)
+    stepper, steps = _counting_stepper()
     assert seconds_per_step(stepper, _Batches(x, y, 64), accum=1) > 0
     assert len(steps) == 2  # one untimed, one timed
 
@@ -149,6 +145,26 @@ def _check_replans(plan: dict, *, budget: float, max_epochs: int) -> None:
         assert abs(r["epochs"] - max(r["after_epoch"], min(max_epochs, fits))) <= 1  # summary.json rounds
     if plan.get("replans"):
         assert plan["epochs"] == plan["replans"][-1]["epochs"]
+    planned = plan.get("planned_before_training", plan["epochs"])
+    for r in plan.get("replans", []):
+        assert r["epochs"] < planned or 2 * r["after_epoch"] <= planned  # grown only in the first half
+        planned = r["epochs"]
+
+
+def test_the_replan_rule_shrinks_on_an_overrun_and_grows_only_early():
+    # 10 s epochs against a 100 s budget: 10 planned fit exactly, so nothing changes
+    assert replanned_epochs(10.0, 1, 10, 100.0, 30) is None
+    # 12 s epochs: 10 would take 120 s; 1 + floor(88 / 12.36) = 8
+    assert replanned_epochs(12.0, 1, 10, 100.0, 30) == 8
+    # 8 s epochs after 2: 2 + floor(84 / 8.24) = 12 fit, early in the run: grow
+    assert replanned_epochs(16.0, 2, 10, 100.0, 30) == 12
+    # the same speed past half the run: no growth (the learning rate has mostly decayed)
+    assert replanned_epochs(48.0, 6, 10, 100.0, 30) is None
+    # 11 s epochs: 9 take 99 s, within the budget though not with the margin: keep the plan
+    assert replanned_epochs(11.0, 1, 9, 100.0, 30) is None
+    # never fewer than the epochs done, never more than max_epochs
+    assert replanned_epochs(120.0, 3, 10, 100.0, 30) == 3
+    assert replanned_epochs(1.0, 1, 10, 100.0, 30) == 30
 
 
 def test_a_resumed_budgeted_run_keeps_the_epochs_it_planned(tmp_path):

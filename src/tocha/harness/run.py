@@ -195,8 +195,8 @@ class TrainingRun:
         """time_budget_s: as many of `epochs` as fit, from 40 steps of a copy of the model timed here.
 
         The run's model, optimizer and random numbers are untouched (the copy has its own optimizer;
-        the RNGs are put back), so a budgeted run trains exactly as `epochs=N time_budget_s=0` would.
-        After each epoch, `replan` corrects the plan from the epochs as they ran. A resumed run
+        the RNGs are put back), so a budgeted run trains exactly as `epochs=N time_budget_s=0` would
+        until `replan`, after an epoch, corrects N from the epochs as they ran. A resumed run
         keeps the epochs it planned (the checkpoint, else config.yaml), whatever this machine does now."""
         cfg = self.cfg
         if loaded:
@@ -248,20 +248,16 @@ class TrainingRun:
         )
 
     def replan(self, seconds: float, done: int) -> int | None:
-        """time_budget_s, after each epoch: the epochs that fit, from the mean epoch so far as it ran
-        (on this project's shared 2-core machines the steps timed before training were off by up to
-        a third, and epochs drifted by 15% within a run). Fewer epochs when the plan would overrun
-        the budget, more when one more fits with REPLAN_MARGIN to spare; the schedule is re-sized
-        from the step reached, so the learning rate goes on from where it is, and config.yaml is
-        rewritten with the new epochs. None: the plan stands."""
+        """time_budget_s, after each epoch: the epochs `replanned_epochs` says fit, from the epochs as
+        they ran (on this project's shared 2-core machines the steps timed before training were off
+        by up to a third, and epochs drifted by 15% within a run). The schedule is re-sized from the
+        step reached, so the learning rate goes on from where it is, and config.yaml is rewritten
+        with the new epochs. None: the plan stands."""
         cfg, budget = self.cfg, self.budget
-        mean = seconds / done
         if done == 1:
             budget["first_epoch_seconds"] = round(seconds, 3)
-        fits = done + math.floor(max(0.0, budget["seconds"] - seconds) / (mean * REPLAN_MARGIN))
-        overrun = seconds + (cfg.epochs - done) * mean > budget["seconds"]
-        epochs = max(done, min(budget["max_epochs"], fits))
-        if epochs == cfg.epochs or (epochs < cfg.epochs and not overrun):
+        epochs = replanned_epochs(seconds, done, cfg.epochs, budget["seconds"], budget["max_epochs"])
+        if epochs is None:
             return None
         try:
             check_schedule(
@@ -753,6 +749,22 @@ def check_same_kind_of_run(run_dir: Path, meta: dict) -> None:
             where="resume",
             fix=f"continue it with: {rf.resume_command(run_dir)}",
         )
+
+
+def replanned_epochs(seconds: float, done: int, planned: int, budget: float, max_epochs: int) -> int | None:
+    """time_budget_s after `done` epochs took `seconds` of training: the new epoch count, or None to
+    keep `planned`. Fewer when `planned` would overrun the budget at the mean epoch so far (never
+    fewer than done); more only while at most half of `planned` is done and another epoch fits with
+    REPLAN_MARGIN to spare (later the learning rate has mostly decayed); at most max_epochs."""
+    mean = max(seconds / done, 1e-9)
+    fits = done + math.floor(max(0.0, budget - seconds) / (mean * REPLAN_MARGIN))
+    epochs = max(done, min(max_epochs, fits))
+    overrun = seconds + (planned - done) * mean > budget
+    if epochs < planned and overrun:
+        return epochs
+    if epochs > planned and 2 * done <= planned:
+        return epochs
+    return None
 
 
 def restore(loaded: resume.Loaded, model: nn.Module, optimizer, scheduler, generators: dict) -> dict:
