@@ -1,9 +1,10 @@
 """One training run for any task: `train(cfg, task=...)`.
 
 The order of events (fastai's `show_training_loop` idea: readable in one place):
-placement -> task.build -> run folder (locked) + resume point -> threads/compile -> config.yaml,
-meta.json, env.json -> optimizer, schedule -> the loop (metrics log, best keeper, checkpoints,
-signals) -> best weights -> task.finish -> summary.json, report.html.
+placement -> task.build -> run folder (locked) + resume point -> threads/compile -> epochs that
+fit time_budget_s -> config.yaml, meta.json, env.json -> optimizer, schedule -> the loop (metrics
+log, best keeper, checkpoints, signals, re-plans of the budget) -> best weights -> task.finish ->
+summary.json, report.html.
 """
 
 from __future__ import annotations
