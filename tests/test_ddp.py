@@ -145,6 +145,14 @@ def test_bad_process_counts_are_refused_before_anything_starts(tmp_path):
         assert not (tmp_path / "run").exists()
 
 
+def test_a_time_budget_on_several_processes_is_refused_before_anything_starts(tmp_path):
+    for budget in (["time_budget_s=60"], ["preset=best", "model=cnn"]):
+        result = tocha(["train", "data=digits", *budget, "--nproc", "2", "out=run"], tmp_path, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "plans the epochs of one process, not 2" in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "run").exists()
+
+
 def test_several_processes_without_a_rendezvous_address_are_refused(tmp_path):
     result = tocha(
         ["train", "data=digits", "out=run"],

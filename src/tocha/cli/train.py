@@ -94,6 +94,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                 where="tocha train --nproc",
                 fix="drop --nproc (a model of this size trains fastest in one process)",
             )
+        if cfg.time_budget_s:
+            raise UserError(
+                f"time_budget_s={cfg.time_budget_s:g} plans the epochs of one process, not {args.nproc}",
+                where="tocha train --nproc, config key time_budget_s (preset=best sets it)",
+                fix="add time_budget_s=0 and choose epochs, or drop --nproc",
+            )
         return launch(args.nproc, _without_nproc(argv), debug=args.debug)
     return train_task(cfg, argv)
 
