@@ -334,7 +334,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tta": "flip",
     },
     "best": {  # BENCHMARKS.md, "Recipes": whitening with lr 0.006 is faster beyond the spread, not worse
-        # As many epochs as this machine trains in 170 s (16 took 95-195 s on three 2-core CPUs),
+        # As many epochs as this machine trains in 170 s (16 took 95 s and 187 s on two 2-core CPUs),
         # up to 30: accuracy still rose from 16 to 26 epochs (BENCHMARKS.md).
         "epochs": 30,
         "time_budget_s": 170.0,
