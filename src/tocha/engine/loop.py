@@ -117,12 +117,12 @@ class Driver:
         dist: DistInfo = DistInfo(),
         stop_signal: Callable[[], int | None] | None = None,
         max_steps: int = 0,
-        replan: Callable[[float, int], int | None] | None = None,
+        replan: Callable[[float, int, int], int | None] | None = None,
     ) -> None:
         self.stepper, self.train, self.state, self.epochs, self.device = stepper, train, state, epochs, device
         # time_budget_s: called after each epoch, before it is evaluated and checkpointed, with the train
-        # seconds so far and the epochs done; returns the run's new epoch count (the caller re-sizes
-        # the schedule) or None.
+        # seconds so far, the epochs done and the optimizer steps taken; returns the run's new epoch
+        # count (the caller re-sizes the schedule) or None.
         self.replan = replan
         self.accum, self.evaluate, self.cadence, self.selection = grad_accum_steps, evaluate, cadence, selection
         self.hooks, self.progress, self.dist, self.stop_signal = hooks, progress, dist, stop_signal
@@ -348,7 +348,7 @@ class Driver:
         epoch_seconds = time.perf_counter() - clock - eval_seconds
         s.train_seconds = seconds_at_start + epoch_seconds
         if self.replan is not None:
-            epochs = self.replan(s.train_seconds, epoch + 1)
+            epochs = self.replan(s.train_seconds, epoch + 1, s.step)
             if epochs is not None:
                 self.epochs = s.planned_epochs = epochs
                 if self.progress:

@@ -136,7 +136,7 @@ class TrainingRun:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.slow_input_warned = False
         self.lock: rf.RunLock | None = None
-        self.schedule_notes: tuple[str, ...] = ()
+        self.schedule_notes: list[str] = []
         self.budget: dict | None = None  # time_budget_s: what was planned (summary.json "time_budget")
 
     # ------------------------------------------------------------------ setup
@@ -173,13 +173,7 @@ class TrainingRun:
             built.batches["val"] = limit_batches(built.batches["val"], cfg.limit_val_batches, dist)
         steps_per_epoch = math.ceil(len(built.batches["train"]) / cfg.grad_accum_steps)
         # Checked with the real step count before the run folder exists: a run that cannot start leaves none.
-        self.schedule_notes = check_schedule(
-            cfg.scheduler,
-            self.total_steps(steps_per_epoch),
-            round(cfg.warmup_epochs * steps_per_epoch),
-            steps_per_epoch=steps_per_epoch,
-            step_epochs=cfg.step_epochs,
-        )
+        self.schedule_notes = self.checked_schedule(steps_per_epoch, cfg.epochs)
         out, loaded = scale.from_rank0(dist, lambda: self.open_run_folder(built)) if self.writes_run else (None, None)
         self.run_dir = Path(out) if out is not None and dist.is_main else None
         built.placement, step_model, speed_notes = self.tune(built)
@@ -240,15 +234,9 @@ class TrainingRun:
             note = f"an epoch takes ~{epoch_s:.1f} s here: all {cfg.epochs} epochs fit"
         self.cfg = dataclasses.replace(cfg, epochs=epochs)
         self.schedule_notes = [f"time_budget_s={cfg.time_budget_s:g}: {note}, the schedule sized to them"]
-        self.schedule_notes += check_schedule(
-            cfg.scheduler,
-            self.total_steps(steps_per_epoch),
-            round(cfg.warmup_epochs * steps_per_epoch),
-            steps_per_epoch=steps_per_epoch,
-            step_epochs=cfg.step_epochs,
-        )
+        self.schedule_notes += self.checked_schedule(steps_per_epoch, epochs)
 
-    def replan(self, seconds: float, done: int) -> int | None:
+    def replan(self, seconds: float, done: int, step: int) -> int | None:
         """time_budget_s, after each epoch: the epochs `replanned_epochs` says fit, from the epochs as
         they ran (on this project's shared 2-core machines the steps timed before training were off
         by up to a third, and epochs drifted by 15% within a run). The schedule is re-sized from the
@@ -261,13 +249,7 @@ class TrainingRun:
         if epochs is None:
             return None
         try:
-            check_schedule(
-                cfg.scheduler,
-                min(epochs * self.steps_per_epoch, cfg.max_steps or epochs * self.steps_per_epoch),
-                round(cfg.warmup_epochs * self.steps_per_epoch),
-                steps_per_epoch=self.steps_per_epoch,
-                step_epochs=cfg.step_epochs,
-            )
+            self.checked_schedule(self.steps_per_epoch, epochs)
         except UserError:  # e.g. a warm-up longer than the shorter run: keep the plan
             return None
         log.info(
@@ -284,7 +266,7 @@ class TrainingRun:
             {"after_epoch": done, "train_seconds": round(seconds, 6), "epochs": epochs}
         )
         self.cfg = dataclasses.replace(cfg, epochs=epochs)
-        self.scheduler = self.stepper.scheduler = self.make_scheduler(self.optimizer, done=self.driver.state.step)
+        self.scheduler = self.stepper.scheduler = self.make_scheduler(self.optimizer, done=step)
         self.resolved = resolved = dataclasses.replace(self.resolved, epochs=epochs)
         if self.run_dir is not None:
             self.write(lambda: write_text_atomic(self.run_dir / rf.CONFIG, dump_yaml(resolved)), rf.CONFIG)
@@ -322,10 +304,24 @@ class TrainingRun:
             lr_of=built.lr_of,
         )
 
-    def total_steps(self, steps_per_epoch: int) -> int:
-        """The optimizer steps that will run: max_steps cuts the run (and sizes the schedule) short."""
-        total = self.cfg.epochs * steps_per_epoch
+    def total_steps(self, steps_per_epoch: int, epochs: int | None = None) -> int:
+        """The optimizer steps that will run (of `epochs`, default the config's): max_steps cuts the
+        run (and sizes the schedule) short."""
+        total = (self.cfg.epochs if epochs is None else epochs) * steps_per_epoch
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    def checked_schedule(self, steps_per_epoch: int, epochs: int) -> list[str]:
+        """The schedule's notes for a run of `epochs`; UserError for a combination it refuses."""
+        cfg = self.cfg
+        return list(
+            check_schedule(
+                cfg.scheduler,
+                self.total_steps(steps_per_epoch, epochs),
+                round(cfg.warmup_epochs * steps_per_epoch),
+                steps_per_epoch=steps_per_epoch,
+                step_epochs=cfg.step_epochs,
+            )
+        )
 
     def custom_loss(self, built: Built) -> None:
         """tocha.fit(loss=callable): the training loss replaced; evaluation keeps the task's own metrics."""
@@ -522,7 +518,6 @@ class TrainingRun:
                 stop_signal=signals.pending if signals else None,
                 replan=self.replan if self.budget and not loaded else None,
             )
-            self.driver = driver
             with training_guard(run_dir, cfg.lr, signals, self.dist.world_size):
                 result = driver.run()
             fitted = self.finish(built, self.resolved, result)  # replan may change its epochs
